@@ -1,0 +1,54 @@
+# CIFAR-10 classification served by TorchServe. `make help` lists the targets.
+#   make serve                 venv, train if there is no model, archive if stale, start TorchServe
+#   make test                  the test suite (starts its own TorchServe on other ports)
+# CIFAR10_DATA=path selects a local copy of the data set (see README); TRAIN_ARGS passes options to
+# `python -m train`; TOKEN_AUTH=off starts TorchServe without token authorization.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN ?= models/latest
+TRAIN_ARGS ?=
+TOKEN_AUTH ?= on
+API ?= inference
+export CIFAR10_DATA
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train archive serve stop token test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with the pinned packages
+
+train: $(VENV)/.installed ## train a model into models/<run>/ (TRAIN_ARGS="--recipe ... --epochs ...")
+	$(PY) -m train $(TRAIN_ARGS)
+
+models/latest/model.pt: | $(VENV)/.installed
+	$(PY) -m train $(TRAIN_ARGS)
+
+model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/model-config.yaml | $(VENV)/.installed
+	$(PY) -m serve archive --run $(RUN)
+
+archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar
+
+serve: archive ## start TorchServe in the background; returns once the model answers a prediction
+	$(PY) -m serve start $(if $(filter off,$(TOKEN_AUTH)),--no-token-auth)
+
+stop: ## stop TorchServe
+	$(PY) -m serve stop
+
+token: ## print the inference key (API=management for the management key)
+	@$(PY) -m serve token $(API)
+
+test: $(VENV)/.installed ## run the tests (data: $$CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+	$(PY) -m pytest tests
+
+clean: ## remove built archives, logs and keys (keeps models/ and the venv)
+	rm -rf model-store logs key_file.json .torchserve

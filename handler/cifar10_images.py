@@ -1,0 +1,99 @@
+"""Image bytes -> 32 x 32 RGB uint8 for the CIFAR-10 handler, with one clear error per bad input.
+
+Lives beside cifar10_handler.py in the .mar (TorchServe wants the handler module to define a single
+class, and this keeps the decoding testable without a TorchServe worker).
+"""
+
+import io
+import json
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SIZE = 32
+# Formats a client may send. Naming them stops PIL from trying its other plugins (EPS, for one,
+# would run Ghostscript on the request's bytes).
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers MPO (multi-picture) files too
+# Anything over this many pixels is refused before decoding (decompression bombs); a 48 MP
+# phone photo still fits.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb check, as a second line
+Image.init()  # register every plugin now: Image.open(formats=...) knows only the registered ones
+# Fields searched, in this order, for the image; otherwise the first field that holds bytes.
+IMAGE_FIELDS = ("body", "image", "data", "file")
+
+
+class InvalidImage(ValueError):
+    """A request that cannot be classified; `reason` is a short machine-readable label."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def request_payload(row) -> bytes:
+    """The image bytes of one TorchServe request row (raw body or a multipart field)."""
+    if not isinstance(row, dict):
+        raise InvalidImage("no_image", "request carries no image")
+    for name in IMAGE_FIELDS:
+        if name in row:
+            return _as_bytes(row[name], name)
+    for name, value in row.items():
+        if isinstance(value, (bytes, bytearray)) and value:
+            return bytes(value)
+    raise InvalidImage(
+        "no_image",
+        "no image in the request: send the image as the raw body or as a multipart file field named 'image'",
+    )
+
+
+def _as_bytes(value, name: str) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        if not value:
+            raise InvalidImage("empty", f"empty {name}: expected the bytes of an image")
+        return bytes(value)
+    if isinstance(value, str):
+        raise InvalidImage("not_an_image", f"{name} is text, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes")
+    raise InvalidImage("not_an_image", f"{name} is JSON, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image -> 32 x 32 x 3 uint8 RGB: first frame, EXIF rotation applied, alpha over white."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as error:
+        raise InvalidImage("too_large", f"image too large: {error}") from error
+    except Exception as error:  # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error...
+        raise InvalidImage(
+            "not_an_image", "not a decodable image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
+        ) from error
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise InvalidImage("too_large", f"image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted")
+    try:
+        image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG only: decode at 1/2..1/8 scale when that is still >= 32 px
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise InvalidImage("too_large", f"image too large: {error}") from error
+    except Exception as error:  # truncated or corrupt data fails in many ways inside the decoders
+        raise InvalidImage("corrupt", f"corrupt or truncated {image.format} image: {error}") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale
+        pixels = np.asarray(image, dtype=np.float32)
+        scale = 255.0 / 65535.0 if image.mode != "F" else 255.0 / max(float(pixels.max()), 1e-12)
+        image = Image.fromarray((pixels * scale).clip(0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def error_body(error: InvalidImage) -> str:
+    return json.dumps({"code": 400, "type": "InvalidImage", "reason": error.reason, "message": str(error)})

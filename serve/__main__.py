@@ -1,0 +1,84 @@
+"""Command line for the local deployment (what the Makefile calls).
+
+    python -m serve archive [--run models/latest]     build model-store/cifar10.mar
+    python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
+    python -m serve stop
+    python -m serve token [inference|management]      print a key from key_file.json
+    python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
+    python -m serve describe | scale N | set-default VERSION
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from serve.archive import REPO, build_archive
+from serve.client import Client, ServiceError
+from serve.server import ServerPaths, start, stop, wait_until_serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "config.properties")
+    parser.add_argument("--workdir", type=Path, default=REPO, help="TorchServe's working directory (key_file.json, logs/)")
+    parser.add_argument("--model", default="cifar10")
+    commands = parser.add_subparsers(dest="command", required=True)
+    archive = commands.add_parser("archive")
+    archive.add_argument("--run", type=Path, default=REPO / "models" / "latest")
+    archive.add_argument("--store", type=Path, default=REPO / "model-store")
+    launch = commands.add_parser("start")
+    launch.add_argument("--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)")
+    launch.add_argument("--timeout", type=float, default=120)
+    commands.add_parser("stop")
+    token = commands.add_parser("token")
+    token.add_argument("api", nargs="?", default="inference", choices=["inference", "management"])
+    predict = commands.add_parser("predict")
+    predict.add_argument("image", type=Path)
+    predict.add_argument("--field", help="send as a multipart file field of this name instead of the raw body")
+    commands.add_parser("describe")
+    scale = commands.add_parser("scale")
+    scale.add_argument("workers", type=int)
+    default = commands.add_parser("set-default")
+    default.add_argument("version")
+    args = parser.parse_args(argv)
+
+    paths = ServerPaths(config=args.config, workdir=args.workdir)
+    if args.command == "archive":
+        build_archive(args.run, args.store, name=args.model)
+        return
+    if args.command == "stop":
+        stop(paths)
+        return
+    client = Client.from_config(args.config, args.workdir)
+    try:
+        if args.command == "start":
+            start(paths, token_auth=not args.no_token_auth)
+            try:
+                seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)
+            except TimeoutError as error:
+                log = paths.logs / "model_log.log"
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
+                stop(paths)
+                raise SystemExit(f"error: {error}\n--- last lines of {log} ---\n{tail}") from None
+            auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
+            print(f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}")
+        elif args.command == "token":
+            if args.api not in client.keys:
+                raise SystemExit(f"error: no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
+            print(client.keys[args.api])
+        elif args.command == "predict":
+            print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
+        elif args.command == "describe":
+            print(json.dumps(client.describe(args.model), indent=2))
+        elif args.command == "scale":
+            print(json.dumps(client.scale(args.workers, model=args.model), indent=2))
+        elif args.command == "set-default":
+            print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
+    except ServiceError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Package a training run into model-store/<name>.mar with torch-model-archiver.
+
+The archive holds the TorchScript export, our handler, the model config (batching, workers) and
+index_to_name.json made from model.CLASSES; its version is the run's `version` from metadata.json.
+It is built in a temporary folder and renamed into the store, so a server never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from model import CLASSES
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLER = REPO / "handler" / "cifar10_handler.py"
+IMAGES = REPO / "handler" / "cifar10_images.py"
+MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
+
+
+def build_archive(run_dir: Path, model_store: Path, name: str = "cifar10", model_config: Path = MODEL_CONFIG) -> Path:
+    run_dir = run_dir.resolve()
+    metadata_file = run_dir / "metadata.json"
+    if not metadata_file.exists():
+        raise SystemExit(f"error: {metadata_file} not found; train a model first (make train)")
+    metadata = json.loads(metadata_file.read_text())
+    model_store.mkdir(parents=True, exist_ok=True)
+    target = model_store / f"{name}.mar"
+    with tempfile.TemporaryDirectory(dir=model_store) as scratch:
+        scratch = Path(scratch)
+        index_to_name = scratch / "index_to_name.json"
+        index_to_name.write_text(json.dumps({str(i): c for i, c in enumerate(CLASSES)}))
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("torch-model-archiver")),
+                "--model-name", name,
+                "--version", metadata["version"],
+                "--serialized-file", str(run_dir / "model.pt"),
+                "--handler", str(HANDLER),
+                "--config-file", str(model_config),
+                "--extra-files", f"{IMAGES},{index_to_name},{metadata_file}",
+                "--export-path", str(scratch),
+            ],
+            check=True,
+        )
+        os.replace(scratch / f"{name}.mar", target)
+    print(f"wrote {target} (version {metadata['version']}, test accuracy {metadata['test_accuracy']:.2%})")
+    return target

@@ -1,0 +1,99 @@
+"""A small client for TorchServe's inference, management and metrics APIs, with its token keys.
+
+TorchServe (0.12) writes its keys to `key_file.json` in its working directory at start; the client
+reads them from there, so neither the Makefile nor a user copies keys around by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from PIL import Image
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+def sample_jpeg(color=(200, 120, 40)) -> bytes:
+    """A 32 x 32 JPEG made on the spot, for readiness checks that need no data set."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _address(props: dict[str, str], key: str, default: str) -> str:
+    parsed = urlparse(props.get(key, default))
+    return f"{parsed.scheme}://{parsed.hostname}:{parsed.port}"
+
+
+class Client:
+    def __init__(self, inference: str, management: str, metrics: str, key_file: Path | None = None):
+        self.inference = inference.rstrip("/")
+        self.management = management.rstrip("/")
+        self.metrics_url = metrics.rstrip("/")
+        self.key_file = key_file
+        self.keys: dict[str, str] = {}
+        self.session = requests.Session()
+        self.refresh_keys()
+
+    @classmethod
+    def from_config(cls, config: Path, workdir: Path) -> "Client":
+        from serve.server import properties
+
+        props = properties(config)
+        return cls(
+            _address(props, "inference_address", "http://127.0.0.1:8080"),
+            _address(props, "management_address", "http://127.0.0.1:8081"),
+            _address(props, "metrics_address", "http://127.0.0.1:8082"),
+            key_file=workdir / "key_file.json",
+        )
+
+    def refresh_keys(self) -> None:
+        """Reads key_file.json; without the file, requests go without keys (token auth off)."""
+        self.keys = {}
+        try:
+            stored = json.loads(self.key_file.read_text()) if self.key_file is not None else {}
+        except (FileNotFoundError, json.JSONDecodeError):  # absent, or TorchServe is writing it right now
+            return
+        self.keys = {api: entry["key"] for api, entry in stored.items() if isinstance(entry, dict) and "key" in entry}
+
+    def _headers(self, api: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[api]}"} if api in self.keys else {}
+
+    def _call(self, method: str, url: str, api: str, **kwargs) -> requests.Response:
+        response = self.session.request(method, url, headers=self._headers(api), **kwargs)
+        if response.status_code >= 300:
+            raise ServiceError(response.status_code, response.text)
+        return response
+
+    def predict(self, image: bytes, model: str = "cifar10", version: str | None = None, field: str | None = None, timeout: float = 30) -> dict:
+        """POSTs `image` as the raw body, or as a multipart file `field` (the seed's `-F image=@...`)."""
+        url = f"{self.inference}/predictions/{model}" + (f"/{version}" if version else "")
+        if field:
+            response = self._call("POST", url, "inference", files={field: ("image", image)}, timeout=timeout)
+        else:
+            response = self._call("POST", url, "inference", data=image, timeout=timeout)
+        return response.json()
+
+    def describe(self, model: str = "cifar10", version: str | None = None) -> list[dict]:
+        url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
+        return self._call("GET", url, "management", timeout=30).json()
+
+    def scale(self, workers: int, model: str = "cifar10", max_workers: int | None = None, timeout: float = 120) -> dict:
+        """Sets the worker count and waits until the workers are up (synchronous)."""
+        params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
+        return self._call("PUT", f"{self.management}/models/{model}", "management", params=params, timeout=timeout).json()
+
+    def set_default(self, version: str, model: str = "cifar10") -> dict:
+        return self._call("PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30).json()
+
+    def metrics(self) -> str:
+        return self._call("GET", f"{self.metrics_url}/metrics", "metrics", timeout=30).text

@@ -1,0 +1,118 @@
+"""Start and stop a TorchServe instance and wait until the model answers a prediction.
+
+One instance is described by a `ServerPaths`: where its config, model store and logs are, and the
+working directory it runs in (TorchServe writes `key_file.json` there). `make serve`, the tests
+and the benchmarks all go through here, with different paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve.client import Client, ServiceError, sample_jpeg
+
+
+@dataclass
+class ServerPaths:
+    config: Path  # config.properties
+    workdir: Path  # TorchServe's working directory: key_file.json, logs/
+    model_store: Path | None = None  # default: model_store in the config
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def runtime(self) -> Path:
+        """TorchServe keeps its pid file in the temp dir: one per instance, so instances do not collide."""
+        return self.workdir / ".torchserve"
+
+
+def java_major_version() -> int | None:
+    """17 for 'openjdk version "17.0.15"'; None when there is no java."""
+    try:
+        banner = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+    except OSError:
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', banner)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 else major  # "1.8" is Java 8
+
+
+def require_java(minimum: int = 17) -> None:
+    found = java_major_version()
+    if found is None or found < minimum:
+        have = "no java on PATH" if found is None else f"Java {found}"
+        raise SystemExit(
+            f"error: TorchServe needs a Java {minimum}+ runtime and this machine has {have}. "
+            f"Install it, e.g. `sudo apt-get install -y openjdk-17-jre-headless`, then retry."
+        )
+
+
+def properties(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _env(paths: ServerPaths) -> dict[str, str]:
+    paths.runtime.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(paths.runtime), "LOG_LOCATION": str(paths.logs), "METRICS_LOCATION": str(paths.logs)}
+
+
+def _torchserve() -> str:
+    return str(Path(sys.executable).with_name("torchserve"))
+
+
+def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = ()) -> None:
+    """Launches TorchServe in the background (returns at once; see `wait_until_serving`)."""
+    require_java()
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    (paths.workdir / "key_file.json").unlink(missing_ok=True)  # never let a client read the last run's keys
+    command = [_torchserve(), "--start", "--ncs", "--ts-config", str(paths.config.resolve())]
+    if paths.model_store is not None:
+        command += ["--model-store", str(paths.model_store.resolve())]
+    if not token_auth:
+        command.append("--disable-token-auth")
+    command += list(extra_args)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    # The Java frontend inherits these: it must not hold the caller's terminal or pipe open.
+    with open(paths.logs / "torchserve.out", "ab") as output:
+        subprocess.run(command, cwd=paths.workdir, env=_env(paths), check=True, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+
+
+def stop(paths: ServerPaths) -> None:
+    if paths.runtime.exists():
+        subprocess.run([_torchserve(), "--stop"], cwd=paths.workdir, env=_env(paths), check=False)
+        shutil.rmtree(paths.runtime, ignore_errors=True)
+
+
+def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: float = 120.0) -> float:
+    """Seconds until `model` answered a real prediction (not merely /ping).
+
+    Raises TimeoutError after `timeout`, or as soon as TorchServe logs that a worker died while
+    loading the model (it would otherwise retry with back-off for minutes).
+    """
+    started = time.monotonic()
+    image = sample_jpeg()
+    last_error = "no answer yet"
+    log = paths.logs / "ts_log.log"
+    while time.monotonic() - started < timeout:
+        if log.exists() and "Backend worker process died" in log.read_text(errors="replace"):
+            raise TimeoutError(f"a {model} worker died while loading the model")
+        try:
+            client.refresh_keys()
+            client.predict(image, model=model, timeout=10)
+            return time.monotonic() - started
+        except (ServiceError, OSError) as error:
+            last_error = str(error)
+        time.sleep(0.25)
+    raise TimeoutError(f"{model} did not answer a prediction within {timeout:.0f}s (last: {last_error})")

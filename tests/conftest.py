@@ -1,0 +1,108 @@
+"""Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
+
+The server fixture starts TorchServe from the repository's own config.properties with the ports
+moved (18080-18082), in a temporary working directory, so the tests neither need nor disturb a
+server that `make serve` started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level inside the .mar
+
+from serve.archive import build_archive  # noqa: E402
+from serve.client import Client  # noqa: E402
+from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
+
+TEST_PORTS = {"8080": "18080", "8081": "18081", "8082": "18082"}
+TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
+
+
+@pytest.fixture(scope="session")
+def data_source() -> Path:
+    source = Path(os.environ.get("CIFAR10_DATA") or REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+    if not source.exists():
+        pytest.fail(f"CIFAR-10 copy not found at {source}: set CIFAR10_DATA to a local copy (see README)")
+    return source
+
+
+@pytest.fixture(scope="session")
+def cifar_test_jpegs(data_source) -> dict[str, list[bytes]]:
+    """A few real CIFAR-10 test JPEGs per class, straight from the archive's bytes."""
+    per_class: dict[str, list[bytes]] = {}
+    with tarfile.open(data_source) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
+                images = per_class.setdefault(parts[-2], [])
+                if len(images) < 5:
+                    images.append(archive.extractfile(member).read())
+            if len(per_class) == 10 and all(len(v) == 5 for v in per_class.values()):
+                break
+    return per_class
+
+
+def train_run(out_dir: Path, data_source: Path, *extra: str) -> Path:
+    """A short real training run (subset, 1 epoch) through the command users run."""
+    subprocess.run(
+        [sys.executable, "-m", "train", "--data", str(data_source), "--epochs", "1", "--out-dir", str(out_dir),
+         "--run-name", "run", "--train-subset", str(TRAIN_SUBSET), "--test-subset", str(TEST_SUBSET), *extra],
+        cwd=REPO, check=True,
+    )
+    return out_dir / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_source) -> Path:
+    return train_run(tmp_path_factory.mktemp("models"), data_source)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, trained_run) -> Path:
+    store = tmp_path_factory.mktemp("model-store")
+    build_archive(trained_run, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def server_paths(tmp_path_factory, model_store) -> ServerPaths:
+    workdir = tmp_path_factory.mktemp("torchserve")
+    config = (REPO / "config.properties").read_text()
+    for port, test_port in TEST_PORTS.items():
+        config = re.sub(rf":{port}\b", f":{test_port}", config)
+    (workdir / "config.properties").write_text(config)
+    return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
+
+
+@pytest.fixture(scope="session")
+def server(server_paths) -> Client:
+    """A real TorchServe serving the test run's cifar10.mar; always stopped at the end."""
+    start(server_paths)
+    try:
+        client = Client.from_config(server_paths.config, server_paths.workdir)
+        wait_until_serving(client, "cifar10", server_paths)
+        yield client
+    finally:
+        stop(server_paths)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def metadata(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metadata.json").read_text())

@@ -1,0 +1,58 @@
+"""Training configuration: plain defaults (the seed's recipe), named recipes, command-line overrides."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    recipe: str = "seed"
+    data: str | None = None  # a local CIFAR-10 copy; default $CIFAR10_DATA, else torchvision's download
+    out_dir: str = "models"
+    run_name: str | None = None  # default: <recipe>-<UTC timestamp>
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3  # the peak rate when schedule is onecycle
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # constant | onecycle
+    crop_padding: int = 4
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the training step's model
+    eval_batch_size: int = 1000
+    train_subset: int = 0  # 0: all 50,000 training images
+    test_subset: int = 0  # 0: all 10,000 test images
+    threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
+
+
+# Each recipe overrides Config's defaults; the command line overrides the recipe.
+RECIPES: dict[str, dict] = {
+    # The Flask project's recipe, exactly: Adam 1e-3, batch 64, no schedule, no regularization.
+    "seed": {},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train the SimpleCNN on CIFAR-10 and export it (TorchScript) for TorchServe.",
+    )
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "recipe":
+            parser.add_argument(flag, choices=sorted(RECIPES), default="seed", help="named hyperparameters (default: seed)")
+        elif field.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(field.type, str)
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {field.default}")
+    args = vars(parser.parse_args(argv))
+    overrides = {name: value for name, value in args.items() if value is not None}
+    return Config(**{**RECIPES[args["recipe"]], **overrides})

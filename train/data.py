@@ -1,0 +1,209 @@
+"""CIFAR-10 as uint8 tensors, from whichever source a user has, decoded once and cached.
+
+Sources, in the order a user would prefer them:
+  1. torchvision's download of the real data set (the default, where the network allows);
+  2. a local ``cifar-10-batches-py`` folder (torchvision's / the original Python format);
+  3. a local image-folder tree ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``;
+  4. a ``.tar`` / ``.tar.gz`` of such a tree (e.g. ``../shared/data/cifar10-jpeg.tar.gz``).
+A local source (2-4) is chosen with ``--data PATH`` or the ``CIFAR10_DATA`` environment variable.
+
+Whatever the source, the result is a :class:`Cifar10Tensors`: images N x 3 x 32 x 32 uint8, labels
+int64 in CIFAR-10's label order, and the SHA-256 of the source. It is cached on disk under
+``data/cache/`` keyed by that checksum, so the decode runs once per source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from model import CLASSES
+from train.atomic import atomic_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CACHE_FORMAT = 1  # bump when the cached layout changes
+
+
+class DataSourceError(Exception):
+    """A data source is missing or not laid out as expected; the message says what was expected."""
+
+
+@dataclass
+class Cifar10Tensors:
+    train_images: torch.Tensor  # N x 3 x 32 x 32, uint8
+    train_labels: torch.Tensor  # N, int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str  # what was read, e.g. "imagefolder-tar:/path/to/cifar10-jpeg.tar.gz"
+    sha256: str  # checksum of the source's bytes
+
+
+def sha256_of_files(paths: list[Path], root: Path | None = None) -> str:
+    """One SHA-256 over several files: each relative name, then its bytes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if root is not None:
+            digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> 3 x 32 x 32 uint8 (resized if the file is not 32 x 32)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        if image.size != (32, 32):
+            image = image.resize((32, 32), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _split_and_class(name: str) -> tuple[str, int] | None:
+    """'.../train/cat/0001.jpg' -> ('train', 3); None for anything that is not such an image."""
+    parts = Path(name).parts
+    if len(parts) < 3 or not name.lower().endswith(IMAGE_SUFFIXES):
+        return None
+    split, class_name = parts[-3], parts[-2]
+    if split not in ("train", "test"):
+        return None
+    if class_name not in CLASSES:
+        raise DataSourceError(
+            f"{name}: unknown class folder {class_name!r}; expected one of {', '.join(CLASSES)}"
+        )
+    return split, CLASSES.index(class_name)
+
+
+def _decode_all(items: list[tuple[str, int, bytes]], what: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(split, label, bytes) triples -> {split: (images, labels)}, decoding in worker processes."""
+    splits = {}
+    for split in ("train", "test"):
+        chosen = [(label, data) for s, label, data in items if s == split]
+        counts = np.bincount([label for label, _ in chosen], minlength=len(CLASSES))
+        if not chosen or (counts == 0).any():
+            missing = [CLASSES[i] for i in np.flatnonzero(counts == 0)]
+            raise DataSourceError(
+                f"{what}: no {split} images for {', '.join(missing)}; expected "
+                f"{split}/<class>/*.jpg for each of the ten classes"
+            )
+        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+            arrays = list(
+                tqdm(
+                    pool.map(_decode_image, [data for _, data in chosen], chunksize=256),
+                    total=len(chosen),
+                    desc=f"decode {split}",
+                    unit="img",
+                )
+            )
+        splits[split] = (
+            torch.from_numpy(np.stack(arrays)),
+            torch.tensor([label for label, _ in chosen], dtype=torch.int64),
+        )
+    return splits
+
+
+def _load_tar(path: Path) -> tuple[dict, str]:
+    items = []
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                found = _split_and_class(member.name) if member.isfile() else None
+                if found:
+                    items.append((*found, archive.extractfile(member).read()))
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataSourceError(f"{path}: not a readable .tar/.tar.gz archive ({error})") from error
+    return _decode_all(items, str(path)), f"imagefolder-tar:{path}"
+
+
+def _load_folder(root: Path) -> tuple[dict, str]:
+    files = sorted(p for p in root.glob("*/*/*") if p.is_file())
+    items = []
+    for path in files:
+        found = _split_and_class(str(path.relative_to(root)))
+        if found:
+            items.append((*found, path.read_bytes()))
+    return _decode_all(items, str(root)), f"imagefolder:{root}"
+
+
+def _load_batches(root: Path) -> tuple[dict, str]:
+    """The original CIFAR-10 Python pickles: rows of 3072 bytes, channel-major."""
+    splits = {"train": ([], []), "test": ([], [])}
+    for name in BATCH_FILES:
+        with open(root / name, "rb") as handle:
+            try:
+                batch = pickle.load(handle, encoding="latin1")
+                images, labels = batch["data"], batch["labels"]
+            except Exception as error:
+                raise DataSourceError(f"{root / name}: not a CIFAR-10 batch file ({error})") from error
+        split = "test" if name == "test_batch" else "train"
+        splits[split][0].append(np.asarray(images, dtype=np.uint8).reshape(-1, 3, 32, 32))
+        splits[split][1].append(np.asarray(labels, dtype=np.int64))
+    tensors = {
+        split: (torch.from_numpy(np.concatenate(imgs)), torch.from_numpy(np.concatenate(labels)))
+        for split, (imgs, labels) in splits.items()
+    }
+    return tensors, f"cifar-10-batches-py:{root}"
+
+
+def _identify(path: Path):
+    """Which loader reads `path`, its checksum function, or a DataSourceError saying what was expected."""
+    expected = (
+        "expected a cifar-10-batches-py folder (data_batch_1..5, test_batch), a folder with "
+        "train/<class>/*.jpg and test/<class>/*.jpg, or a .tar/.tar.gz of such a folder"
+    )
+    if not path.exists():
+        raise DataSourceError(f"CIFAR-10 source {path} does not exist; {expected}")
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise DataSourceError(f"{path} is a file but not a tar archive; {expected}")
+        return _load_tar, lambda: sha256_of_files([path])
+    if (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar-10-batches-py"
+    if all((path / name).is_file() for name in BATCH_FILES):
+        return (lambda _: _load_batches(path)), lambda: sha256_of_files([path / n for n in BATCH_FILES])
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _load_folder, lambda: sha256_of_files(sorted(p for p in path.glob("*/*/*") if p.is_file()), path)
+    raise DataSourceError(f"{path} is a folder of neither known layout; {expected}")
+
+
+def download(root: Path) -> Path:
+    """The real CIFAR-10 through torchvision; a clear error where the network does not allow it."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(root=str(root), train=True, download=True)
+    except Exception as error:  # urllib raises several kinds; all mean the same to the user
+        raise DataSourceError(
+            f"could not download CIFAR-10 into {root} ({error}). Point CIFAR10_DATA (or --data) "
+            "at a local copy: a cifar-10-batches-py folder, an image-folder tree or a .tar.gz of one"
+        ) from error
+    return root / "cifar-10-batches-py"
+
+
+def load_cifar10(source: str | None, download_root: Path = Path("data"), cache_dir: Path = Path("data/cache")) -> Cifar10Tensors:
+    """CIFAR-10 from `source` (a local path) or, when None, torchvision's download; cached as tensors."""
+    path = Path(source).expanduser().resolve() if source else download(download_root)
+    loader, checksum = _identify(path)
+    sha256 = checksum()
+    cache = cache_dir / f"cifar10-{sha256[:16]}-v{CACHE_FORMAT}.pt"
+    if cache.exists():
+        cached = torch.load(cache, weights_only=True)
+        if cached["sha256"] == sha256:
+            return Cifar10Tensors(**cached)
+    splits, described = loader(path)
+    tensors = Cifar10Tensors(*splits["train"], *splits["test"], source=described, sha256=sha256)
+    with atomic_path(cache) as tmp:
+        torch.save(vars(tensors), tmp)
+    return tensors

@@ -1,0 +1,90 @@
+"""What a training run leaves behind, in models/<run>/, every file written atomically:
+
+    checkpoint.pt    best epoch's state_dict (+ epoch, accuracy, config), for further training
+    model.pt         TorchScript export of that epoch, checked against the eager model first
+    metadata.json    accuracy (overall and per class), hyperparameters, data source and checksum,
+                     git commit, date, versions, history per epoch, the archive version
+    curves.png       loss and accuracy per epoch
+    confusion.png    confusion matrix on the test split
+
+models/latest is then pointed at the run, last, so it never names a half-written run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+
+from model import CLASSES, SimpleCNN
+from train.atomic import atomic_path, atomic_symlink, atomic_write_text
+from train.plots import plot_confusion, plot_curves
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        return commit + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_torchscript(model: SimpleCNN, sample: torch.Tensor, path: Path) -> None:
+    """Scripts `model`, checks the script and its saved copy against eager outputs, then writes it."""
+    model = model.eval().cpu()
+    scripted = torch.jit.script(model)
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+        reloaded = torch.jit.load(str(tmp))
+        with torch.inference_mode():
+            expected = model(sample)
+            for name, candidate in (("scripted", scripted), ("saved", reloaded)):
+                got = candidate(sample)
+                if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+                    raise RuntimeError(f"{name} TorchScript differs from the eager model by {(got - expected).abs().max():.3g}")
+
+
+def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: torch.Tensor, run_info: dict) -> dict:
+    now = datetime.now(timezone.utc)
+    run_name = cfg.run_name or f"{cfg.recipe}-{now:%Y%m%d-%H%M%S}"
+    out = Path(cfg.out_dir) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = SimpleCNN()
+    model.load_state_dict(best["state_dict"])
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save({"state_dict": best["state_dict"], "epoch": best["epoch"], "test_accuracy": best["accuracy"], "config": run_info["config"]}, tmp)
+    export_torchscript(model, test_images[:256], out / "model.pt")
+
+    metadata = {
+        "run": run_name,
+        "version": f"{now:%Y%m%d.%H%M%S}",
+        "created": now.isoformat(timespec="seconds"),
+        "recipe": cfg.recipe,
+        "epoch": best["epoch"],
+        "test_accuracy": round(best["accuracy"], 4),
+        "final_test_accuracy": round(history[-1]["test_accuracy"], 4),
+        "per_class_accuracy": {name: round(acc, 4) for name, acc in zip(CLASSES, best["per_class_accuracy"])},
+        "confusion_matrix": best["confusion"],
+        "classes": list(CLASSES),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "hyperparameters": run_info.pop("config"),
+        "data": data,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        **run_info,
+        "history": history,
+        "files": {"checkpoint": "checkpoint.pt", "torchscript": "model.pt", "curves": "curves.png", "confusion": "confusion.png"},
+    }
+    plot_curves(history, out / "curves.png", title=run_name)
+    plot_confusion(best["confusion"], CLASSES, out / "confusion.png", title=f"{run_name}, epoch {best['epoch']}")
+    atomic_write_text(out / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    atomic_symlink(run_name, Path(cfg.out_dir) / "latest")
+    print(f"wrote {out}: epoch {best['epoch']}, test accuracy {best['accuracy']:.2%}")
+    return metadata

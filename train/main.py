@@ -1,0 +1,228 @@
+"""Train the SimpleCNN on CIFAR-10 and export it for TorchServe.
+
+    python -m train                                          # the seed's recipe, torchvision's download
+    python -m train --data ../shared/data/cifar10-jpeg.tar.gz
+    torchrun --nproc_per_node 2 -m train --data ...          # DDP: gloo on CPU, nccl on GPUs
+
+The data set lives in memory as uint8 tensors (on the GPU when there is one); each epoch is
+augmented in one vectorized step (random crop with padding, horizontal flip), then cut into
+batches. Writes models/<run>/ (see train.export) and points models/latest at it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import CLASSES, SimpleCNN
+from train.config import Config, parse_args
+from train.data import DataSourceError, load_cifar10
+from train.export import write_run
+
+
+def random_crop_flip(padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop."""
+    n, _, side, _ = padded.shape
+    size = side - 2 * pad
+    device = padded.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator).to(device)
+    steps = torch.arange(size, device=device)
+    rows = (offsets[0] + steps)[:, None, :, None]
+    cols = offsets[1] + steps
+    if flip:  # a mirror image is a crop whose columns are read right to left
+        mirrored = (torch.rand(n, 1, generator=generator) < 0.5).to(device)
+        cols = torch.where(mirrored, cols.flip(1), cols)
+    channels = torch.arange(padded.shape[1], device=device)[None, :, None, None]
+    return padded[torch.arange(n, device=device)[:, None, None, None], channels, rows, cols[:, None, None, :]]
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate(model, images, labels, batch_size, device) -> dict:
+    logits = predict(model, images, batch_size, device)
+    predictions = logits.argmax(1)
+    confusion = torch.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
+    confusion = confusion.view(len(CLASSES), len(CLASSES))
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (predictions == labels).float().mean().item(),
+        "per_class_accuracy": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def subset(images, labels, count):
+    """The first `count` images of a fixed shuffle (the same subset whatever the seed)."""
+    if not count or count >= len(images):
+        return images, labels
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
+    return images[keep], labels[keep]
+
+
+def make_optimizer(cfg: Config, model, steps_per_epoch):
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    else:
+        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
+    if cfg.schedule == "constant":
+        scheduler = None
+    elif cfg.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
+        )
+    else:
+        raise SystemExit(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
+    return optimizer, scheduler
+
+
+def train(cfg: Config) -> dict:
+    """Runs the whole job; returns the metadata written (rank 0) or {} (other ranks)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    started = time.time()
+
+    try:
+        data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
+    except DataSourceError as error:
+        raise SystemExit(f"error: {error}") from None
+    train_images, train_labels = subset(data.train_images, data.train_labels, cfg.train_subset)
+    test_images, test_labels = subset(data.test_images, data.test_labels, cfg.test_subset)
+    pad = cfg.crop_padding
+    padded = F.pad(train_images, (pad, pad, pad, pad)).to(device)  # zero (black) padding, as RandomCrop
+    train_labels = train_labels.to(device)
+
+    model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    step_model = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    per_rank = len(train_images) // world_size
+    steps_per_epoch = -(-per_rank // cfg.batch_size)
+    if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
+        steps_per_epoch -= 1
+    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
+
+    history, best = [], None
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_start = time.time()
+        model.train()
+        order = torch.randperm(len(train_images), generator=generator).to(device)
+        images = random_crop_flip(padded[order], pad, cfg.flip, generator)
+        labels = train_labels[order]
+        images, labels = images[rank : world_size * per_rank : world_size], labels[rank : world_size * per_rank : world_size]
+        images = images.contiguous(memory_format=torch.channels_last)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0, leave=False)
+        for step in bar:
+            x = images[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            y = labels[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = step_model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_seconds = time.time() - epoch_start
+        result = evaluate(model, test_images, test_labels, cfg.eval_batch_size, device)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": correct.item() / seen,
+            "test_loss": result["loss"],
+            "test_accuracy": result["accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": round(train_seconds, 2),
+            "eval_seconds": round(time.time() - epoch_start - train_seconds, 2),
+            "images_per_second": round(seen * world_size / train_seconds, 1),
+        }
+        history.append(record)
+        if rank == 0:
+            tqdm.write(
+                f"epoch {epoch:2d}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.2%}  "
+                f"test {record['test_accuracy']:.2%}  {train_seconds:.1f}s  {record['images_per_second']:.0f} img/s"
+            )
+        if best is None or result["accuracy"] > best["accuracy"]:
+            state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+            best = {**result, "epoch": epoch, "state_dict": state}
+
+    metadata = {}
+    if rank == 0:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if device.type == "cuda":
+            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        metadata = write_run(
+            cfg,
+            best=best,
+            history=history,
+            data={
+                "source": data.source,
+                "sha256": data.sha256,
+                "train_images": len(train_images),
+                "test_images": len(test_images),
+            },
+            test_images=test_images,
+            run_info={
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "world_size": world_size,
+                "threads": torch.get_num_threads(),
+                "total_seconds": round(time.time() - started, 1),
+                "peak_memory_mb": round(peak_mb, 1),
+                "config": asdict(cfg),
+            },
+        )
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
