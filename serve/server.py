@@ -31,7 +31,8 @@ class ServerPaths:
 
     @property
     def runtime(self) -> Path:
-        """TorchServe keeps its pid file in the temp dir: one per instance, so instances do not collide."""
+        """This instance's temp dir: TorchServe's pid file, worker sockets and unpacked archives
+        live there, so two instances on one machine do not collide."""
         return self.workdir / ".torchserve"
 
 
@@ -65,7 +66,8 @@ def properties(path: Path) -> dict[str, str]:
 
 def _env(paths: ServerPaths) -> dict[str, str]:
     paths.runtime.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "TMPDIR": str(paths.runtime), "LOG_LOCATION": str(paths.logs), "METRICS_LOCATION": str(paths.logs)}
+    runtime = str(paths.runtime)  # TMPDIR: the launcher's pid file; TEMP: the JVM's java.io.tmpdir
+    return {**os.environ, "TMPDIR": runtime, "TEMP": runtime, "LOG_LOCATION": str(paths.logs), "METRICS_LOCATION": str(paths.logs)}
 
 
 def _torchserve() -> str:

@@ -1,7 +1,7 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18082), in a temporary working directory, so the tests neither need nor disturb a
+moved (18080-18082, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
 server that `make serve` started.
 """
 
@@ -26,7 +26,8 @@ from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
 from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
 
-TEST_PORTS = {"8080": "18080", "8081": "18081", "8082": "18082"}
+PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management and metrics follow
+TEST_PORTS = {"8080": str(PORT_BASE), "8081": str(PORT_BASE + 1), "8082": str(PORT_BASE + 2)}
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 
 
