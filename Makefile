@@ -14,7 +14,7 @@ API ?= inference
 export CIFAR10_DATA
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train archive serve stop token test clean
+.PHONY: help venv train archive serve stop token test clean bench-train report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -49,6 +49,12 @@ token: ## print the inference key (API=management for the management key)
 
 test: $(VENV)/.installed ## run the tests (data: $$CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
 	$(PY) -m pytest tests
+
+bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the seed and fast recipes -> reports/bench-train.*
+	$(PY) -m train.bench $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+
+report: $(VENV)/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
+	$(PY) -m train.report
 
 clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 	rm -rf model-store logs key_file.json .torchserve

@@ -45,13 +45,15 @@ def random_crop_flip(padded: torch.Tensor, pad: int, flip: bool, generator: torc
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images, in eval mode."""
+    """Logits (float32, on the CPU) for uint8 images, in eval mode.
+
+    Always in float32, as TorchServe runs the export: the accuracy reported is the served one.
+    """
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(outputs)
 
 
@@ -136,6 +138,7 @@ def train(cfg: Config) -> dict:
         steps_per_epoch -= 1
     optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
+    use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
 
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
@@ -153,7 +156,7 @@ def train(cfg: Config) -> dict:
         for step in bar:
             x = images[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = labels[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,186 @@
+"""Training benchmark: the fast data path's recipes against the naive pipeline, side by side.
+
+    python -m train.bench --data ../shared/data/cifar10-jpeg.tar.gz        (make bench-train)
+
+1. The naive pipeline the seed used (ImageFolder + DataLoader with 2 workers + per-sample PIL
+   transforms, default memory format, Adam 1e-3, batch 64), timed over a fixed number of steps
+   and projected to a 10-epoch run.
+2. Each recipe (default: seed, fast), run in full through `python -m train` in its own process.
+
+Writes reports/bench-train.{md,csv,png}: seconds per epoch, total, images/s, final and best
+accuracy, peak memory, time to reach the seed recipe's final accuracy, and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN  # noqa: E402
+from train.atomic import atomic_path, atomic_write_text  # noqa: E402
+
+TRAIN_IMAGES, EPOCHS = 50_000, 10
+
+
+def image_folder(source: Path, root: Path = Path("data/imagefolder")) -> Path:
+    """The naive pipeline reads JPEG files: unpack the archive once (a folder source is used as is)."""
+    if source.is_dir():
+        return source
+    done = root / f".from-{source.stat().st_size}-{int(source.stat().st_mtime)}"
+    if not done.exists():
+        with tarfile.open(source) as archive:
+            archive.extractall(root, filter="data")
+        done.touch()
+    return next(path.parent for path in root.rglob("train") if (path.parent / "test").is_dir())
+
+
+def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
+    """Images/s of the seed's pipeline done the usual way, over `steps` training steps."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+    ])
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(folder / "train", transform=transform), batch_size=64, shuffle=True, num_workers=2
+    )
+    model = SimpleCNN()
+    model.normalize = torch.nn.Identity()  # the naive pipeline normalizes per sample, as the seed did
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    batches = iter(loader)
+    for step in tqdm(range(warmup + steps), desc="naive pipeline", unit="step"):
+        if step == warmup:
+            started = time.time()
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    images_per_second = steps * 64 / (time.time() - started)
+    return {
+        "recipe": "naive (ImageFolder + DataLoader, per-sample PIL)",
+        "images_per_second": round(images_per_second, 1),
+        "seconds_per_epoch": round(TRAIN_IMAGES / images_per_second, 1),
+        "total_seconds": round(EPOCHS * TRAIN_IMAGES / images_per_second, 1),
+        "measured": f"{steps} steps, projected to {EPOCHS} epochs (evaluation not included)",
+    }
+
+
+def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
+    run_name = f"bench-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "train", "--recipe", recipe, "--data", data, "--out-dir", str(out_dir),
+                    "--run-name", run_name, *extra], check=True)
+    wall = time.time() - started
+    meta = json.loads((out_dir / run_name / "metadata.json").read_text())
+    history = meta["history"]
+    elapsed, clock = [], 0.0
+    for record in history:
+        clock += record["train_seconds"] + record["eval_seconds"]
+        elapsed.append(clock)
+    return {
+        "recipe": recipe,
+        "run": run_name,
+        "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
+        "seconds_per_epoch": round(sum(r["train_seconds"] + r["eval_seconds"] for r in history) / len(history), 1),
+        "total_seconds": round(wall, 1),
+        "final_accuracy": meta["final_test_accuracy"],
+        "best_accuracy": meta["test_accuracy"],
+        "peak_memory_mb": meta["peak_memory_mb"],
+        "device": meta["device"],
+        "accuracy_curve": [(t, r["test_accuracy"]) for t, r in zip(elapsed, history)],
+        "measured": f"{len(history)} epochs incl. evaluation, whole process",
+    }
+
+
+def seconds_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, accuracy in curve if accuracy >= target), None)
+
+
+def write_report(rows: list[dict], out: Path, command: str) -> None:
+    seed = next((r for r in rows if r["recipe"] == "seed"), None)
+    naive = rows[0]
+    target = seed["final_accuracy"] if seed else None
+    for row in rows[1:]:
+        reached = seconds_to_reach(row["accuracy_curve"], target) if target else None
+        row["seconds_to_seed_final_accuracy"] = round(reached, 1) if reached else None
+        row["speedup_vs_naive"] = round(naive["total_seconds"] / row["total_seconds"], 2)
+    columns = ["recipe", "seconds_per_epoch", "total_seconds", "images_per_second", "final_accuracy",
+               "best_accuracy", "seconds_to_seed_final_accuracy", "peak_memory_mb", "speedup_vs_naive", "measured"]
+    with atomic_path(out / "bench-train.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(row, column):
+        value = row.get(column)
+        if value is None:
+            return "—"
+        return f"{value:.2%}" if column in ("final_accuracy", "best_accuracy") else str(value)
+
+    lines = [
+        "# Training benchmark",
+        "",
+        f"`{command}` on {rows[-1].get('device', 'cpu')}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows),
+        "",
+        "Accuracies on the test split of the data copy named by the command. `seconds_to_seed_final_accuracy`: "
+        "wall time of training + evaluation until the test accuracy first reached the `seed` recipe's final accuracy.",
+    ]
+    atomic_write_text(out / "bench-train.md", "\n".join(lines) + "\n")
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows[1:]:
+        times, accuracies = zip(*row["accuracy_curve"])
+        axis.plot(times, [100 * a for a in accuracies], "o-", label=row["recipe"])
+    if target:
+        axis.axhline(100 * target, color="gray", linestyle=":", label="seed's final accuracy")
+    axis.axvline(naive["total_seconds"], color="red", linestyle="--", label="naive pipeline, 10 epochs (projected)")
+    axis.set(xlabel="wall-clock seconds (training + evaluation)", ylabel="test accuracy (%)", title="CIFAR-10 SimpleCNN, 10 epochs")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    with atomic_path(out / "bench-train.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="local CIFAR-10 copy (default: $CIFAR10_DATA)")
+    parser.add_argument("--recipes", nargs="+", default=["seed", "fast"])
+    parser.add_argument("--naive-steps", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    args, extra = parser.parse_known_args(argv)  # anything else goes to `python -m train`
+    if not args.data:
+        raise SystemExit("error: name the data copy with --data or CIFAR10_DATA")
+    rows = [time_naive_pipeline(image_folder(Path(args.data)), args.naive_steps)]
+    rows += [run_recipe(recipe, args.data, args.models, extra) for recipe in args.recipes]
+    write_report(rows, args.out, "python -m train.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Render the results of the model being served (make report).
+
+    python -m train.report [--archive model-store/cifar10.mar | --run models/<run>]
+
+Reads metadata.json from inside the archive (so it describes exactly what TorchServe loads) or
+from a run folder, and writes reports/model/: summary.md, curves.png and confusion.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+from train.atomic import atomic_write_text
+from train.plots import plot_confusion, plot_curves
+
+
+def load_metadata(archive: Path | None, run: Path | None) -> tuple[dict, str]:
+    if run is not None:
+        return json.loads((run / "metadata.json").read_text()), str(run)
+    if not archive.exists():
+        raise SystemExit(f"error: {archive} not found; build it with `make archive` or pass --run models/<run>")
+    with zipfile.ZipFile(archive) as mar:
+        return json.loads(mar.read("metadata.json")), str(archive)
+
+
+def summary(meta: dict, origin: str) -> str:
+    per_class = "\n".join(f"| {name} | {accuracy:.2%} |" for name, accuracy in meta["per_class_accuracy"].items())
+    history = "\n".join(
+        f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | {r['test_accuracy']:.2%} | {r['train_seconds']} |"
+        for r in meta["history"]
+    )
+    return f"""# Model report: {meta['run']} (version {meta['version']})
+
+From `{origin}`. Recipe `{meta['recipe']}`, trained {meta['created']} on {meta['device']} in {meta['total_seconds']} s
+(git {meta['git_commit']}, torch {meta['torch_version']}); data `{meta['data']['source']}`
+(sha256 {meta['data']['sha256'][:16]}…, {meta['data']['train_images']:,} train / {meta['data']['test_images']:,} test images).
+
+**Test accuracy {meta['test_accuracy']:.2%}** (epoch {meta['epoch']}, the one exported); final epoch {meta['final_test_accuracy']:.2%}.
+
+![training curves](curves.png)
+
+![confusion matrix](confusion.png)
+
+| class | accuracy |
+|---|---|
+{per_class}
+
+| epoch | train loss | test loss | test accuracy | train seconds |
+|---|---|---|---|---|
+{history}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--archive", type=Path, default=Path("model-store/cifar10.mar"))
+    source.add_argument("--run", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("reports/model"))
+    args = parser.parse_args(argv)
+    meta, origin = load_metadata(args.archive, args.run)
+    plot_curves(meta["history"], args.out / "curves.png", title=meta["run"])
+    plot_confusion(meta["confusion_matrix"], meta["classes"], args.out / "confusion.png", title=f"{meta['run']}, epoch {meta['epoch']}")
+    atomic_write_text(args.out / "summary.md", summary(meta, origin))
+    print(f"wrote {args.out}/summary.md, curves.png, confusion.png: {meta['run']}, test accuracy {meta['test_accuracy']:.2%}")
+
+
+if __name__ == "__main__":
+    main()
