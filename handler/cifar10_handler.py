@@ -8,20 +8,20 @@ Each request of a batch stands alone: one that is not a decodable image gets HTT
 error naming the problem, the others of its batch get their predictions, the worker stays up.
 """
 
-import json
-
-import numpy as np
 import torch
-from cifar10_images import IMAGE_SIZE, InvalidImage, decode_image, error_body, request_payload
+from cifar10_images import IMAGE_SIZE, InvalidImage, answer_bodies, decode_image, error_body, pixel_batch, request_payload
 from ts.torch_handler.base_handler import BaseHandler
-
-TOP_K = 3
 
 
 class Cifar10Handler(BaseHandler):
     """preprocess (decode a batch) -> inference (one forward pass) -> postprocess (JSON per request)."""
 
     def initialize(self, context):
+        # Intra-op threads per worker (model-config.yaml `handler: torch_threads`): on a small CPU the
+        # Java frontend and the other workers need cores too, and oversubscribed threads spin.
+        threads = (context.model_yaml_config or {}).get("handler", {}).get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
         super().initialize(context)  # loads the TorchScript model onto self.device, reads index_to_name.json
         if not self.mapping:
             raise RuntimeError("index_to_name.json is missing from the model archive")
@@ -41,8 +41,7 @@ class Cifar10Handler(BaseHandler):
                 errors.append(error)
         if not images:
             return None, errors
-        # N x H x W x C -> N x C x H x W: a channels_last view, the layout the model runs fastest in.
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        batch = pixel_batch(images)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch, errors
@@ -52,24 +51,19 @@ class Cifar10Handler(BaseHandler):
         if batch is None:
             return None, errors
         with torch.inference_mode():
-            probabilities = torch.softmax(self.model(batch).float(), dim=1)
-            top = probabilities.topk(TOP_K, dim=1)
-        # Rounded down to 4 decimals, so that the confidences shown never sum above 1.
-        return (torch.floor(top.values.double() * 1e4).div(1e4).tolist(), top.indices.tolist()), errors
+            logits = self.model(batch).cpu()
+        return answer_bodies(logits, self.classes), errors
 
     def postprocess(self, data):
-        predictions, errors = data
-        answers = iter(zip(*predictions)) if predictions is not None else iter(())
+        """One JSON body per request, in request order: an answer, or the error with HTTP 400."""
+        answers, errors = data
+        answers = iter(answers or ())
         responses = []
         for index, error in enumerate(errors):
             self.context.set_response_content_type(index, "application/json")
-            if error is not None:
+            if error is None:
+                responses.append(next(answers))
+            else:
                 self.context.set_response_status(400, "Bad Request", index)
                 responses.append(error_body(error))
-                continue
-            confidences, classes = next(answers)
-            top = [{"class": self.classes[c], "confidence": p} for p, c in zip(confidences, classes)]
-            responses.append(
-                json.dumps({"prediction": top[0]["class"], "confidence": top[0]["confidence"], "top3_predictions": top})
-            )
         return responses

@@ -1,0 +1,262 @@
+"""Serving benchmark: our TorchServe deployment against the alternatives, side by side, one run.
+
+    python -m loadtests.bench_serve --data ../shared/data/cifar10-jpeg.tar.gz     (make bench-serve)
+
+Starts each system in turn on loopback, drives the same closed-loop load at it with wrk
+(loadtests/wrk_predict.lua: a fixed set of real CIFAR-10 test JPEGs, every answer checked) at
+each concurrency after a warm-up, stops it, and measures the ceiling (decode + forward in one
+process, batched, no HTTP). All systems serve the same TorchScript file with the same decoding
+(handler/cifar10_images.py). Writes reports/bench-serve.{md,csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import requests  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from loadtests.alternatives import CLASSES, load_model  # noqa: E402  (puts handler/ on sys.path)
+from cifar10_images import decode_image, pixel_batch  # noqa: E402
+from serve.archive import MODEL_CONFIG, REPO, build_archive  # noqa: E402
+from serve.client import Client, sample_jpeg  # noqa: E402
+from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
+
+LUA = Path(__file__).with_name("wrk_predict.lua")
+PORTS = {"8080": 8090, "8081": 8091, "8082": 8092}
+FLASK_PORT, LITSERVE_PORT = 8093, 8094
+
+
+def bench_images(data: Path, count: int, folder: Path) -> Path:
+    """The first `count` test JPEGs of each class in turn, unpacked once; returns the list file."""
+    listing = folder / f"images-{count}.txt"
+    if listing.exists():
+        return listing
+    per_class: dict[str, list[tuple[str, bytes]]] = {name: [] for name in CLASSES}
+    with tarfile.open(data) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if member.isfile() and len(parts) >= 3 and parts[-3] == "test" and parts[-2] in per_class:
+                if len(per_class[parts[-2]]) < count // len(CLASSES) + 1:
+                    per_class[parts[-2]].append((Path(member.name).name, archive.extractfile(member).read()))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        name = CLASSES[index % len(CLASSES)]
+        filename, data_bytes = per_class[name][index // len(CLASSES)]
+        path = folder / f"{name}-{filename}"
+        path.write_bytes(data_bytes)
+        paths.append(str(path.resolve()))
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
+
+
+def run_wrk(url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool) -> dict:
+    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core)."""
+    env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", str(LUA), url]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    match = re.search(r"^WRK_RESULT (.*)$", output, re.MULTILINE)
+    if process.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
+    result = json.loads(match.group(1))
+    result["rps"] = result["requests"] / result["seconds"]
+    result["errors"] = result["invalid"] + result["socket_errors"]
+    result["wrk_cpu_percent"] = 100 * (usage.ru_utime + usage.ru_stime) / result["seconds"]
+    return result
+
+
+@dataclass
+class System:
+    name: str
+    url: str = ""
+    token: str | None = None
+    form: bool = False
+    cold_start_seconds: float | None = None
+    cleanup: list = field(default_factory=list)
+
+    def stop(self):
+        for action in reversed(self.cleanup):
+            action()
+
+
+def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Path) -> System:
+    """Our deployment: the repository's config.properties (ports moved) and an archive of `run_dir`."""
+    workdir = scratch / name
+    store = workdir / "model-store"
+    config_yaml = workdir / "model-config.yaml"
+    workdir.mkdir(parents=True)
+    config_yaml.write_text(yaml.safe_dump(model_config))
+    build_archive(run_dir, store, model_config=config_yaml)
+    config = (REPO / "config.properties").read_text()
+    for port, moved in PORTS.items():
+        config = re.sub(rf":{port}\b", f":{moved}", config)
+    (workdir / "config.properties").write_text(config)
+    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
+    started = time.monotonic()
+    start(paths)
+    system = System(name, cleanup=[lambda: stop(paths)])
+    client = Client.from_config(paths.config, workdir)
+    try:
+        wait_until_serving(client, "cifar10", paths)
+    except TimeoutError:
+        system.stop()
+        raise
+    system.cold_start_seconds = time.monotonic() - started
+    system.url = f"{client.inference}/predictions/cifar10"
+    system.token = client.keys.get("inference")
+    return system
+
+
+def process_system(name: str, module: str, port: int, model_path: Path, extra: list[str] = ()) -> System:
+    """A comparison server run as `python -m module`; ready once it answers a real prediction."""
+    process = subprocess.Popen([sys.executable, "-m", module, "--model", str(model_path), "--port", str(port), *extra],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    system = System(name, url=f"http://127.0.0.1:{port}/predict", form=True,
+                    cleanup=[lambda: (os.killpg(process.pid, signal.SIGTERM), process.wait(30))])
+    image = sample_jpeg()
+    started = time.monotonic()
+    while time.monotonic() - started < 120:
+        try:
+            if requests.post(system.url, files={"image": ("x.jpg", image)}, timeout=5).status_code == 200:
+                system.cold_start_seconds = time.monotonic() - started
+                return system
+        except requests.RequestException:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        time.sleep(0.25)
+    system.stop()
+    raise TimeoutError(f"{name} did not answer within 120 s")
+
+
+def ceiling(model_path: Path, listing: Path, seconds: float, batch_size: int = 64) -> float:
+    """Images/s of decode + batch + forward in this process: no HTTP, no queues."""
+    blobs = [Path(p).read_bytes() for p in listing.read_text().split()]
+    model = load_model(str(model_path))
+    done, started = 0, time.monotonic()
+    with torch.inference_mode():
+        while time.monotonic() - started < seconds:
+            for start_index in range(0, len(blobs), batch_size):
+                chunk = blobs[start_index : start_index + batch_size]
+                model(pixel_batch([decode_image(b) for b in chunk])).softmax(1).topk(3)
+                done += len(chunk)
+    return done / (time.monotonic() - started)
+
+
+def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["system", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "requests", "wrk_cpu_percent", "ratio_to_ceiling"]
+    for row in rows:
+        row["ratio_to_ceiling"] = row["rps"] / ceiling_rps
+    with open(out / "bench-serve.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        writer.writerow({"system": "ceiling (decode + forward, one process, batch 64)", "rps": round(ceiling_rps, 1), "ratio_to_ceiling": 1.0})
+
+    def fmt(row, column):
+        value = row.get(column)
+        if isinstance(value, float):
+            return f"{value:.0%}" if column == "ratio_to_ceiling" else f"{value:.1f}"
+        return str(value)
+
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, load generator wrk (1 thread) on the same machine.",
+        "",
+        f"Ceiling (decode + forward in one process, batch 64, no HTTP): **{ceiling_rps:.0f} images/s**.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(fmt(row, c) for c in columns) + " |" for row in rows),
+        "",
+        "Cold start (process start to first prediction answered): "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items()) + ".",
+    ]
+    (out / "bench-serve.md").write_text("\n".join(lines) + "\n")
+
+    figure, (throughput, tail) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name in dict.fromkeys(row["system"] for row in rows):
+        points = [row for row in rows if row["system"] == name]
+        throughput.plot([p["concurrency"] for p in points], [p["rps"] for p in points], "o-", label=name)
+        tail.plot([p["concurrency"] for p in points], [p["p99_ms"] for p in points], "o-", label=name)
+    throughput.axhline(ceiling_rps, color="gray", linestyle=":", label="ceiling (no HTTP)")
+    throughput.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="throughput")
+    tail.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency")
+    for axis in (throughput, tail):
+        axis.grid(alpha=0.3)
+    throughput.legend(fontsize=8)
+    figure.savefig(out / "bench-serve.png", dpi=110, bbox_inches="tight")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 copy (.tar.gz of the image tree); default $CIFAR10_DATA")
+    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run to serve")
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--seconds", type=int, default=15, help="per concurrency level")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--systems", nargs="+", default=["torchserve", "torchserve-batch1", "flask", "litserve"])
+    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    args = parser.parse_args(argv)
+    if not args.data:
+        raise SystemExit("error: name the CIFAR-10 copy with --data or CIFAR10_DATA")
+    if shutil.which("wrk") is None:
+        raise SystemExit("error: wrk not found; install it with `sudo apt-get install -y wrk`")
+    run_dir = args.run.resolve()
+    model_path = run_dir / "model.pt"
+    listing = bench_images(Path(args.data), args.images, REPO / "data" / "bench-images")
+    users_config = yaml.safe_load(MODEL_CONFIG.read_text())
+    factories = {
+        "torchserve": lambda scratch: torchserve_system("torchserve", run_dir, users_config, scratch),
+        "torchserve-batch1": lambda scratch: torchserve_system("torchserve-batch1", run_dir, {**users_config, "batchSize": 1}, scratch),
+        "flask": lambda scratch: process_system("flask", "loadtests.alternatives.flask_app", FLASK_PORT, model_path),
+        "litserve": lambda scratch: process_system("litserve", "loadtests.alternatives.litserve_app", LITSERVE_PORT, model_path),
+    }
+    rows, cold = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        for name in args.systems:
+            print(f"== {name}", flush=True)
+            system = factories[name](Path(scratch))
+            cold[name] = system.cold_start_seconds
+            try:
+                run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
+                for concurrency in args.concurrency:
+                    result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
+                    rows.append({"system": name, "concurrency": concurrency, **result})
+                    print(f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+                          f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  wrk cpu {result['wrk_cpu_percent']:.0f}%", flush=True)
+            finally:
+                system.stop()
+    print("== ceiling", flush=True)
+    ceiling_rps = ceiling(model_path, listing, seconds=max(args.seconds, 5))
+    write_report(rows, ceiling_rps, cold, args.out, "python -m loadtests.bench_serve " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
