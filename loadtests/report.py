@@ -41,7 +41,7 @@ def stage_rows(stages: list[Stage]) -> list[str]:
     for stage in stages:
         predict = stage.group("predict")
         rate = predict.num_requests / stage.ran_seconds if stage.ran_seconds else 0.0
-        held = {True: "yes", False: "**no**", None: "not run"}[stage.held]
+        held = "yes" if stage.held else "**no**"
         rows.append(
             f"| {stage.name} | {stage.users} | {stage.ran_seconds:.0f} | {predict.num_requests:,} | {rate:,.1f} "
             f"| {_ms(predict.median_response_time)} | {_ms(predict.get_response_time_percentile(0.95))} "
@@ -83,7 +83,7 @@ def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool
         f"- users: closed loop, each keeps one request in flight{operator}; "
         f"{options.bad_share:.0%} bad payloads; valid payloads: {mix}; half raw body, half multipart `image`",
         "",
-        *stage_rows(shape.stages),
+        *stage_rows(shape.ran()),
         "",
         *group_rows(environment.stats),
         "",
