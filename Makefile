@@ -58,3 +58,18 @@ report: $(VENV)/.installed ## curves, confusion matrix and summary of the archiv
 
 clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 	rm -rf model-store logs key_file.json .torchserve
+
+# --- Load tests (loadtests/, README: Load testing) ----------------------------------------------
+# make loadtest [SCENARIO=steady|ramp|spike] [LOADTEST_ARGS="-u 16 -t 2m --p99-ms 500 ..."]
+SCENARIO ?= steady
+LOADTEST_ARGS ?=
+.PHONY: payloads loadtest
+
+loadtests/payloads/manifest.json: | $(VENV)/.installed
+	$(PY) -m loadtests.payloads --out loadtests/payloads
+
+payloads: loadtests/payloads/manifest.json ## build the load tests' images from CIFAR-10 (once; CIFAR10_DATA=...)
+
+loadtest: loadtests/payloads/manifest.json ## Locust, headless, against `make serve` (SCENARIO=steady|ramp|spike)
+	$(PY) -m locust --config loadtests/$(SCENARIO).conf $(LOADTEST_ARGS)
+# --- end of load tests ---------------------------------------------------------------------------
