@@ -101,7 +101,7 @@ class System:
             action()
 
 
-def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Path) -> System:
+def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Path, quiet_logging: bool = True) -> System:
     """Our deployment: the repository's config.properties (ports moved) and an archive of `run_dir`."""
     workdir = scratch / name
     store = workdir / "model-store"
@@ -115,7 +115,7 @@ def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Pat
     (workdir / "config.properties").write_text(config)
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
     started = time.monotonic()
-    start(paths)
+    start(paths, **({} if quiet_logging else {"log_config": None}))
     system = System(name, cleanup=[lambda: stop(paths)])
     client = Client.from_config(paths.config, workdir)
     try:
@@ -165,12 +165,12 @@ def ceiling(model_path: Path, listing: Path, seconds: float, batch_size: int = 6
     return done / (time.monotonic() - started)
 
 
-def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, command: str) -> None:
+def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, stem: str, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     columns = ["system", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "requests", "wrk_cpu_percent", "ratio_to_ceiling"]
     for row in rows:
         row["ratio_to_ceiling"] = row["rps"] / ceiling_rps
-    with open(out / "bench-serve.csv", "w", newline="") as handle:
+    with open(out / f"{stem}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -196,7 +196,7 @@ def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, co
         "Cold start (process start to first prediction answered): "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items()) + ".",
     ]
-    (out / "bench-serve.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
     figure, (throughput, tail) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name in dict.fromkeys(row["system"] for row in rows):
@@ -209,8 +209,24 @@ def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, co
     for axis in (throughput, tail):
         axis.grid(alpha=0.3)
     throughput.legend(fontsize=8)
-    figure.savefig(out / "bench-serve.png", dpi=110, bbox_inches="tight")
+    figure.savefig(out / f"{stem}.png", dpi=110, bbox_inches="tight")
     print("\n".join(lines))
+
+
+def lever_variants(users_config: dict) -> list[tuple[str, dict, bool]]:
+    """From an untuned TorchServe to the shipped configuration, one lever at a time."""
+    untuned = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 30}
+    steps = [
+        ("untuned: batch 32, delay 5 ms, TorchServe's logging, 2 torch threads", untuned, False),
+        ("+ quiet logging (serve/log4j2.xml)", untuned, True),
+        ("+ maxBatchDelay 0 (take what is queued)", {**untuned, "maxBatchDelay": 0}, True),
+        ("+ 1 torch thread in the worker", {**untuned, "maxBatchDelay": 0, "handler": {"torch_threads": 1}}, True),
+        ("+ batchSize 64", {**untuned, "maxBatchDelay": 0, "batchSize": 64, "handler": {"torch_threads": 1}}, True),
+        ("2 workers x 1 thread instead", {**untuned, "minWorkers": 2, "maxWorkers": 2, "maxBatchDelay": 0, "batchSize": 64,
+                                          "handler": {"torch_threads": 1}}, True),
+        ("shipped: handler/model-config.yaml", users_config, True),
+    ]
+    return steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--systems", nargs="+", default=["torchserve", "torchserve-batch1", "flask", "litserve"])
     parser.add_argument("--out", type=Path, default=REPO / "reports")
+    parser.add_argument("--levers", action="store_true", help="instead: TorchServe alone, one configuration lever at a time")
     args = parser.parse_args(argv)
     if not args.data:
         raise SystemExit("error: name the CIFAR-10 copy with --data or CIFAR10_DATA")
@@ -232,17 +249,24 @@ def main(argv: list[str] | None = None) -> None:
     model_path = run_dir / "model.pt"
     listing = bench_images(Path(args.data), args.images, REPO / "data" / "bench-images")
     users_config = yaml.safe_load(MODEL_CONFIG.read_text())
-    factories = {
-        "torchserve": lambda scratch: torchserve_system("torchserve", run_dir, users_config, scratch),
-        "torchserve-batch1": lambda scratch: torchserve_system("torchserve-batch1", run_dir, {**users_config, "batchSize": 1}, scratch),
-        "flask": lambda scratch: process_system("flask", "loadtests.alternatives.flask_app", FLASK_PORT, model_path),
-        "litserve": lambda scratch: process_system("litserve", "loadtests.alternatives.litserve_app", LITSERVE_PORT, model_path),
-    }
+    if args.levers:
+        systems = {
+            f"{i}. {label}": (lambda scratch, i=i, config=config, quiet=quiet: torchserve_system(f"lever{i}", run_dir, config, scratch, quiet))
+            for i, (label, config, quiet) in enumerate(lever_variants(users_config))
+        }
+    else:
+        factories = {
+            "torchserve": lambda scratch: torchserve_system("torchserve", run_dir, users_config, scratch),
+            "torchserve-batch1": lambda scratch: torchserve_system("torchserve-batch1", run_dir, {**users_config, "batchSize": 1}, scratch),
+            "flask": lambda scratch: process_system("flask", "loadtests.alternatives.flask_app", FLASK_PORT, model_path),
+            "litserve": lambda scratch: process_system("litserve", "loadtests.alternatives.litserve_app", LITSERVE_PORT, model_path),
+        }
+        systems = {name: factories[name] for name in args.systems}
     rows, cold = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
-        for name in args.systems:
+        for name, launch in systems.items():
             print(f"== {name}", flush=True)
-            system = factories[name](Path(scratch))
+            system = launch(Path(scratch))
             cold[name] = system.cold_start_seconds
             try:
                 run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
@@ -255,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
                 system.stop()
     print("== ceiling", flush=True)
     ceiling_rps = ceiling(model_path, listing, seconds=max(args.seconds, 5))
-    write_report(rows, ceiling_rps, cold, args.out, "python -m loadtests.bench_serve " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = "python -m loadtests.bench_serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_report(rows, ceiling_rps, cold, args.out, "bench-serve-levers" if args.levers else "bench-serve", command)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from pathlib import Path
 from serve.client import Client, ServiceError, sample_jpeg
 
 
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+
+
 @dataclass
 class ServerPaths:
     config: Path  # config.properties
@@ -74,12 +77,17 @@ def _torchserve() -> str:
     return str(Path(sys.executable).with_name("torchserve"))
 
 
-def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = ()) -> None:
-    """Launches TorchServe in the background (returns at once; see `wait_until_serving`)."""
+def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = (), log_config: Path | None = LOG_CONFIG) -> None:
+    """Launches TorchServe in the background (returns at once; see `wait_until_serving`).
+
+    log_config=None keeps TorchServe's built-in logging (an access-log line per request).
+    """
     require_java()
     paths.workdir.mkdir(parents=True, exist_ok=True)
     (paths.workdir / "key_file.json").unlink(missing_ok=True)  # never let a client read the last run's keys
     command = [_torchserve(), "--start", "--ncs", "--ts-config", str(paths.config.resolve())]
+    if log_config is not None:
+        command += ["--log-config", str(log_config)]
     if paths.model_store is not None:
         command += ["--model-store", str(paths.model_store.resolve())]
     if not token_auth:
