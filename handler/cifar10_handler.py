@@ -13,6 +13,7 @@ import json
 import numpy as np
 import torch
 from cifar10_images import IMAGE_SIZE, InvalidImage, decode_image, error_body, request_payload
+from cifar10_metrics import BatchMetrics, timed
 from ts.torch_handler.base_handler import BaseHandler
 
 TOP_K = 3
@@ -26,10 +27,12 @@ class Cifar10Handler(BaseHandler):
         if not self.mapping:
             raise RuntimeError("index_to_name.json is missing from the model archive")
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
+        self.batch_metrics = BatchMetrics(context, self.classes)
         self.model = self.model.to(memory_format=torch.channels_last)
         with torch.inference_mode():  # first call builds TorchScript's execution plan; pay it here, not on a request
             self.model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
 
+    @timed("cifar10_decode_seconds")
     def preprocess(self, requests):
         """Decodes each request; returns the batch of good images and one error (or None) per request."""
         images, errors = [], []
@@ -47,6 +50,7 @@ class Cifar10Handler(BaseHandler):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch, errors
 
+    @timed("cifar10_inference_seconds")
     def inference(self, data, *args, **kwargs):
         batch, errors = data
         if batch is None:
@@ -59,6 +63,7 @@ class Cifar10Handler(BaseHandler):
 
     def postprocess(self, data):
         predictions, errors = data
+        self.batch_metrics.count(errors, predictions[1] if predictions is not None else ())
         answers = iter(zip(*predictions)) if predictions is not None else iter(())
         responses = []
         for index, error in enumerate(errors):
