@@ -50,10 +50,11 @@ def test_compose_files_validate(override, data_source):
     compose_config(*([override] if override else []), data_source=data_source)
 
 
-def test_compose_needs_the_grafana_password_and_keeps_none():
+def test_compose_needs_the_grafana_password_and_keeps_none(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
-    result = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "config", "-q"], cwd=REPO, env=env,
-                            capture_output=True, text=True)
+    (tmp_path / "empty.env").write_text("")  # not a developer's .env either
+    command = [tool("docker-compose"), "--env-file", str(tmp_path / "empty.env"), "-f", "docker-compose.yml", "config", "-q"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
