@@ -126,7 +126,7 @@ def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
                 source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
                 if source.startswith("/"):  # a bind mount (named volumes have no slash)
                     assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
-                    if Path(source) != data_source.resolve():  # the local data copy lies outside, on purpose
+                    if Path(source).resolve() != data_source.resolve():  # the local data copy lies outside, on purpose
                         assert Path(source).is_relative_to(REPO), f"{name} mounts {source} from outside the repository"
 
 
