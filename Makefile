@@ -33,7 +33,7 @@ train: $(VENV)/.installed ## train a model into models/<run>/ (TRAIN_ARGS="--rec
 models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
-model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/model-config.yaml | $(VENV)/.installed
+model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py handler/model-config.yaml | $(VENV)/.installed
 	$(PY) -m serve archive --run $(RUN)
 
 archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar

@@ -10,6 +10,7 @@ error naming the problem, the others of its batch get their predictions, the wor
 
 import torch
 from cifar10_images import IMAGE_SIZE, InvalidImage, answer_bodies, decode_image, error_body, pixel_batch, request_payload
+from cifar10_metrics import BatchMetrics, timed
 from ts.torch_handler.base_handler import BaseHandler
 
 
@@ -26,10 +27,12 @@ class Cifar10Handler(BaseHandler):
         if not self.mapping:
             raise RuntimeError("index_to_name.json is missing from the model archive")
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
+        self.batch_metrics = BatchMetrics(context, self.classes)
         self.model = self.model.to(memory_format=torch.channels_last)
         with torch.inference_mode():  # first call builds TorchScript's execution plan; pay it here, not on a request
             self.model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
 
+    @timed("cifar10_decode_seconds")
     def preprocess(self, requests):
         """Decodes each request; returns the batch of good images and one error (or None) per request."""
         images, errors = [], []
@@ -46,18 +49,19 @@ class Cifar10Handler(BaseHandler):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch, errors
 
+    @timed("cifar10_inference_seconds")
     def inference(self, data, *args, **kwargs):
         batch, errors = data
         if batch is None:
             return None, errors
         with torch.inference_mode():
-            logits = self.model(batch).cpu()
-        return answer_bodies(logits, self.classes), errors
+            return self.model(batch).cpu(), errors
 
     def postprocess(self, data):
         """One JSON body per request, in request order: an answer, or the error with HTTP 400."""
-        answers, errors = data
-        answers = iter(answers or ())
+        logits, errors = data
+        self.batch_metrics.count(errors, logits.argmax(1).tolist() if logits is not None else [])
+        answers = iter(answer_bodies(logits, self.classes) if logits is not None else ())
         responses = []
         for index, error in enumerate(errors):
             self.context.set_response_content_type(index, "application/json")

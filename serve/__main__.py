@@ -5,7 +5,14 @@
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
-    python -m serve describe | scale N | set-default VERSION
+    python -m serve describe | scale N [--version V] | set-default VERSION
+
+Versions (README: Operations):
+    python -m serve rollout --run models/<run>        archive the run as cifar10-<version>.mar, serve it beside
+    python -m serve versions                          the versions served, which is the default
+    python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
+    python -m serve retire VERSION                    unregister a version that is not the default
+    python -m serve rotate-keys [inference|management]  new keys (default: both) in key_file.json
 """
 
 from __future__ import annotations
@@ -40,8 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("describe")
     scale = commands.add_parser("scale")
     scale.add_argument("workers", type=int)
+    scale.add_argument("--version", help="scale this version (default: the default version)")
     default = commands.add_parser("set-default")
     default.add_argument("version")
+    rollout = commands.add_parser("rollout")
+    rollout.add_argument("--run", type=Path, default=REPO / "models" / "latest")
+    rollout.add_argument("--store", type=Path, default=REPO / "model-store", help="the model store TorchServe serves")
+    rollout.add_argument("--workers", type=int, default=1)
+    commands.add_parser("versions")
+    retire = commands.add_parser("retire")
+    retire.add_argument("version")
+    rotate = commands.add_parser("rotate-keys")
+    rotate.add_argument("api", nargs="?", choices=["inference", "management", "both"], default="both")
     args = parser.parse_args(argv)
 
     paths = ServerPaths(config=args.config, workdir=args.workdir)
@@ -73,9 +90,26 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "describe":
             print(json.dumps(client.describe(args.model), indent=2))
         elif args.command == "scale":
-            print(json.dumps(client.scale(args.workers, model=args.model), indent=2))
+            print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
         elif args.command == "set-default":
             print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
+        elif args.command == "rollout":
+            archive = build_archive(args.run, args.store, name=args.model, versioned=True)
+            print(client.register(archive.name, workers=args.workers)["status"])
+            print("served beside the default version: `python -m serve set-default VERSION` switches to it")
+        elif args.command == "versions":
+            default = client.describe(args.model)[0]["modelVersion"]
+            for version in client.describe(args.model, "all"):
+                ready = sum(worker["status"] == "READY" for worker in version["workers"])
+                mark = " (default)" if version["modelVersion"] == default else ""
+                print(f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready")
+        elif args.command == "retire":
+            print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
+        elif args.command == "rotate-keys":
+            apis = ["inference", "management"] if args.api == "both" else [args.api]
+            for api in apis:
+                client.renew_key(api)
+            print(f"new {' and '.join(apis)} key(s) in {client.key_file}; the old ones no longer work")
     except ServiceError as error:
         raise SystemExit(f"error: {error}") from None
 

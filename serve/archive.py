@@ -19,17 +19,22 @@ from model import CLASSES
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
+METRICS = REPO / "handler" / "cifar10_metrics.py"
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 
 
-def build_archive(run_dir: Path, model_store: Path, name: str = "cifar10", model_config: Path = MODEL_CONFIG) -> Path:
+def build_archive(
+    run_dir: Path, model_store: Path, name: str = "cifar10", model_config: Path = MODEL_CONFIG, versioned: bool = False
+) -> Path:
+    """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
+    the archive already there; TorchServe knows both as model <name>, by their versions)."""
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
     if not metadata_file.exists():
         raise SystemExit(f"error: {metadata_file} not found; train a model first (make train)")
     metadata = json.loads(metadata_file.read_text())
     model_store.mkdir(parents=True, exist_ok=True)
-    target = model_store / f"{name}.mar"
+    target = model_store / (f"{name}-{metadata['version']}.mar" if versioned else f"{name}.mar")
     with tempfile.TemporaryDirectory(dir=model_store) as scratch:
         scratch = Path(scratch)
         index_to_name = scratch / "index_to_name.json"
@@ -42,7 +47,7 @@ def build_archive(run_dir: Path, model_store: Path, name: str = "cifar10", model
                 "--serialized-file", str(run_dir / "model.pt"),
                 "--handler", str(HANDLER),
                 "--config-file", str(model_config),
-                "--extra-files", f"{IMAGES},{index_to_name},{metadata_file}",
+                "--extra-files", f"{IMAGES},{METRICS},{index_to_name},{metadata_file}",
                 "--export-path", str(scratch),
             ],
             check=True,

@@ -7,12 +7,13 @@ reads them from there, so neither the Makefile nor a user copies keys around by 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from urllib.parse import urlparse
 
 import requests
 from PIL import Image
+
+from serve.keys import read_keys
 
 
 class ServiceError(Exception):
@@ -58,12 +59,7 @@ class Client:
 
     def refresh_keys(self) -> None:
         """Reads key_file.json; without the file, requests go without keys (token auth off)."""
-        self.keys = {}
-        try:
-            stored = json.loads(self.key_file.read_text()) if self.key_file is not None else {}
-        except (FileNotFoundError, json.JSONDecodeError):  # absent, or TorchServe is writing it right now
-            return
-        self.keys = {api: entry["key"] for api, entry in stored.items() if isinstance(entry, dict) and "key" in entry}
+        self.keys = read_keys(self.key_file) if self.key_file is not None else {}
 
     def _headers(self, api: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[api]}"} if api in self.keys else {}
@@ -87,13 +83,30 @@ class Client:
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
         return self._call("GET", url, "management", timeout=30).json()
 
-    def scale(self, workers: int, model: str = "cifar10", max_workers: int | None = None, timeout: float = 120) -> dict:
-        """Sets the worker count and waits until the workers are up (synchronous)."""
+    def scale(self, workers: int, model: str = "cifar10", max_workers: int | None = None, version: str | None = None,
+              timeout: float = 120) -> dict:
+        """Sets the worker count (of the default version, or `version`) and waits until the workers are up."""
         params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
-        return self._call("PUT", f"{self.management}/models/{model}", "management", params=params, timeout=timeout).json()
+        url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
+        return self._call("PUT", url, "management", params=params, timeout=timeout).json()
 
     def set_default(self, version: str, model: str = "cifar10") -> dict:
         return self._call("PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30).json()
+
+    def register(self, archive: str, workers: int = 1, timeout: float = 180) -> dict:
+        """Registers `archive`, a file name in the server's model store, and waits for its workers.
+        An archive of a model already served becomes another version of it (not the default)."""
+        params = {"url": archive, "initial_workers": workers, "synchronous": "true"}
+        return self._call("POST", f"{self.management}/models", "management", params=params, timeout=timeout).json()
+
+    def unregister(self, version: str, model: str = "cifar10", timeout: float = 120) -> dict:
+        return self._call("DELETE", f"{self.management}/models/{model}/{version}", "management", timeout=timeout).json()
+
+    def renew_key(self, api: str) -> None:
+        """Has TorchServe replace the `api` key (inference or management) with the API key; the old
+        key stops working at once, and key_file.json holds the new one."""
+        self._call("POST", f"{self.management}/token", "API", params={"type": api}, timeout=30)
+        self.refresh_keys()
 
     def metrics(self) -> str:
         return self._call("GET", f"{self.metrics_url}/metrics", "metrics", timeout=30).text

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
 
 
@@ -73,6 +74,19 @@ def _env(paths: ServerPaths) -> dict[str, str]:
     return {**os.environ, "TMPDIR": runtime, "TEMP": runtime, "LOG_LOCATION": str(paths.logs), "METRICS_LOCATION": str(paths.logs)}
 
 
+def _launch_config(paths: ServerPaths) -> Path:
+    """paths.config, with a relative metrics_config made absolute (relative to the repository):
+    TorchServe would resolve it against its working directory, which tests move elsewhere."""
+    text = paths.config.read_text()
+    metrics_config = properties(paths.config).get("metrics_config")
+    if metrics_config and not Path(metrics_config).is_absolute():
+        text = re.sub(r"(?m)^metrics_config=.*$", f"metrics_config={REPO / metrics_config}", text)
+    paths.runtime.mkdir(parents=True, exist_ok=True)
+    launch = paths.runtime / "config.properties"
+    launch.write_text(text)
+    return launch
+
+
 def _torchserve() -> str:
     return str(Path(sys.executable).with_name("torchserve"))
 
@@ -85,7 +99,7 @@ def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ..
     require_java()
     paths.workdir.mkdir(parents=True, exist_ok=True)
     (paths.workdir / "key_file.json").unlink(missing_ok=True)  # never let a client read the last run's keys
-    command = [_torchserve(), "--start", "--ncs", "--ts-config", str(paths.config.resolve())]
+    command = [_torchserve(), "--start", "--ncs", "--ts-config", str(_launch_config(paths))]
     if log_config is not None:
         command += ["--log-config", str(log_config)]
     if paths.model_store is not None:

@@ -1,7 +1,7 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18082, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
+moved (18080-18084, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
 server that `make serve` started.
 """
 
@@ -26,8 +26,8 @@ from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
 from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
 
-PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management and metrics follow
-TEST_PORTS = {"8080": str(PORT_BASE), "8081": str(PORT_BASE + 1), "8082": str(PORT_BASE + 2)}
+PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow
+TEST_PORTS = {str(port): str(PORT_BASE + i) for i, port in enumerate((8080, 8081, 8082, 7070, 7071))}
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 
 
@@ -82,7 +82,7 @@ def server_paths(tmp_path_factory, model_store) -> ServerPaths:
     workdir = tmp_path_factory.mktemp("torchserve")
     config = (REPO / "config.properties").read_text()
     for port, test_port in TEST_PORTS.items():
-        config = re.sub(rf":{port}\b", f":{test_port}", config)
+        config = re.sub(rf"([:=]){port}\b", rf"\g<1>{test_port}", config)
     (workdir / "config.properties").write_text(config)
     return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
 

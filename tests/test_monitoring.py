@@ -1,0 +1,127 @@
+"""The handler's metrics on TorchServe's /metrics, and the Grafana dashboard's queries run by a real
+Prometheus (Debian's `prometheus`) that scrapes the session's TorchServe with serve/prometheus.yml."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from urllib.parse import urlparse
+
+import pytest
+import requests
+import yaml
+
+from cifar10_metrics import METRICS
+from conftest import REPO
+from serve.client import ServiceError
+
+DASHBOARD = REPO / "serve" / "grafana" / "dashboards" / "cifar10.json"
+# Grafana's own variables, as Grafana would set them for a 10-minute view scraped every second
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m"}
+
+
+def sample_values(metrics_text: str, name: str, label: str) -> dict[str, float]:
+    """{label value: sample} of metric `name` in Prometheus text format."""
+    pattern = re.compile(rf'^{name}{{.*\b{label}="([^"]+)".*}} ([0-9.eE+-]+)$', re.M)
+    return {value: float(sample) for value, sample in pattern.findall(metrics_text)}
+
+
+def test_metrics_yaml_declares_what_the_handler_emits():
+    declared = yaml.safe_load((REPO / "serve" / "metrics.yaml").read_text())["model_metrics"]
+    for name, (kind, unit, labels) in METRICS.items():
+        entries = [entry for entry in declared[kind.value] if entry["name"] == name]
+        assert entries == [{"name": name, "unit": unit, "dimensions": ["model_name", "model_version", *labels]}]
+
+
+def test_predictions_and_rejections_are_counted_by_class_and_reason(server, cifar_test_jpegs):
+    before = server.metrics()
+    answers = Counter(server.predict(images[0])["prediction"] for images in cifar_test_jpegs.values())
+    reasons = Counter()
+    for body in (b"", b"not an image", b"still not an image", cifar_test_jpegs["cat"][0][:400]):
+        with pytest.raises(ServiceError) as refused:
+            server.predict(body)
+        reasons[json.loads(refused.value.body)["reason"]] += 1
+    assert len(reasons) >= 2
+    after = server.metrics()
+    for name, label, expected in (("cifar10_predictions_total", "class", answers),
+                                  ("cifar10_rejected_total", "reason", reasons)):
+        now, earlier = sample_values(after, name, label), sample_values(before, name, label)
+        assert {value: now[value] - earlier.get(value, 0) for value in expected} == dict(expected), name
+    for histogram in ("cifar10_batch_size", "cifar10_decode_seconds", "cifar10_inference_seconds"):
+        assert re.search(rf'^{histogram}_count{{.*model_version="[0-9.]+".*}} [1-9]', after, re.M), histogram
+
+
+def free_port(ports=range(39090, 39100)) -> int:
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    pytest.fail(f"no free port in {ports}")
+
+
+@pytest.fixture
+def prometheus(server, tmp_path):
+    """Prometheus 2 (Debian's package) with serve/prometheus.yml pointed at the session's TorchServe."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (bash .ci/run installs it)")
+    config = yaml.safe_load((REPO / "serve" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [urlparse(server.metrics_url).netloc]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address={urlparse(url).netloc}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),
+    )
+    try:
+        query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def query(url: str, expression: str, until=bool, timeout: float = 60) -> list:
+    """Runs `expression` through Prometheus' HTTP API until `until(result)` (or fails after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = requests.get(f"{url}/api/v1/query", params={"query": expression}, timeout=10).json()
+            assert answer["status"] == "success", f"{expression}: {answer}"
+            if until(answer["data"]["result"]):
+                return answer["data"]["result"]
+        except requests.ConnectionError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no data for {expression} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(panel["title"], target["expr"]) for panel in panels for target in panel["targets"]]
+
+
+def test_every_dashboard_query_returns_data(server, prometheus, cifar_test_jpegs):
+    total = sum(sample_values(server.metrics(), "cifar10_predictions_total", "class").values())
+    images = [image for per_class in cifar_test_jpegs.values() for image in per_class]
+    for image in images:
+        server.predict(image)
+    with pytest.raises(ServiceError):
+        server.predict(b"not an image")
+    # Prometheus has scraped after the traffic once the handler's counter shows all of it
+    expected = total + len(images)
+    query(prometheus, "sum(cifar10_predictions_total)", until=lambda r: r and float(r[0]["value"][1]) >= expected)
+    for title, expression in dashboard_queries():
+        for variable, value in GRAFANA_VARIABLES.items():
+            expression = expression.replace(variable, value)
+        result = query(prometheus, expression, timeout=10)
+        assert result, f"{title}: {expression} returned no data"

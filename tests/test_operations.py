@@ -1,0 +1,208 @@
+"""The container files, checked without a Docker engine (none on these machines): Compose's own
+validation, Docker's Dockerfile parser, hadolint, shellcheck, yamllint; and the image's health
+check against the real TorchServe of the session."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dockerfile
+import pytest
+import yaml
+
+from conftest import REPO
+
+COMPOSE_FILES = {  # file -> the variables it requires
+    "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},
+    "docker-compose.gpu.yml": set(),
+    "docker-compose.local-data.yml": {"CIFAR10_DATA"},
+}
+DOCKERFILES = ["serve/Dockerfile", "train/Dockerfile"]
+
+
+def tool(name: str) -> str:
+    """A checker from Debian (bash .ci/run installs them) or from the venv (requirements.txt)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} not found: `sudo apt-get install -y {name}` (bash .ci/run installs it)")
+    return found
+
+
+def compose_config(*overrides: str, data_source: Path) -> dict:
+    """`docker-compose config` of docker-compose.yml plus `overrides`: parsed and normalized by Compose."""
+    files = ["docker-compose.yml", *overrides]
+    env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "test-only", "CIFAR10_DATA": str(data_source)}
+    command = [tool("docker-compose")] + [arg for name in files for arg in ("-f", name)] + ["config"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.mark.parametrize("override", [None, "docker-compose.gpu.yml", "docker-compose.local-data.yml"])
+def test_compose_files_validate(override, data_source):
+    compose_config(*([override] if override else []), data_source=data_source)
+
+
+def test_compose_needs_the_grafana_password_and_keeps_none(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
+    (tmp_path / "empty.env").write_text("")  # not a developer's .env either
+    command = [tool("docker-compose"), "--env-file", str(tmp_path / "empty.env"), "-f", "docker-compose.yml", "config", "-q"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def host_ip_and_target(port) -> tuple[str, str]:
+    """Compose 1.29 writes "127.0.0.1:8081:8081/tcp" (Compose 2: a mapping with host_ip, target)."""
+    if isinstance(port, dict):
+        return port.get("host_ip", "0.0.0.0"), str(port["target"])
+    *host, _published, target = port.split("/")[0].split(":")
+    return (host[0] if host else "0.0.0.0"), target
+
+
+def test_compose_publishes_inference_only_beyond_this_host(data_source):
+    services = compose_config(data_source=data_source)["services"]
+    published = {(name, target): host_ip for name, service in services.items()
+                 for host_ip, target in map(host_ip_and_target, service.get("ports", []))}
+    assert published == {
+        ("torchserve", "8080"): "0.0.0.0",
+        ("torchserve", "8081"): "127.0.0.1",
+        ("torchserve", "8082"): "127.0.0.1",
+        ("prometheus", "9090"): "127.0.0.1",
+        ("grafana", "3000"): "127.0.0.1",
+    }
+
+
+def test_compose_runs_train_then_archive_then_torchserve(data_source):
+    services = compose_config(data_source=data_source)["services"]
+    assert services["archive"]["depends_on"] == {"train": {"condition": "service_completed_successfully"}}
+    assert services["torchserve"]["depends_on"] == {"archive": {"condition": "service_completed_successfully"}}
+    assert services["locust"]["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
+
+
+def test_gpu_override_reserves_gpus_and_builds_cuda_torch(data_source):
+    services = compose_config("docker-compose.gpu.yml", data_source=data_source)["services"]
+    for name in ("train", "torchserve"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+        assert services[name]["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str) -> bool:
+    parts = Path(path).parts
+    return any(fnmatch.fnmatch(path.rstrip("/"), pattern) or fnmatch.fnmatch(parts[0], pattern)
+               for pattern in dockerignore_patterns())
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_path_a_dockerfile_copies_is_in_the_build_context(name):
+    copies = [command for command in dockerfile.parse_file(str(REPO / name)) if command.cmd in ("COPY", "ADD")]
+    assert copies
+    for command in copies:
+        assert command.cmd == "COPY" and not any(flag.startswith("--from") for flag in command.flags), command.original
+        for source in command.value[:-1]:
+            assert (REPO / source).exists(), f"{name}: {command.original}: {source} is not in the repository"
+            assert not ignored(source), f"{name}: {command.original}: .dockerignore leaves {source} out"
+
+
+def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
+    files = [None, "docker-compose.gpu.yml", "docker-compose.local-data.yml"]
+    for override in files:
+        for name, service in compose_config(*([override] if override else []), data_source=data_source)["services"].items():
+            if "build" in service:
+                assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]).is_file(), name
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+                if source.startswith("/"):  # a bind mount (named volumes have no slash)
+                    assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
+                    if Path(source).resolve() != data_source.resolve():  # the local data copy lies outside, on purpose
+                        assert Path(source).is_relative_to(REPO), f"{name} mounts {source} from outside the repository"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfiles_pass_hadolint(name):
+    result = subprocess.run([tool("hadolint"), name], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_pass_shellcheck():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    scripts = [name for name in tracked if name.endswith(".sh") or (REPO / name).is_file()
+               and (REPO / name).read_bytes()[:64].startswith((b"#!/usr/bin/env bash", b"#!/bin/bash", b"#!/bin/sh"))]
+    assert ".ci/run" in scripts
+    result = subprocess.run([tool("shellcheck"), *scripts], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_operations_yaml_passes_yamllint():
+    files = [*COMPOSE_FILES, "serve/prometheus.yml", "serve/metrics.yaml", ".hadolint.yaml",
+             *(str(p.relative_to(REPO)) for p in (REPO / "serve" / "grafana").rglob("*.yml"))]
+    config = "{extends: default, rules: {line-length: {max: 130}, document-start: disable}}"
+    result = subprocess.run([tool("yamllint"), "-s", "-d", config, *files], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_path(tmp_path):
+    """Runs the serve Dockerfile's own sed on the repository's config.properties."""
+    run = " ".join(command.value[0] for command in dockerfile.parse_file(str(REPO / "serve/Dockerfile"))
+                   if command.cmd == "RUN" and "sed -i" in command.value[0])
+    sed = re.search(r"sed -i .*? config\.properties", run).group(0)
+    shutil.copy(REPO / "config.properties", tmp_path / "config.properties")
+    subprocess.run(["bash", "-c", sed], cwd=tmp_path, check=True)
+    before = (REPO / "config.properties").read_text().splitlines()
+    after = (tmp_path / "config.properties").read_text().splitlines()
+    changed = {b: a for b, a in zip(before, after) if b != a}
+    assert changed == {
+        "inference_address=http://127.0.0.1:8080": "inference_address=http://0.0.0.0:8080",
+        "management_address=http://127.0.0.1:8081": "management_address=http://0.0.0.0:8081",
+        "metrics_address=http://127.0.0.1:8082": "metrics_address=http://0.0.0.0:8082",
+        "metrics_config=serve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
+    }
+
+
+def test_no_key_or_secret_is_committed_or_copied_into_an_image():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert not [name for name in tracked if Path(name).name in ("key_file.json", ".env")]
+    for name in ("key_file.json", ".env"):
+        assert ignored(name), f".dockerignore must keep {name} out of the build context"
+
+
+def healthcheck(server_paths, server, *extra: str) -> subprocess.CompletedProcess:
+    """The serve image's HEALTHCHECK command, against the session's TorchServe."""
+    command = [sys.executable, "-m", "serve.healthcheck", "--management", server.management,
+               "--key-file", str(server_paths.workdir / "key_file.json"), *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_health_check_asks_for_a_ready_worker(server, server_paths):
+    result = healthcheck(server_paths, server)
+    assert result.returncode == 0 and "READY worker" in result.stdout, result.stdout
+    result = healthcheck(server_paths, server, "--model", "no-such-model")
+    assert result.returncode == 1 and "404" in result.stdout
+
+
+def test_health_check_renews_a_refused_management_key(server, server_paths):
+    key_file = server_paths.workdir / "key_file.json"
+    keys = json.loads(key_file.read_text())
+    keys["management"]["key"] = "expired"  # what TorchServe refuses once the real key expired
+    key_file.write_text(json.dumps(keys))
+    try:
+        result = healthcheck(server_paths, server)
+        assert result.returncode == 0, result.stdout
+        renewed = json.loads(key_file.read_text())
+        assert renewed["management"]["key"] not in ("expired", keys["API"]["key"])
+        assert renewed["API"] == keys["API"] and renewed["inference"] == keys["inference"]
+    finally:
+        server.refresh_keys()
+    assert server.describe()[0]["modelName"] == "cifar10"

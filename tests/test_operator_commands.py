@@ -1,0 +1,105 @@
+"""The operator's commands of README (Operations), run as users run them (`python -m serve ...`)
+against the session's real TorchServe: roll out a second version, switch to it and back while
+traffic flows, retire it; scale workers; rotate keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import requests
+
+from conftest import REPO, metadata, train_run
+
+
+def cli(server_paths, *args: str) -> str:
+    command = [sys.executable, "-m", "serve", "--config", str(server_paths.config), "--workdir", str(server_paths.workdir),
+               *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+class Traffic:
+    """Predictions sent one after another from a thread, every status code counted."""
+
+    def __init__(self, server, image: bytes):
+        self.url, self.image, self.headers = f"{server.inference}/predictions/cifar10", image, server._headers("inference")
+        self.statuses: Counter = Counter()
+        self.running = True
+        self.thread = threading.Thread(target=self.send)
+        self.thread.start()
+
+    def send(self):
+        with requests.Session() as session:
+            while self.running:
+                self.statuses[session.post(self.url, data=self.image, headers=self.headers, timeout=60).status_code] += 1
+
+    def stop(self) -> Counter:
+        self.running = False
+        self.thread.join()
+        return self.statuses
+
+
+def test_roll_out_switch_and_roll_back_a_version_while_requests_flow(server, server_paths, model_store, trained_run,
+                                                                    data_source, tmp_path, cifar_test_jpegs):
+    second_run = train_run(tmp_path / "models", data_source, "--seed", "1", "--train-subset", "1000", "--test-subset", "200")
+    old, new = metadata(trained_run)["version"], metadata(second_run)["version"]
+    image = cifar_test_jpegs["horse"][0]
+
+    def answers() -> tuple[dict, dict, dict]:
+        return server.predict(image), server.predict(image, version=old), server.predict(image, version=new)
+
+    traffic = Traffic(server, image)
+    try:
+        cli(server_paths, "rollout", "--run", str(second_run), "--store", str(model_store))
+        assert (model_store / f"cifar10-{new}.mar").exists()
+        listed = cli(server_paths, "versions")
+        assert f"{old} (default): cifar10.mar, 1/1 workers ready" in listed
+        assert f"{new}: cifar10-{new}.mar, 1/1 workers ready" in listed
+        default, from_old, from_new = answers()
+        assert default == from_old != from_new  # two seeds, two models: different confidences
+
+        cli(server_paths, "set-default", new)
+        default, from_old, from_new = answers()
+        assert default == from_new != from_old
+        assert f"{new} (default)" in cli(server_paths, "versions")
+
+        cli(server_paths, "set-default", old)  # the roll-back
+        default, from_old, from_new = answers()
+        assert default == from_old != from_new
+    finally:
+        statuses = traffic.stop()
+        server.set_default(old)
+        cli(server_paths, "retire", new)
+    assert [version["modelVersion"] for version in server.describe("cifar10", "all")] == [old]
+    assert set(statuses) == {200} and statuses[200] > 10, statuses
+
+
+def test_scale_workers_up_and_down(server, server_paths):
+    cli(server_paths, "scale", "2")
+    assert "2/2 workers ready" in cli(server_paths, "versions")
+    cli(server_paths, "scale", "1")
+    assert "1/1 workers ready" in cli(server_paths, "versions")
+
+
+def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test_jpegs):
+    old = dict(server.keys)
+    cli(server_paths, "rotate-keys")
+    try:
+        new = {api: entry["key"] for api, entry in json.loads((server_paths.workdir / "key_file.json").read_text()).items()}
+        assert new["API"] == old["API"] and new["inference"] != old["inference"] and new["management"] != old["management"]
+        url, image = f"{server.inference}/predictions/cifar10", cifar_test_jpegs["cat"][0]
+
+        def status(method: str, address: str, key: str, **kwargs) -> int:
+            return requests.request(method, address, headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs).status_code
+
+        assert status("POST", url, old["inference"], data=image) == 400
+        assert status("POST", url, new["inference"], data=image) == 200
+        assert status("GET", f"{server.management}/models", old["management"]) == 400
+        assert status("GET", f"{server.management}/models", new["management"]) == 200
+    finally:
+        server.refresh_keys()
