@@ -38,11 +38,11 @@ from loadtests.alternatives import CLASSES, load_model  # noqa: E402  (puts hand
 from cifar10_images import decode_image, pixel_batch  # noqa: E402
 from serve.archive import MODEL_CONFIG, REPO, build_archive  # noqa: E402
 from serve.client import Client, sample_jpeg  # noqa: E402
-from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
+from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
 
 LUA = Path(__file__).with_name("wrk_predict.lua")
-PORTS = {"8080": 8090, "8081": 8091, "8082": 8092}
-FLASK_PORT, LITSERVE_PORT = 8093, 8094
+PORT_BASE = 8090  # TorchServe on 8090-8094, so that a server started by `make serve` can stay up
+FLASK_PORT, LITSERVE_PORT = 8095, 8096
 
 
 def bench_images(data: Path, count: int, folder: Path) -> Path:
@@ -109,11 +109,7 @@ def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Pat
     workdir.mkdir(parents=True)
     config_yaml.write_text(yaml.safe_dump(model_config))
     build_archive(run_dir, store, model_config=config_yaml)
-    config = (REPO / "config.properties").read_text()
-    for port, moved in PORTS.items():
-        config = re.sub(rf":{port}\b", f":{moved}", config)
-    (workdir / "config.properties").write_text(config)
-    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
+    paths = ServerPaths(config=config_on_ports(PORT_BASE, workdir), workdir=workdir, model_store=store)
     started = time.monotonic()
     start(paths, **({} if quiet_logging else {"log_config": None}))
     system = System(name, cleanup=[lambda: stop(paths)])

@@ -87,6 +87,19 @@ def _launch_config(paths: ServerPaths) -> Path:
     return launch
 
 
+def config_on_ports(base: int, workdir: Path, config: Path | None = None) -> Path:
+    """A copy of `config` (default: the repository's) in `workdir`, its five ports moved to
+    base .. base+4 (inference, management, metrics, gRPC inference, gRPC management), so that
+    several TorchServe instances can share a machine."""
+    text = (config or REPO / "config.properties").read_text()
+    for offset, port in enumerate((8080, 8081, 8082, 7070, 7071)):
+        text = re.sub(rf"([:=]){port}\b", rf"\g<1>{base + offset}", text)
+    workdir.mkdir(parents=True, exist_ok=True)
+    moved = workdir / "config.properties"
+    moved.write_text(text)
+    return moved
+
+
 def _torchserve() -> str:
     return str(Path(sys.executable).with_name("torchserve"))
 

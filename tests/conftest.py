@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -24,10 +23,9 @@ sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level
 
 from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
-from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
+from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
 
 PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow
-TEST_PORTS = {str(port): str(PORT_BASE + i) for i, port in enumerate((8080, 8081, 8082, 7070, 7071))}
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 
 
@@ -80,11 +78,7 @@ def model_store(tmp_path_factory, trained_run) -> Path:
 @pytest.fixture(scope="session")
 def server_paths(tmp_path_factory, model_store) -> ServerPaths:
     workdir = tmp_path_factory.mktemp("torchserve")
-    config = (REPO / "config.properties").read_text()
-    for port, test_port in TEST_PORTS.items():
-        config = re.sub(rf"([:=]){port}\b", rf"\g<1>{test_port}", config)
-    (workdir / "config.properties").write_text(config)
-    return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
+    return ServerPaths(config=config_on_ports(PORT_BASE, workdir), workdir=workdir, model_store=model_store)
 
 
 @pytest.fixture(scope="session")
