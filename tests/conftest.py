@@ -1,33 +1,29 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18082, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
+moved (18080-18084 with gRPC, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
 server that `make serve` started.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level inside the .mar
 
 from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
-from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
+from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
 
-PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management and metrics follow
-TEST_PORTS = {"8080": str(PORT_BASE), "8081": str(PORT_BASE + 1), "8082": str(PORT_BASE + 2)}
+PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 
 
@@ -80,10 +76,7 @@ def model_store(tmp_path_factory, trained_run) -> Path:
 @pytest.fixture(scope="session")
 def server_paths(tmp_path_factory, model_store) -> ServerPaths:
     workdir = tmp_path_factory.mktemp("torchserve")
-    config = (REPO / "config.properties").read_text()
-    for port, test_port in TEST_PORTS.items():
-        config = re.sub(rf":{port}\b", f":{test_port}", config)
-    (workdir / "config.properties").write_text(config)
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE))
     return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
 
 
@@ -97,12 +90,6 @@ def server(server_paths) -> Client:
         yield client
     finally:
         stop(server_paths)
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def metadata(run_dir: Path) -> dict:
