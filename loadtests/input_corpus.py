@@ -193,7 +193,8 @@ def describe(answer: Answer) -> str:
         return f"{answer.status} (no JSON body)"
     if "prediction" in answer.body:
         return f"{answer.status} prediction {answer.body['prediction']}"
-    return f"{answer.status} {answer.body.get('reason') or answer.body.get('type')}: {answer.body.get('message', '')[:70]}"
+    message = "".join(c if c.isascii() and c.isprintable() else "?" for c in " ".join(str(answer.body.get("message", "")).split()))
+    return f"{answer.status} {answer.body.get('reason') or answer.body.get('type')}: {message[:70]}"
 
 
 def max_request_size(config_properties: dict[str, str]) -> int:
