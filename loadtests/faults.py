@@ -218,10 +218,10 @@ def overflow_queue(client: Client, model: str, payload: bytes, burst: int) -> di
 
 
 def outlast_response_timeout(server: FaultServer) -> dict:
-    """One sleepy request that takes 3 s longer than responseTimeout."""
+    """One sleepy request that would take 8 s longer than responseTimeout."""
     old = server.worker_pids("sleepy")
     started = time.monotonic()
-    status, body = call(server.client, str(SLEEPY_RESPONSE_TIMEOUT + 3).encode(), "sleepy")
+    status, body = call(server.client, str(SLEEPY_RESPONSE_TIMEOUT + 8).encode(), "sleepy")
     answered = time.monotonic() - started
     back = wait_until_answering(server.client, "sleepy", b"0")
     return {

@@ -48,7 +48,7 @@ def test_a_full_job_queue_answers_503_and_recovers(fault_server):
 def test_a_request_outlasting_response_timeout_fails_clearly_and_the_worker_is_replaced(fault_server):
     seen = outlast_response_timeout(fault_server)
     assert seen["status"] == 500 and seen["answer"] == "Worker died.", seen
-    assert seen["seconds_until_answer"] < seen["response_timeout_s"] + 2, seen  # not the whole sleep
+    assert seen["seconds_until_answer"] < seen["response_timeout_s"] + 5, seen  # not the whole sleep (+8 s)
     assert seen["worker_replaced"]
 
 
