@@ -73,3 +73,19 @@ payloads: loadtests/payloads/manifest.json ## build the load tests' images from 
 loadtest: loadtests/payloads/manifest.json ## Locust, headless, against `make serve` (SCENARIO=steady|ramp|spike)
 	$(PY) -m locust --config loadtests/$(SCENARIO).conf $(LOADTEST_ARGS)
 # --- end of load tests ---------------------------------------------------------------------------
+
+# --- reliability: served = evaluated, fault drills, soak (README: Reliability) ---
+RELIABILITY_PORTS ?= 18090
+DURATION ?= 600
+.PHONY: verify-served reliability soak
+
+verify-served: $(VENV)/.installed ## send the run's test images through `make serve`'s API; compare with the offline evaluation
+	$(PY) -m serve.verify --run $(RUN)
+
+reliability: model-store/cifar10.mar ## every bad input and fault drill on a TorchServe of its own; reports/reliability.json
+	$(PY) -m loadtests.reliability --port-base $(RELIABILITY_PORTS)
+
+soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURATION s; reports/soak.json, soak.png
+	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
+	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+# --- end reliability ---

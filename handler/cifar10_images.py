@@ -35,16 +35,25 @@ class InvalidImage(ValueError):
         self.reason = reason
 
 
-def request_payload(row) -> bytes:
-    """The image bytes of one TorchServe request row (raw body or a multipart field)."""
+def request_payload(row, text_fields=frozenset()) -> bytes:
+    """The image bytes of one TorchServe request row (raw body or a multipart field).
+
+    `text_fields`: the form fields that came as text rather than as a file; one of them is taken
+    only when it bears one of IMAGE_FIELDS' names (`curl -F "image=<cat.jpg"`).
+    """
     if not isinstance(row, dict):
         raise InvalidImage("no_image", "request carries no image")
     for name in IMAGE_FIELDS:
         if name in row:
             return _as_bytes(row[name], name)
     for name, value in row.items():
-        if isinstance(value, (bytes, bytearray)) and value:
+        if name not in text_fields and isinstance(value, (bytes, bytearray)) and value:
             return bytes(value)
+    if row.keys() & set(text_fields):
+        raise InvalidImage(
+            "no_file",
+            f"no file in the form, only text fields ({', '.join(sorted(row))}): send the image as a file field, e.g. curl -F image=@cat.jpg",
+        )
     raise InvalidImage(
         "no_image",
         "no image in the request: send the image as the raw body or as a multipart file field named 'image'",
@@ -75,6 +84,8 @@ def decode_image(data: bytes) -> np.ndarray:
     if width * height > MAX_PIXELS:
         raise InvalidImage("too_large", f"image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted")
     try:
+        if image.format == "PNG":  # PIL decodes PNG pixels without checking their chunks' CRCs; verify() does
+            Image.open(io.BytesIO(data), formats=("PNG",)).verify()
         image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG only: decode at 1/2..1/8 scale when that is still >= 32 px
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)

@@ -57,6 +57,11 @@ class Client:
             key_file=workdir / "key_file.json",
         )
 
+    def copy(self) -> "Client":
+        """The same client with a connection pool of its own, for another thread (a requests
+        Session is not thread-safe)."""
+        return Client(self.inference, self.management, self.metrics_url, key_file=self.key_file)
+
     def refresh_keys(self) -> None:
         """Reads key_file.json; without the file, requests go without keys (token auth off)."""
         self.keys = read_keys(self.key_file) if self.key_file is not None else {}

@@ -68,6 +68,22 @@ def properties(path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+def config_on_ports(config: Path, port_base: int, **settings: str) -> str:
+    """`config`'s text with the inference, management and metrics APIs moved to port_base, +1 and +2,
+    gRPC to +3 and +4 (else TorchServe opens 7070 and 7071, and a second instance on the machine
+    fails to start), and `settings` set: the config for another instance beside the usual one."""
+    addresses = {"inference_address": port_base, "management_address": port_base + 1, "metrics_address": port_base + 2}
+    settings = {"grpc_inference_port": str(port_base + 3), "grpc_management_port": str(port_base + 4), **settings}
+    lines = []
+    for line in config.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key in addresses:
+            line = re.sub(r":\d+\s*$", f":{addresses[key]}", line)
+        if key not in settings:
+            lines.append(line)
+    return "\n".join(lines + [f"{key}={value}" for key, value in settings.items()]) + "\n"
+
+
 def _env(paths: ServerPaths) -> dict[str, str]:
     paths.runtime.mkdir(parents=True, exist_ok=True)
     runtime = str(paths.runtime)  # TMPDIR: the launcher's pid file; TEMP: the JVM's java.io.tmpdir
@@ -85,19 +101,6 @@ def _launch_config(paths: ServerPaths) -> Path:
     launch = paths.runtime / "config.properties"
     launch.write_text(text)
     return launch
-
-
-def config_on_ports(base: int, workdir: Path, config: Path | None = None) -> Path:
-    """A copy of `config` (default: the repository's) in `workdir`, its five ports moved to
-    base .. base+4 (inference, management, metrics, gRPC inference, gRPC management), so that
-    several TorchServe instances can share a machine."""
-    text = (config or REPO / "config.properties").read_text()
-    for offset, port in enumerate((8080, 8081, 8082, 7070, 7071)):
-        text = re.sub(rf"([:=]){port}\b", rf"\g<1>{base + offset}", text)
-    workdir.mkdir(parents=True, exist_ok=True)
-    moved = workdir / "config.properties"
-    moved.write_text(text)
-    return moved
 
 
 def _torchserve() -> str:
@@ -136,14 +139,16 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
     """Seconds until `model` answered a real prediction (not merely /ping).
 
     Raises TimeoutError after `timeout`, or as soon as TorchServe logs that a worker died while
-    loading the model (it would otherwise retry with back-off for minutes).
+    loading the model (it would otherwise retry with back-off for minutes). Only the log written
+    after this call is read: the same log holds earlier runs, whose workers may have died.
     """
     started = time.monotonic()
     image = sample_jpeg()
     last_error = "no answer yet"
     log = paths.logs / "ts_log.log"
+    offset = log.stat().st_size if log.exists() else 0
     while time.monotonic() - started < timeout:
-        if log.exists() and "Backend worker process died" in log.read_text(errors="replace"):
+        if log.exists() and "Backend worker process died" in _read_from(log, offset):
             raise TimeoutError(f"a {model} worker died while loading the model")
         try:
             client.refresh_keys()
@@ -153,3 +158,11 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
             last_error = str(error)
         time.sleep(0.25)
     raise TimeoutError(f"{model} did not answer a prediction within {timeout:.0f}s (last: {last_error})")
+
+
+def _read_from(log: Path, offset: int) -> str:
+    with open(log, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) < offset:  # rotated since: read the new file whole
+            offset = 0
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")

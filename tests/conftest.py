@@ -1,13 +1,12 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18084, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
+moved (18080-18084 with gRPC, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
 server that `make serve` started.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -16,7 +15,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level inside the .mar
@@ -25,7 +23,7 @@ from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
 from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
 
-PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow
+PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 
 
@@ -78,7 +76,8 @@ def model_store(tmp_path_factory, trained_run) -> Path:
 @pytest.fixture(scope="session")
 def server_paths(tmp_path_factory, model_store) -> ServerPaths:
     workdir = tmp_path_factory.mktemp("torchserve")
-    return ServerPaths(config=config_on_ports(PORT_BASE, workdir), workdir=workdir, model_store=model_store)
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE))
+    return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
 
 
 @pytest.fixture(scope="session")
@@ -91,12 +90,6 @@ def server(server_paths) -> Client:
         yield client
     finally:
         stop(server_paths)
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def metadata(run_dir: Path) -> dict:

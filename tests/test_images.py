@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from cifar10_images import InvalidImage, decode_image, request_payload
-from conftest import encode
+from loadtests.input_corpus import encode
 from model import SimpleCNN
 from train.data import _decode_image as training_decode
 

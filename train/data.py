@@ -114,7 +114,7 @@ def _decode_all(items: list[tuple[str, int, bytes]], what: str) -> dict[str, tup
     return splits
 
 
-def _load_tar(path: Path) -> tuple[dict, str]:
+def _tar_items(path: Path) -> list[tuple[str, int, bytes]]:
     items = []
     try:
         with tarfile.open(path) as archive:
@@ -124,17 +124,25 @@ def _load_tar(path: Path) -> tuple[dict, str]:
                     items.append((*found, archive.extractfile(member).read()))
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DataSourceError(f"{path}: not a readable .tar/.tar.gz archive ({error})") from error
-    return _decode_all(items, str(path)), f"imagefolder-tar:{path}"
+    return items
 
 
-def _load_folder(root: Path) -> tuple[dict, str]:
+def _load_tar(path: Path) -> tuple[dict, str]:
+    return _decode_all(_tar_items(path), str(path)), f"imagefolder-tar:{path}"
+
+
+def _folder_items(root: Path) -> list[tuple[str, int, bytes]]:
     files = sorted(p for p in root.glob("*/*/*") if p.is_file())
     items = []
     for path in files:
         found = _split_and_class(str(path.relative_to(root)))
         if found:
             items.append((*found, path.read_bytes()))
-    return _decode_all(items, str(root)), f"imagefolder:{root}"
+    return items
+
+
+def _load_folder(root: Path) -> tuple[dict, str]:
+    return _decode_all(_folder_items(root), str(root)), f"imagefolder:{root}"
 
 
 def _load_batches(root: Path) -> tuple[dict, str]:
@@ -207,3 +215,25 @@ def load_cifar10(source: str | None, download_root: Path = Path("data"), cache_d
     with atomic_path(cache) as tmp:
         torch.save(vars(tensors), tmp)
     return tensors
+
+
+def encoded_images(source: str | None, split: str = "test", download_root: Path = Path("data")) -> tuple[list[bytes], torch.Tensor]:
+    """The split's images as files a client would send, and their labels, in load_cifar10's order.
+
+    An image-folder source gives its own files; the pickled batches hold pixels only, which are
+    sent as PNG (lossless, so the pixels are the same).
+    """
+    path = Path(source).expanduser().resolve() if source else download(download_root)
+    loader, _ = _identify(path)
+    if loader in (_load_tar, _load_folder):
+        items = _tar_items(path) if loader is _load_tar else _folder_items(path)
+        chosen = [(label, data) for s, label, data in items if s == split]
+        return [data for _, data in chosen], torch.tensor([label for label, _ in chosen], dtype=torch.int64)
+    splits, _ = loader(path)
+    images, labels = splits[split]
+    files = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files, labels

@@ -58,7 +58,11 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, devic
 
 
 def evaluate(model, images, labels, batch_size, device) -> dict:
-    logits = predict(model, images, batch_size, device)
+    return score(predict(model, images, batch_size, device), labels)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Loss, accuracy (overall and per class) and confusion matrix of the logits for `labels`."""
     predictions = logits.argmax(1)
     confusion = torch.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
     confusion = confusion.view(len(CLASSES), len(CLASSES))

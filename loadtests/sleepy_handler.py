@@ -1,0 +1,19 @@
+"""Test-only TorchServe handler (never shipped): sleeps for the seconds named in each request's
+body, then answers {"slept": seconds}. loadtests/faults.py archives it into a temporary model
+store to fill a job queue and to outlast responseTimeout on purpose."""
+
+import json
+import time
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class SleepyHandler(BaseHandler):
+    def initialize(self, context):  # no model to load
+        self.context = context
+        self.initialized = True
+
+    def handle(self, data, context):
+        seconds = [float(bytes(row.get("body") or b"0")) for row in data]
+        time.sleep(max(seconds))
+        return [json.dumps({"slept": value}) for value in seconds]

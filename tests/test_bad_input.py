@@ -1,0 +1,80 @@
+"""Whatever a client sends, against the real TorchServe (conftest.server): bad input gets a 4xx
+whose JSON names the problem, alone or mixed into batches with good images, and costs nothing
+else (the good requests get their predictions, the worker process stays the same); valid images
+of any size, mode or container get a prediction. The corpus is loadtests/input_corpus.py."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar10_images import decode_image
+from loadtests.faults import worker_pids
+from loadtests.input_corpus import (
+    Input, block_image, corpus, describe, encode, exif_rotated_jpeg, keeps_the_rule, max_request_size, send, send_mixed,
+)
+from serve.client import sample_jpeg
+from serve.server import properties
+from test_serving import assert_prediction
+
+# For the test ids only: the corpus has the same inputs whatever image it is made from.
+SAMPLE = corpus(sample_jpeg())
+CASES = [pytest.param(item.name, marks=pytest.mark.xfail(strict=True, reason=item.frontend_gap) if item.frontend_gap else ())
+         for item in SAMPLE]
+
+
+@pytest.fixture(scope="module")
+def inputs(server_paths, cifar_test_jpegs) -> dict[str, Input]:
+    made = corpus(cifar_test_jpegs["cat"][0], max_request_size(properties(server_paths.config)))
+    return {item.name: item for item in made}
+
+
+def assert_answer_keeps_the_rule(item: Input, answer):
+    assert keeps_the_rule(item, answer), f"{item.name}: {describe(answer)}"
+    if item.status == 200:
+        assert_prediction(answer.body)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_input_alone(server, inputs, name):
+    item = inputs[name]
+    pids = worker_pids(server)
+    assert_answer_keeps_the_rule(item, send(server, item))
+    assert worker_pids(server) == pids
+
+
+@pytest.mark.parametrize("name", [item.name for item in SAMPLE if item.frontend_gap])
+def test_inputs_the_frontend_refuses_are_errors_that_cost_nothing(server, inputs, name):
+    """TorchServe answers these before our handler (see frontend_gap): an error, never a prediction."""
+    item = inputs[name]
+    pids = worker_pids(server)
+    answer = send(server, item)
+    assert answer.status >= 400 and "prediction" not in (answer.body or {})
+    assert worker_pids(server) == pids
+
+
+def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cifar_test_jpegs):
+    good = [Input(f"CIFAR-10 test image {i}", 200, data=blob)
+            for i, blob in enumerate(blob for images in cifar_test_jpegs.values() for blob in images)]
+    alone = {item.name: server.predict(item.data)["prediction"] for item in good}
+    pids = worker_pids(server)
+    for item, answer in send_mixed(server, list(inputs.values()) + good):
+        if item.frontend_gap:
+            assert answer.status >= 400, item.name
+            continue
+        assert_answer_keeps_the_rule(item, answer)
+        if item.name in alone:
+            assert answer.body["prediction"] == alone[item.name], item.name
+    assert worker_pids(server) == pids
+
+
+def test_exif_rotation_is_honoured(server, cifar_test_jpegs):
+    """A photo stored sideways with its EXIF orientation tag is classified as the upright photo."""
+    upright = block_image(Image.open(io.BytesIO(cifar_test_jpegs["horse"][0])))
+    upright_jpeg = encode(upright, "JPEG", quality=100, subsampling=0)
+    rotated = exif_rotated_jpeg(upright)
+    sideways = encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0)
+    np.testing.assert_array_equal(decode_image(rotated), decode_image(upright_jpeg))
+    assert np.abs(decode_image(sideways).astype(int) - decode_image(upright_jpeg)).mean() > 10  # the tag matters
+    assert server.predict(rotated) == server.predict(upright_jpeg)

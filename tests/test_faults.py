@@ -1,0 +1,67 @@
+"""Faults the service must survive, on a TorchServe of its own (ports TEST_PORT_BASE+5..+9) serving
+the test run's cifar10.mar (see loadtests/faults.py). `make reliability` runs the same drills with
+more load and prints the figures."""
+
+import pytest
+
+from conftest import PORT_BASE
+from loadtests.faults import (
+    BROKEN_AT_START,
+    SLEEPY_QUEUE,
+    FaultServer,
+    broken_archive_at_start,
+    kill_worker_under_load,
+    outlast_response_timeout,
+    overflow_queue,
+    register_broken_archives,
+    restart,
+)
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory, model_store):
+    with FaultServer(model_store / "cifar10.mar", tmp_path_factory.mktemp("fault-server"), PORT_BASE + 5) as server:
+        yield server
+
+
+def test_a_broken_archive_in_the_store_at_start_is_skipped_with_a_clear_error(fault_server):
+    seen = broken_archive_at_start(fault_server)
+    assert seen["models"] == ["cifar10", "sleepy"]
+    assert f"Failed to load model: {BROKEN_AT_START}" in seen["logged"] and "ZLIB" in seen["logged"]
+
+
+def test_kill_9_of_a_worker_under_load_loses_only_its_requests_in_flight(fault_server):
+    seen = kill_worker_under_load(fault_server, threads=8)
+    assert seen["failed"] <= seen["in_flight_at_kill"] <= 8, seen
+    assert seen["failed_started_before_kill"] == seen["failed"], seen  # nothing sent after the kill failed
+    assert all(answer.startswith("507 ") or answer.startswith("500 ") for answer in seen["failed_answers"]), seen
+    assert seen["new_pids"] and seen["killed_pid"] not in seen["new_pids"]
+
+
+def test_a_full_job_queue_answers_503_and_recovers(fault_server):
+    seen = overflow_queue(fault_server.client, "sleepy", b"0.5", burst=4 * (SLEEPY_QUEUE + 1))
+    assert set(seen["statuses"]) == {200, 503}, seen  # nothing else: no connection dropped, no 500
+    assert seen["statuses"][200] >= SLEEPY_QUEUE + 1, seen  # the one served and those queued
+    assert seen["503_message"]
+
+
+def test_a_request_outlasting_response_timeout_fails_clearly_and_the_worker_is_replaced(fault_server):
+    seen = outlast_response_timeout(fault_server)
+    assert seen["status"] == 500 and seen["answer"] == "Worker died.", seen
+    assert seen["seconds_until_answer"] < seen["response_timeout_s"] + 5, seen  # not the whole sleep (+8 s)
+    assert seen["worker_replaced"]
+
+
+def test_broken_archives_fail_to_register_and_the_serving_model_is_untouched(fault_server):
+    seen = register_broken_archives(fault_server)
+    for archive in seen["archives"]:
+        assert archive["status"] >= 400 and archive["archive"].removesuffix(".mar") in archive["answer"], archive
+    assert seen["models_after"] == seen["models_before"]
+    assert seen["serving_worker_unchanged"] and seen["same_answer"]
+
+
+def test_stop_and_start_serves_the_same_version_with_the_same_answers(fault_server, cifar_test_jpegs):
+    images = [blob for per_class in cifar_test_jpegs.values() for blob in per_class[:2]]
+    seen = restart(fault_server, images)
+    assert seen["version_after"] == seen["version_before"]
+    assert seen["same_answers"] == seen["images"] == len(images)
