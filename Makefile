@@ -11,6 +11,8 @@ RUN ?= models/latest
 TRAIN_ARGS ?=
 TOKEN_AUTH ?= on
 API ?= inference
+DEVICE ?= cpu
+MODEL_CONFIG := handler/model-config$(if $(filter gpu,$(DEVICE)),.gpu).yaml
 export CIFAR10_DATA
 
 .DEFAULT_GOAL := help
@@ -33,10 +35,10 @@ train: $(VENV)/.installed ## train a model into models/<run>/ (TRAIN_ARGS="--rec
 models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
-model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py handler/model-config.yaml | $(VENV)/.installed
-	$(PY) -m serve archive --run $(RUN)
+model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py $(MODEL_CONFIG) | $(VENV)/.installed
+	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)
 
-archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar
+archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU batching config)
 
 serve: archive ## start TorchServe in the background; returns once the model answers a prediction
 	$(PY) -m serve start $(if $(filter off,$(TOKEN_AUTH)),--no-token-auth)
@@ -47,7 +49,7 @@ stop: ## stop TorchServe
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(API)
 
-test: $(VENV)/.installed ## run the tests (data: $$CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+test: $(VENV)/.installed ## run the tests (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
 	$(PY) -m pytest tests
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the seed and fast recipes -> reports/bench-train.*

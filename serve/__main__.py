@@ -1,6 +1,7 @@
 """Command line for the local deployment (what the Makefile calls).
 
-    python -m serve archive [--run models/latest]     build model-store/cifar10.mar
+    python -m serve archive [--run models/latest] [--model-config handler/model-config.gpu.yaml]
+                                                      build model-store/cifar10.mar
     python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
@@ -21,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve.archive import REPO, build_archive
+from serve.archive import MODEL_CONFIG, REPO, build_archive
 from serve.client import Client, ServiceError
 from serve.server import ServerPaths, start, stop, wait_until_serving
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     archive = commands.add_parser("archive")
     archive.add_argument("--run", type=Path, default=REPO / "models" / "latest")
     archive.add_argument("--store", type=Path, default=REPO / "model-store")
+    archive.add_argument("--model-config", type=Path, default=MODEL_CONFIG,
+                         help="batching/workers config packed into the archive (GPU: handler/model-config.gpu.yaml)")
     launch = commands.add_parser("start")
     launch.add_argument("--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)")
     launch.add_argument("--timeout", type=float, default=120)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     paths = ServerPaths(config=args.config, workdir=args.workdir)
     if args.command == "archive":
-        build_archive(args.run, args.store, name=args.model)
+        build_archive(args.run, args.store, name=args.model, model_config=args.model_config)
         return
     if args.command == "stop":
         stop(paths)
