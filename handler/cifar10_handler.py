@@ -9,7 +9,16 @@ error naming the problem, the others of its batch get their predictions, the wor
 """
 
 import torch
-from cifar10_images import IMAGE_SIZE, InvalidImage, answer_bodies, decode_image, error_body, pixel_batch, request_payload
+from cifar10_images import (
+    IMAGE_SIZE,
+    InvalidImage,
+    answer_bodies,
+    decode_image,
+    error_body,
+    inference_model,
+    pixel_batch,
+    request_payload,
+)
 from cifar10_metrics import BatchMetrics, timed
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -18,19 +27,23 @@ class Cifar10Handler(BaseHandler):
     """preprocess (decode a batch) -> inference (one forward pass) -> postprocess (JSON per request)."""
 
     def initialize(self, context):
-        # Intra-op threads per worker (model-config.yaml `handler: torch_threads`): on a small CPU the
-        # Java frontend and the other workers need cores too, and oversubscribed threads spin.
-        threads = (context.model_yaml_config or {}).get("handler", {}).get("torch_threads")
-        if threads:
-            torch.set_num_threads(int(threads))
+        # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
+        # small CPU the Java frontend needs a core too, and oversubscribed threads spin). freeze:
+        # serve the frozen module (default), or the export as it is (to measure what freezing buys).
+        options = (context.model_yaml_config or {}).get("handler", {})
+        if options.get("torch_threads"):
+            torch.set_num_threads(int(options["torch_threads"]))
         super().initialize(context)  # loads the TorchScript model onto self.device, reads index_to_name.json
         if not self.mapping:
             raise RuntimeError("index_to_name.json is missing from the model archive")
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
         self.batch_metrics = BatchMetrics(context, self.classes)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        with torch.inference_mode():  # first call builds TorchScript's execution plan; pay it here, not on a request
-            self.model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
+        self.model = inference_model(self.model, freeze=options.get("freeze", True))
+        # The first calls build and optimize TorchScript's execution plan: pay for them here, not on a request.
+        largest = int(context.system_properties.get("batch_size") or 1)
+        with torch.inference_mode():
+            for size in (1, 1, largest, largest):
+                self.model(torch.zeros(size, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
 
     @timed("cifar10_decode_seconds")
     def preprocess(self, requests):

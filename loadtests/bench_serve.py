@@ -211,19 +211,26 @@ def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, st
 
 
 def lever_variants(users_config: dict) -> list[tuple[str, dict, bool]]:
-    """From an untuned TorchServe to the shipped configuration, one lever at a time."""
-    untuned = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 30}
-    steps = [
-        ("untuned: batch 32, delay 5 ms, TorchServe's logging, 2 torch threads", untuned, False),
+    """From an untuned TorchServe to the shipped configuration, one lever at a time, then the
+    alternatives that were not kept: (label, model config, quiet logging)."""
+    untuned = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 30,
+               "handler": {"freeze": False}}
+    frozen = {**untuned, "handler": {}}
+    one_thread = {**frozen, "handler": {"torch_threads": 1}}
+    delay_1 = {**one_thread, "maxBatchDelay": 1}
+    return [
+        ("untuned: batch 32, delay 5 ms, TorchServe's logging, 2 threads, TorchScript as exported", untuned, False),
         ("+ quiet logging (serve/log4j2.xml)", untuned, True),
-        ("+ maxBatchDelay 0 (take what is queued)", {**untuned, "maxBatchDelay": 0}, True),
-        ("+ 1 torch thread in the worker", {**untuned, "maxBatchDelay": 0, "handler": {"torch_threads": 1}}, True),
-        ("+ batchSize 64", {**untuned, "maxBatchDelay": 0, "batchSize": 64, "handler": {"torch_threads": 1}}, True),
-        ("2 workers x 1 thread instead", {**untuned, "minWorkers": 2, "maxWorkers": 2, "maxBatchDelay": 0, "batchSize": 64,
-                                          "handler": {"torch_threads": 1}}, True),
+        ("+ frozen TorchScript (BN folded)", frozen, True),
+        ("+ 1 torch thread per worker", one_thread, True),
+        ("+ maxBatchDelay 1 ms", delay_1, True),
+        ("+ batchSize 64", {**delay_1, "batchSize": 64}, True),
         ("shipped: handler/model-config.yaml", users_config, True),
+        ("instead: maxBatchDelay 0 (TorchServe falls back to 100 ms)", {**delay_1, "batchSize": 64, "maxBatchDelay": 0}, True),
+        ("instead: maxBatchDelay 2 ms", {**delay_1, "batchSize": 64, "maxBatchDelay": 2}, True),
+        ("instead: 2 torch threads", {**delay_1, "batchSize": 64, "handler": {}}, True),
+        ("instead: 2 workers x 1 thread", {**delay_1, "batchSize": 64, "minWorkers": 2, "maxWorkers": 2}, True),
     ]
-    return steps
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,12 +8,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "handler"))
 
+from cifar10_images import inference_model  # noqa: E402
 from model import CLASSES  # noqa: E402
 
 
 def load_model(path: str) -> torch.jit.ScriptModule:
-    model = torch.jit.load(path, map_location="cpu").eval()
-    return model.to(memory_format=torch.channels_last)
+    """The exported TorchScript, prepared exactly as our handler prepares it."""
+    return inference_model(torch.jit.load(path, map_location="cpu"))
 
 
 __all__ = ["CLASSES", "load_model"]
