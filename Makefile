@@ -16,7 +16,7 @@ MODEL_CONFIG := handler/model-config$(if $(filter gpu,$(DEVICE)),.gpu).yaml
 export CIFAR10_DATA
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train archive serve stop token test clean bench-train report
+.PHONY: help venv train archive serve stop token test clean bench-train bench-serve report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -54,6 +54,10 @@ test: $(VENV)/.installed ## run the tests (data: CIFAR10_DATA, else ../shared/da
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the seed and fast recipes -> reports/bench-train.*
 	$(PY) -m train.bench $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+
+bench-serve: $(VENV)/.installed ## serving benchmark: our TorchServe vs batchSize 1, Flask, LitServe, the ceiling -> reports/bench-serve.*
+	@command -v wrk >/dev/null || { echo "bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 2; }
+	$(PY) -m loadtests.bench_serve $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
 
 report: $(VENV)/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
 	$(PY) -m train.report

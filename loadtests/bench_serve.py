@@ -225,11 +225,11 @@ def lever_variants(users_config: dict) -> list[tuple[str, dict, bool]]:
         ("+ 1 torch thread per worker", one_thread, True),
         ("+ maxBatchDelay 1 ms", delay_1, True),
         ("+ batchSize 64", {**delay_1, "batchSize": 64}, True),
-        ("shipped: handler/model-config.yaml", users_config, True),
-        ("instead: maxBatchDelay 0 (TorchServe falls back to 100 ms)", {**delay_1, "batchSize": 64, "maxBatchDelay": 0}, True),
-        ("instead: maxBatchDelay 2 ms", {**delay_1, "batchSize": 64, "maxBatchDelay": 2}, True),
-        ("instead: 2 torch threads", {**delay_1, "batchSize": 64, "handler": {}}, True),
-        ("instead: 2 workers x 1 thread", {**delay_1, "batchSize": 64, "minWorkers": 2, "maxWorkers": 2}, True),
+        ("+ 2 workers x 1 thread = shipped (handler/model-config.yaml)", users_config, True),
+        ("instead: maxBatchDelay 0 (TorchServe falls back to 100 ms)", {**users_config, "maxBatchDelay": 0}, True),
+        ("instead: maxBatchDelay 2 ms", {**users_config, "maxBatchDelay": 2}, True),
+        ("instead: 3 workers x 1 thread", {**users_config, "minWorkers": 3, "maxWorkers": 3}, True),
+        ("instead: 1 worker x 2 threads", {**delay_1, "batchSize": 64, "handler": {}}, True),
     ]
 
 

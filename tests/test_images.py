@@ -118,3 +118,17 @@ def test_truncated_jpeg_is_refused(cifar_image):
     with pytest.raises(InvalidImage) as error:
         decode_image(data[: len(data) // 2])
     assert error.value.reason == "corrupt"
+
+
+def test_serving_optimizations_keep_the_answers(trained_run, cifar_test_jpegs):
+    """The frozen, channels_last module the handler serves answers exactly as the export does."""
+    from cifar10_images import answer_bodies, inference_model
+
+    from model import CLASSES
+
+    blobs = [data for images in cifar_test_jpegs.values() for data in images]
+    batch = torch.from_numpy(np.stack([decode_image(b) for b in blobs])).permute(0, 3, 1, 2)
+    exported = torch.jit.load(str(trained_run / "model.pt")).eval()
+    served = inference_model(torch.jit.load(str(trained_run / "model.pt")))
+    with torch.inference_mode():
+        assert answer_bodies(served(batch), list(CLASSES)) == answer_bodies(exported(batch), list(CLASSES))

@@ -69,11 +69,12 @@ def test_empty_body_is_a_clear_400(server):
 def test_management_describes_and_scales_with_the_token(server):
     description = server.describe()[0]
     assert description["modelName"] == "cifar10" and description["batchSize"] > 1
-    assert len(description["workers"]) == 1
-    server.scale(2)
-    assert len([w for w in server.describe()[0]["workers"] if w["status"] == "READY"]) == 2
-    server.scale(1)
-    assert len(server.describe()[0]["workers"]) == 1
+    configured = len(description["workers"])
+    assert configured == description["minWorkers"]
+    server.scale(configured + 1)
+    assert len([w for w in server.describe()[0]["workers"] if w["status"] == "READY"]) == configured + 1
+    server.scale(configured)
+    assert len(server.describe()[0]["workers"]) == configured
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}])
