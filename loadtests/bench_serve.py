@@ -126,12 +126,23 @@ def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Pat
     return system
 
 
+def stop_group(process: subprocess.Popen) -> None:
+    """Stops a server and every process it started (LitServe's inference workers outlive a SIGTERM)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def process_system(name: str, module: str, port: int, model_path: Path, extra: list[str] = ()) -> System:
     """A comparison server run as `python -m module`; ready once it answers a real prediction."""
     process = subprocess.Popen([sys.executable, "-m", module, "--model", str(model_path), "--port", str(port), *extra],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    system = System(name, url=f"http://127.0.0.1:{port}/predict", form=True,
-                    cleanup=[lambda: (os.killpg(process.pid, signal.SIGTERM), process.wait(30))])
+    system = System(name, url=f"http://127.0.0.1:{port}/predict", form=True, cleanup=[lambda: stop_group(process)])
     image = sample_jpeg()
     started = time.monotonic()
     while time.monotonic() - started < 120:
