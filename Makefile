@@ -2,13 +2,14 @@
 #   make serve                 venv, train if there is no model, archive if stale, start TorchServe
 #   make test                  the test suite (starts its own TorchServe on other ports)
 # CIFAR10_DATA=path selects a local copy of the data set (see README); TRAIN_ARGS passes options to
-# `python -m train`; TOKEN_AUTH=off starts TorchServe without token authorization.
+# `python -m train` (default: --recipe fast, the better recipe; `python -m train` alone runs the
+# seed's); TOKEN_AUTH=off starts TorchServe without token authorization.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN ?= models/latest
-TRAIN_ARGS ?=
+TRAIN_ARGS ?= --recipe fast
 TOKEN_AUTH ?= on
 API ?= inference
 DEVICE ?= cpu
