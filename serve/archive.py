@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from model import CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
@@ -28,6 +27,8 @@ def build_archive(
 ) -> Path:
     """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
     the archive already there; TorchServe knows both as model <name>, by their versions)."""
+    from model import CLASSES  # imports torch (2 s): here, so that `serve start` does not pay it
+
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
     if not metadata_file.exists():
