@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ class PredictionUser(FastHttpUser):
     def on_start(self):
         self.headers = Soak.client._headers("inference")
         self.next_image = 0
+        # Out of phase: users started together at a constant throughput would otherwise stay in
+        # lockstep and send all at once every period, bursts bigger than TorchServe's job queue.
+        gevent.sleep(random.uniform(0, 1 / PER_USER_RATE))
 
     @task
     def predict(self):

@@ -64,11 +64,11 @@ def add_options(parser):
                         help="seconds between two worker changes by the operator (default: 10)")
     parser.add_argument("--operator-workers", env_var="LOADTEST_OPERATOR_WORKERS", type=int, default=0,
                         help="workers the operator scales up to (default: the count it finds + 1)")
-    parser.add_argument("--operator-mode", env_var="LOADTEST_OPERATOR_MODE", choices=["up-down", "up"], default="up-down",
-                        help="up-down (default): the operator alternates scaling up and back down under load; "
-                             "up: it scales up once and then only reads the description (the count is put back "
-                             "after the load): TorchServe 0.12 fails the batch in flight on a worker removed by "
-                             "a scale-down")
+    parser.add_argument("--operator-mode", env_var="LOADTEST_OPERATOR_MODE", choices=["up", "up-down"], default="up",
+                        help="up (default): the operator scales up under load, then reads the description each "
+                             "interval, and the count is put back after the load; up-down: it alternates scaling "
+                             "up and back down under load, where TorchServe 0.12 fails the batch in flight on the "
+                             "removed worker (README: Load testing)")
     parser.add_argument("--summary", env_var="LOADTEST_SUMMARY", default="",
                         help="Markdown summary file (default: summary.md beside the --csv files)")
 
