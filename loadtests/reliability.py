@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port-base", type=int, default=18090, help="inference port; +1..+4 management, metrics, gRPC")
     parser.add_argument("--kills", type=int, default=3, help="kill -9 drills, one after the other")
     parser.add_argument("--threads", type=int, default=16, help="clients posting back to back during a kill")
-    parser.add_argument("--queue-burst", type=int, default=400, help="simultaneous requests to cifar10 (its job queue: job_queue_size, 100 by default)")
+    parser.add_argument("--queue-burst", type=int, default=800, help="simultaneous requests to cifar10 (more than its job queue: job_queue_size in config.properties)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "reliability.json")
     args = parser.parse_args(argv)
     if not args.archive.exists():
