@@ -48,8 +48,8 @@ def test_smoke_load_through_the_steady_scenario(server, payloads, tmp_path):
     request answered with a valid classification, every bad payload refused with 400.
 
     The p99 bound is set out of reach (this checks behaviour, not speed), and the operator scales
-    up only (--operator-mode up): TorchServe 0.12 fails the batch in flight on a worker that a
-    scale-down removes (see README: Load testing); `make loadtest` checks both directions.
+    up only (--operator-mode up, the default, named here so that the test keeps it): TorchServe
+    0.12 fails the batch in flight on a worker that a scale-down removes (see README: Load testing).
     """
     reports = tmp_path / "steady"
     result = locust(server, payloads, reports, "-f", "loadtests/steady.py", "-u", "4", "-r", "4", "-t", "20s",
