@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,31 +38,28 @@ from cifar10_images import decode_image, pixel_batch  # noqa: E402
 from serve.archive import MODEL_CONFIG, REPO, build_archive  # noqa: E402
 from serve.client import Client, sample_jpeg  # noqa: E402
 from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
+from train.data import encoded_images  # noqa: E402
 
 LUA = Path(__file__).with_name("wrk_predict.lua")
 PORT_BASE = 8090  # TorchServe on 8090-8094, so that a server started by `make serve` can stay up
 FLASK_PORT, LITSERVE_PORT = 8095, 8096
 
 
-def bench_images(data: Path, count: int, folder: Path) -> Path:
-    """The first `count` test JPEGs of each class in turn, unpacked once; returns the list file."""
+def bench_images(data: str, count: int, folder: Path) -> Path:
+    """The first test images of each class in turn, `count` in all, as the files a client sends
+    (train.data.encoded_images), unpacked once for wrk; returns the list file."""
     listing = folder / f"images-{count}.txt"
     if listing.exists():
         return listing
-    per_class: dict[str, list[tuple[str, bytes]]] = {name: [] for name in CLASSES}
-    with tarfile.open(data) as archive:
-        for member in archive:
-            parts = Path(member.name).parts
-            if member.isfile() and len(parts) >= 3 and parts[-3] == "test" and parts[-2] in per_class:
-                if len(per_class[parts[-2]]) < count // len(CLASSES) + 1:
-                    per_class[parts[-2]].append((Path(member.name).name, archive.extractfile(member).read()))
+    files, labels = encoded_images(data)
+    of_class = [(labels == label).nonzero().flatten().tolist() for label in range(len(CLASSES))]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
-        name = CLASSES[index % len(CLASSES)]
-        filename, data_bytes = per_class[name][index // len(CLASSES)]
-        path = folder / f"{name}-{filename}"
-        path.write_bytes(data_bytes)
+        label = index % len(CLASSES)
+        position = of_class[label][index // len(CLASSES)]
+        path = folder / f"{CLASSES[label]}-{position:05d}"
+        path.write_bytes(files[position])
         paths.append(str(path.resolve()))
     listing.write_text("\n".join(paths) + "\n")
     return listing
@@ -262,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: wrk not found; install it with `sudo apt-get install -y wrk`")
     run_dir = args.run.resolve()
     model_path = run_dir / "model.pt"
-    listing = bench_images(Path(args.data), args.images, REPO / "data" / "bench-images")
+    listing = bench_images(args.data, args.images, REPO / "data" / "bench-images")
     users_config = yaml.safe_load(MODEL_CONFIG.read_text())
     if args.levers:
         systems = {

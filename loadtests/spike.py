@@ -2,7 +2,7 @@
 
     python -m locust --config loadtests/spike.conf [--spike-high-users 48 --spike-after 60 ...]
 
-Service levels: no request fails at any time (the operator scales workers throughout), every bad
+Service levels: no request fails at any time (the operator scales workers up under load), every bad
 payload gets its 400, and p99 of valid predictions is under --p99-ms before and after the spike.
 """
 

@@ -9,7 +9,6 @@ overload (HTTP 429/503/507, a timeout, a refused connection); the ramp tells the
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from urllib3 import encode_multipart_formdata
 
 from loadtests.payloads import CONTENT_TYPES, DEFAULT_FOLDER, bad_payloads, load
 from model import CLASSES
+from serve.keys import read_keys
 
 # Share of the valid requests by kind: mostly CIFAR-10's own 32 px images, some larger photos.
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}
@@ -71,15 +71,6 @@ def add_options(parser):
                              "removed worker (README: Load testing)")
     parser.add_argument("--summary", env_var="LOADTEST_SUMMARY", default="",
                         help="Markdown summary file (default: summary.md beside the --csv files)")
-
-
-def read_keys(key_file: Path) -> dict[str, str]:
-    """{"inference": ..., "management": ...} from TorchServe's key_file.json; {} when there is none."""
-    try:
-        stored = json.loads(key_file.read_text())
-    except FileNotFoundError:
-        return {}
-    return {api: entry["key"] for api, entry in stored.items() if isinstance(entry, dict) and "key" in entry}
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -209,9 +200,9 @@ class ClassifierUser(FastHttpUser):
 
 
 class OperatorUser(FastHttpUser):
-    """One operator (whatever the user count) who, during the load, moves the model's workers up and
-    down through the management API (--operator-mode) and checks the model's description after each
-    change; at the end of the run the worker count is put back as the operator found it."""
+    """One operator (whatever the user count) who, during the load, scales the model's workers up
+    through the management API (and back down, with --operator-mode up-down) and checks the model's
+    description every interval; at the end of the run the worker count is put back as it found it."""
 
     fixed_count = 1
     host = ClassifierUser.host
