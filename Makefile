@@ -54,11 +54,11 @@ test: $(VENV)/.installed ## run the tests (data: CIFAR10_DATA, else ../shared/da
 	$(PY) -m pytest tests
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the seed and fast recipes -> reports/bench-train.*
-	$(PY) -m train.bench $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+	$(PY) -m benchmarks.training $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 
 bench-serve: $(VENV)/.installed ## serving benchmark: our TorchServe vs batchSize 1, Flask, LitServe, the ceiling -> reports/bench-serve.*
 	@command -v wrk >/dev/null || { echo "bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 2; }
-	$(PY) -m loadtests.bench_serve $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
+	$(PY) -m benchmarks.serving $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
 
 report: $(VENV)/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
 	$(PY) -m train.report
@@ -90,7 +90,7 @@ verify-served: $(VENV)/.installed ## send the run's test images through `make se
 	$(PY) -m serve.verify --run $(RUN)
 
 reliability: model-store/cifar10.mar ## every bad input and fault drill on a TorchServe of its own; reports/reliability.json
-	$(PY) -m loadtests.reliability --port-base $(RELIABILITY_PORTS)
+	$(PY) -m reliability --port-base $(RELIABILITY_PORTS)
 
 soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURATION s; reports/soak.json, soak.png
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }

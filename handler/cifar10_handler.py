@@ -66,7 +66,11 @@ class Cifar10Handler(BaseHandler):
         """Form fields sent as text: TorchServe gives an uploaded file its content type, a text field none."""
         if not isinstance(row, dict):
             return set()
-        return {name for name in row if name != "body" and not (self.context.get_request_header(index, name) or {}).get("content-type")}
+        return {
+            name
+            for name in row
+            if name != "body" and not (self.context.get_request_header(index, name) or {}).get("content-type")
+        }
 
     @timed("cifar10_inference_seconds")
     def inference(self, data, *args, **kwargs):

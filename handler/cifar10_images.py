@@ -66,8 +66,12 @@ def _as_bytes(value, name: str) -> bytes:
             raise InvalidImage("empty", f"empty {name}: expected the bytes of an image")
         return bytes(value)
     if isinstance(value, str):
-        raise InvalidImage("not_an_image", f"{name} is text, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes")
-    raise InvalidImage("not_an_image", f"{name} is JSON, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes")
+        raise InvalidImage(
+            "not_an_image", f"{name} is text, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
+        )
+    raise InvalidImage(
+        "not_an_image", f"{name} is JSON, not an image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
+    )
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -135,5 +139,7 @@ def answer_bodies(logits: torch.Tensor, classes: list[str]) -> list[str]:
     bodies = []
     for row_confidences, row_classes in zip(confidences, top.indices.tolist()):
         top3 = [{"class": classes[c], "confidence": p} for p, c in zip(row_confidences, row_classes)]
-        bodies.append(json.dumps({"prediction": top3[0]["class"], "confidence": top3[0]["confidence"], "top3_predictions": top3}))
+        bodies.append(
+            json.dumps({"prediction": top3[0]["class"], "confidence": top3[0]["confidence"], "top3_predictions": top3})
+        )
     return bodies

@@ -1,7 +1,7 @@
 """The CIFAR-10 handler's own metrics, recorded once per batch through TorchServe's metrics API.
 
 Each value becomes one `[METRICS]` line on the worker's stdout, which the frontend adds to its
-Prometheus registry if serve/metrics.yaml declares the metric (its `model_metrics`). Counts are
+Prometheus registry if deploy/torchserve/metrics.yaml declares the metric (its `model_metrics`). Counts are
 aggregated per batch, so a batch costs one line per predicted class and per rejection reason
 present, plus three: batch size, decode time, inference time.
 """
@@ -14,7 +14,7 @@ from collections import Counter
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 
-# name -> (type, unit, label names after model_name and model_version), as in serve/metrics.yaml
+# name -> (type, unit, label names after model_name and model_version), as in deploy/torchserve/metrics.yaml
 METRICS = {
     "cifar10_predictions_total": (MetricTypes.COUNTER, "count", ["class"]),
     "cifar10_rejected_total": (MetricTypes.COUNTER, "count", ["reason"]),
@@ -34,11 +34,11 @@ class BatchMetrics:
     def count(self, errors: list, predicted: list[int]) -> None:
         """One batch's outcome: `errors` has an InvalidImage or None per request, `predicted` the
         class index of each request that got a prediction."""
-        self.metrics["cifar10_batch_size"].add_or_update(len(errors), self.labels + [self.worker])
+        self.metrics["cifar10_batch_size"].add_or_update(len(errors), [*self.labels, self.worker])
         for index, count in Counter(predicted).items():
-            self.metrics["cifar10_predictions_total"].add_or_update(count, self.labels + [self.classes[index]])
+            self.metrics["cifar10_predictions_total"].add_or_update(count, [*self.labels, self.classes[index]])
         for reason, count in Counter(error.reason for error in errors if error is not None).items():
-            self.metrics["cifar10_rejected_total"].add_or_update(count, self.labels + [reason])
+            self.metrics["cifar10_rejected_total"].add_or_update(count, [*self.labels, reason])
 
     def observe_seconds(self, name: str, seconds: float) -> None:
         self.metrics[name].add_or_update(seconds, self.labels)

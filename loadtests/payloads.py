@@ -26,7 +26,7 @@ from PIL import Image
 
 DEFAULT_FOLDER = Path(__file__).resolve().parent / "payloads"
 ENLARGED_SIZES = (224, 640, 1600)
-KINDS = ("jpeg-32",) + tuple(f"{fmt}-{size}" for size in ENLARGED_SIZES for fmt in ("jpeg", "png"))
+KINDS = ("jpeg-32", *tuple(f"{fmt}-{size}" for size in ENLARGED_SIZES for fmt in ("jpeg", "png")))
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 MANIFEST = "manifest.json"
 
@@ -69,7 +69,13 @@ def build(source: str | None, out: Path, per_class: int, enlarged_per_class: int
                 for fmt, suffix in (("jpeg", "jpg"), ("png", "png")):
                     (staging / f"{fmt}-{size}" / f"{stem}.{suffix}").write_bytes(encode(enlarged, fmt))
                     counts[f"{fmt}-{size}"] += 1
-    manifest = {"source": data.source, "sha256": data.sha256, "split": "test", "classes": list(CLASSES), "counts": counts}
+    manifest = {
+        "source": data.source,
+        "sha256": data.sha256,
+        "split": "test",
+        "classes": list(CLASSES),
+        "counts": counts,
+    }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -101,14 +107,22 @@ def bad_payloads(payloads: dict[str, list[bytes]]) -> dict[str, tuple[bytes, str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.payloads", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA") or None,
-                        help="local CIFAR-10 copy (default: $CIFAR10_DATA, else torchvision's download)")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.payloads", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("CIFAR10_DATA") or None,
+        help="local CIFAR-10 copy (default: $CIFAR10_DATA, else torchvision's download)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_FOLDER, help="payload folder (default: %(default)s)")
     parser.add_argument("--per-class", type=int, default=20, help="32 px test images per class (default: %(default)s)")
-    parser.add_argument("--enlarged-per-class", type=int, default=3,
-                        help="of those, how many per class are also enlarged (default: %(default)s)")
+    parser.add_argument(
+        "--enlarged-per-class",
+        type=int,
+        default=3,
+        help="of those, how many per class are also enlarged (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.enlarged_per_class <= args.per_class:
         parser.error("need 1 <= --enlarged-per-class <= --per-class")

@@ -36,8 +36,10 @@ def _ms(value: float) -> str:
 
 
 def stage_rows(stages: list[Stage]) -> list[str]:
-    rows = ["| stage | users | seconds | valid predictions | per second | p50 ms | p95 ms | p99 ms | failed requests | held |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    rows = [
+        "| stage | users | seconds | valid predictions | per second | p50 ms | p95 ms | p99 ms | failed requests | held |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
     for stage in stages:
         predict = stage.group("predict")
         rate = predict.num_requests / stage.ran_seconds if stage.ran_seconds else 0.0
@@ -52,8 +54,10 @@ def stage_rows(stages: list[Stage]) -> list[str]:
 
 def group_rows(stats) -> list[str]:
     """Locust's own statistics of the whole run, summed by request group."""
-    rows = ["| requests | count | failed | per second | p50 ms | p95 ms | p99 ms | max ms |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    rows = [
+        "| requests | count | failed | per second | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for group in GROUPS:
         entries = [entry for (name, _method), entry in stats.entries.items() if name.split(" ", 1)[0] == group]
         if not entries:
@@ -96,11 +100,15 @@ def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool
         else:
             predict = capacity.group("predict")
             at_least = "" if broke else "at least "
-            lines.append(f"**Capacity: {at_least}{capacity.users} users, {predict.num_requests / capacity.ran_seconds:,.1f} valid "
-                         f"predictions/s at p99 {_ms(capacity.p99_ms)} ms** (bound {shape.p99_bound_ms:g} ms).")
+            lines.append(
+                f"**Capacity: {at_least}{capacity.users} users, {predict.num_requests / capacity.ran_seconds:,.1f} valid "
+                f"predictions/s at p99 {_ms(capacity.p99_ms)} ms** (bound {shape.p99_bound_ms:g} ms)."
+            )
         if broke is not None:
-            lines.append(f"The next step ({broke.users} users) broke it: p99 {_ms(broke.p99_ms)} ms, "
-                         f"{broke.stats.num_failures:,} failed requests.")
+            lines.append(
+                f"The next step ({broke.users} users) broke it: p99 {_ms(broke.p99_ms)} ms, "
+                f"{broke.stats.num_failures:,} failed requests."
+            )
         elif capacity is not None:
             lines.append("No step broke it: the capacity is at least the last step (raise --ramp-max-users).")
         lines.append("")
@@ -119,11 +127,21 @@ def check_service_levels(environment, **_kwargs):
     levels = shape.levels()
     restored = users.RESTORED  # set by the test_stop listener, which runs before this one
     if restored is not None:
-        levels.append(Level(f"workers restored to {restored.workers} after the run", restored.error is None,
-                            restored.error or "done"))
+        levels.append(
+            Level(
+                f"workers restored to {restored.workers} after the run",
+                restored.error is None,
+                restored.error or "done",
+            )
+        )
     if environment.runner.exceptions:
-        levels.append(Level("no error inside the load generator", False,
-                            f"{len(environment.runner.exceptions)} exceptions (see the log)"))
+        levels.append(
+            Level(
+                "no error inside the load generator",
+                False,
+                f"{len(environment.runner.exceptions)} exceptions (see the log)",
+            )
+        )
     passed = all(level.met for level in levels)
     scenario = Path(environment.parsed_options.locustfile).stem if environment.parsed_options.locustfile else "load"
     text = summary(environment, shape, scenario, levels, passed)

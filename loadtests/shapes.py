@@ -42,8 +42,13 @@ SHAPE_OPTIONS = (  # name, type, default, help
 @events.init_command_line_parser.add_listener
 def add_options(parser):
     for name, kind, default, text in SHAPE_OPTIONS:
-        parser.add_argument(f"--{name}", env_var="LOADTEST_" + name.upper().replace("-", "_"), type=kind,
-                            default=default, help=f"{text} (default: {default})")
+        parser.add_argument(
+            f"--{name}",
+            env_var="LOADTEST_" + name.upper().replace("-", "_"),
+            type=kind,
+            default=default,
+            help=f"{text} (default: {default})",
+        )
 
 
 @dataclass
@@ -74,7 +79,9 @@ class Stage:
     def judge(self, p99_bound_ms: float) -> bool:
         """Held: valid predictions were answered, nothing failed, and (if bounded) p99 <= the bound."""
         predictions = self.group("predict").num_requests
-        self.held = predictions > 0 and self.stats.num_failures == 0 and (not self.bounded or self.p99_ms <= p99_bound_ms)
+        self.held = (
+            predictions > 0 and self.stats.num_failures == 0 and (not self.bounded or self.p99_ms <= p99_bound_ms)
+        )
         return self.held
 
 
@@ -142,7 +149,7 @@ class StagedShape(LoadTestShape):
 
     def finish(self) -> None:
         """At the end of the run: judges the stage that was running if the run ended inside it."""
-        for stage in self.stages[self.judged:]:
+        for stage in self.stages[self.judged :]:
             if stage.ran_seconds > 0:
                 stage.judge(self.p99_bound_ms)
         self.judged = len(self.stages)
@@ -162,21 +169,32 @@ class StagedShape(LoadTestShape):
         stages = self.ran()
         predictions, bad, manage = (self.total(group, stages) for group in ("predict", "bad", "manage"))
         levels = [
-            Level("zero failed valid predictions", predictions.num_requests > 0 and predictions.num_failures == 0,
-                  _count(predictions)),
-            Level("every bad payload answered 400 with a JSON error", bad.num_requests > 0 and bad.num_failures == 0,
-                  _count(bad) if bad.num_requests else "none sent: run longer or raise --bad-share"),
+            Level(
+                "zero failed valid predictions",
+                predictions.num_requests > 0 and predictions.num_failures == 0,
+                _count(predictions),
+            ),
+            Level(
+                "every bad payload answered 400 with a JSON error",
+                bad.num_requests > 0 and bad.num_failures == 0,
+                _count(bad) if bad.num_requests else "none sent: run longer or raise --bad-share",
+            ),
         ]
         if manage.num_requests:
-            levels.append(Level("no management call failed while workers changed", manage.num_failures == 0, _count(manage)))
+            levels.append(
+                Level("no management call failed while workers changed", manage.num_failures == 0, _count(manage))
+            )
         return levels + [self.p99_level(stage) for stage in self.bounded_stages()]
 
     def bounded_stages(self) -> list[Stage]:
         return [stage for stage in self.ran() if stage.bounded]
 
     def p99_level(self, stage: Stage) -> Level:
-        return Level(f"p99 of valid predictions <= {self.p99_bound_ms:g} ms ({stage.name})",
-                     stage.p99_ms <= self.p99_bound_ms, f"{stage.p99_ms:,.0f} ms")
+        return Level(
+            f"p99 of valid predictions <= {self.p99_bound_ms:g} ms ({stage.name})",
+            stage.p99_ms <= self.p99_bound_ms,
+            f"{stage.p99_ms:,.0f} ms",
+        )
 
 
 class SteadyShape(StagedShape):
@@ -192,8 +210,10 @@ class RampShape(StagedShape):
 
     def plan(self, options):
         users = range(options.ramp_start_users, options.ramp_max_users + 1, options.ramp_step_users)
-        return [Stage(f"step {n}", count, options.ramp_step_time, spawn_rate=options.ramp_step_users)
-                for n, count in enumerate(users, start=1)]
+        return [
+            Stage(f"step {n}", count, options.ramp_step_time, spawn_rate=options.ramp_step_users)
+            for n, count in enumerate(users, start=1)
+        ]
 
     @property
     def capacity(self) -> Stage | None:
@@ -212,10 +232,16 @@ class RampShape(StagedShape):
         bad = self.total("bad", self.stages)
         capacity = self.capacity
         return [
-            Level("at least the first step held (capacity found)", capacity is not None,
-                  f"{capacity.users} users" if capacity else "the first step broke"),
-            Level("no wrong answer in any step (invalid body, or a bad payload not refused with 400)", wrong == 0,
-                  f"{wrong:,} wrong answers"),
+            Level(
+                "at least the first step held (capacity found)",
+                capacity is not None,
+                f"{capacity.users} users" if capacity else "the first step broke",
+            ),
+            Level(
+                "no wrong answer in any step (invalid body, or a bad payload not refused with 400)",
+                wrong == 0,
+                f"{wrong:,} wrong answers",
+            ),
             Level("bad payloads were sent", bad.num_requests > 0, f"{bad.num_requests:,} sent"),
         ]
 

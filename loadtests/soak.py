@@ -15,6 +15,7 @@ server.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -34,12 +35,18 @@ PER_USER_RATE = 2.0  # requests/s a user sends at most: each has 500 ms for an a
 @events.init_command_line_parser.add_listener
 def add_options(parser):
     group = parser.add_argument_group("soak")
-    group.add_argument("--capacity", type=float, required=True, help="requests/s the deployment sustains (from the benchmark)")
+    group.add_argument(
+        "--capacity", type=float, required=True, help="requests/s the deployment sustains (from the benchmark)"
+    )
     group.add_argument("--load-fraction", type=float, default=0.7, help="of --capacity (default 0.7)")
     group.add_argument("--duration", type=float, default=600, help="seconds of load (default 600)")
-    group.add_argument("--warmup", type=float, help="seconds before the memory baseline (default: min(60, duration / 5))")
+    group.add_argument(
+        "--warmup", type=float, help="seconds before the memory baseline (default: min(60, duration / 5))"
+    )
     group.add_argument("--sample-every", type=float, default=10, help="seconds between memory samples (default 10)")
-    group.add_argument("--max-growth", type=float, default=0.05, help="allowed memory growth after warm-up (default 0.05)")
+    group.add_argument(
+        "--max-growth", type=float, default=0.05, help="allowed memory growth after warm-up (default 0.05)"
+    )
     group.add_argument("--ts-config", default=str(REPO / "config.properties"), help="the server's config.properties")
     group.add_argument("--ts-workdir", default=str(REPO), help="the server's working directory (key_file.json)")
     group.add_argument("--model", default="cifar10")
@@ -116,12 +123,14 @@ def processes() -> dict[str, psutil.Process]:
 
 def take_sample(environment) -> None:
     stats = environment.stats.total
-    Soak.samples.append({
-        "t": round(time.monotonic() - Soak.started, 1),
-        "rss": {name: process.memory_info().rss for name, process in processes().items()},
-        "requests": stats.num_requests,
-        "failures": stats.num_failures,
-    })
+    Soak.samples.append(
+        {
+            "t": round(time.monotonic() - Soak.started, 1),
+            "rss": {name: process.memory_info().rss for name, process in processes().items()},
+            "requests": stats.num_requests,
+            "failures": stats.num_failures,
+        }
+    )
 
 
 def sample_memory(environment):
@@ -147,10 +156,15 @@ def growth(samples: list[dict], warmup: float) -> dict[str, dict]:
     baseline = next(s for s in samples if s["t"] >= warmup) if any(s["t"] >= warmup for s in samples) else samples[0]
     end = samples[-1]
     return {
-        name: {"baseline_t": baseline["t"], "after_warmup_mb": round(baseline["rss"][name] / 2**20, 1),
-               "end_t": end["t"], "end_mb": round(end["rss"][name] / 2**20, 1),
-               "growth": round(end["rss"][name] / baseline["rss"][name] - 1, 4)}
-        for name in baseline["rss"] if name in end["rss"]
+        name: {
+            "baseline_t": baseline["t"],
+            "after_warmup_mb": round(baseline["rss"][name] / 2**20, 1),
+            "end_t": end["t"],
+            "end_mb": round(end["rss"][name] / 2**20, 1),
+            "growth": round(end["rss"][name] / baseline["rss"][name] - 1, 4),
+        }
+        for name in baseline["rss"]
+        if name in end["rss"]
     }
 
 
@@ -166,7 +180,11 @@ def plot(samples: list[dict], warmup: float, path: Path, title: str) -> None:
         memory.plot(*zip(*points), marker=".", label=name)
     memory.set_ylabel("resident memory (MiB)")
     memory.legend(loc="best", fontsize="small")
-    rates = [(b["t"], (b["requests"] - a["requests"]) / (b["t"] - a["t"])) for a, b in zip(samples, samples[1:]) if b["t"] - a["t"] >= 1]
+    rates = [
+        (b["t"], (b["requests"] - a["requests"]) / (b["t"] - a["t"]))
+        for a, b in itertools.pairwise(samples)
+        if b["t"] - a["t"] >= 1
+    ]
     if rates:
         load.plot(*zip(*rates), marker=".", color="tab:green")
     load.set_ylabel("requests/s")
@@ -208,16 +226,27 @@ def report(environment, **_):
     out = Path(options.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(Soak.samples, warmup, out / "soak.png",
-         f"soak: {result['achieved_rps']} req/s ({options.load_fraction:.0%} of {options.capacity:g}), {duration:.0f} s")
-    print(f"\nsoak: {result['requests']:,} requests in {duration:.0f} s ({result['achieved_rps']} req/s, target "
-          f"{result['target_rps']}), {result['failures']} failed; latency p50 {result['latency_ms']['p50']} ms, "
-          f"p99 {result['latency_ms']['p99']} ms")
+    plot(
+        Soak.samples,
+        warmup,
+        out / "soak.png",
+        f"soak: {result['achieved_rps']} req/s ({options.load_fraction:.0%} of {options.capacity:g}), {duration:.0f} s",
+    )
+    print(
+        f"\nsoak: {result['requests']:,} requests in {duration:.0f} s ({result['achieved_rps']} req/s, target "
+        f"{result['target_rps']}), {result['failures']} failed; latency p50 {result['latency_ms']['p50']} ms, "
+        f"p99 {result['latency_ms']['p99']} ms"
+    )
     for name, figures in by_process.items():
-        print(f"  {name:<14} {figures['after_warmup_mb']:8.1f} MiB after warm-up (t={figures['baseline_t']:.0f} s) -> "
-              f"{figures['end_mb']:8.1f} MiB at the end (t={figures['end_t']:.0f} s): {figures['growth']:+.2%}")
-    passed = (stats.num_failures == 0 and not result["workers_replaced"]
-              and all(f["growth"] < options.max_growth for f in by_process.values()))
+        print(
+            f"  {name:<14} {figures['after_warmup_mb']:8.1f} MiB after warm-up (t={figures['baseline_t']:.0f} s) -> "
+            f"{figures['end_mb']:8.1f} MiB at the end (t={figures['end_t']:.0f} s): {figures['growth']:+.2%}"
+        )
+    passed = (
+        stats.num_failures == 0
+        and not result["workers_replaced"]
+        and all(f["growth"] < options.max_growth for f in by_process.values())
+    )
     print(f"wrote {out / 'soak.json'} and {out / 'soak.png'}: {'PASS' if passed else 'FAIL'}")
     if not passed:
         environment.process_exit_code = 1

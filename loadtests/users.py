@@ -44,33 +44,84 @@ def group_of(request_name: str) -> str:
 @events.init_command_line_parser.add_listener
 def add_options(parser):
     """The service's own options; each also reads an environment variable (and Locust's --config files)."""
-    parser.add_argument("--management-url", env_var="LOADTEST_MANAGEMENT_URL", default="",
-                        help="TorchServe's management API (default: the --host with its port + 1)")
+    parser.add_argument(
+        "--management-url",
+        env_var="LOADTEST_MANAGEMENT_URL",
+        default="",
+        help="TorchServe's management API (default: the --host with its port + 1)",
+    )
     parser.add_argument("--model", env_var="LOADTEST_MODEL", default="cifar10", help="model name (default: cifar10)")
-    parser.add_argument("--key-file", env_var="LOADTEST_KEY_FILE", default="key_file.json",
-                        help="TorchServe's key_file.json (default: ./key_file.json, where `make serve` writes it); "
-                             "without it and without --*-key, requests carry no key (token auth off)")
-    parser.add_argument("--inference-key", env_var="LOADTEST_INFERENCE_KEY", default="", is_secret=True,
-                        help="inference key (overrides the key file)")
-    parser.add_argument("--management-key", env_var="LOADTEST_MANAGEMENT_KEY", default="", is_secret=True,
-                        help="management key (overrides the key file)")
-    parser.add_argument("--payloads", env_var="LOADTEST_PAYLOADS", default=str(DEFAULT_FOLDER),
-                        help="payload folder built by `make payloads` (default: loadtests/payloads)")
-    parser.add_argument("--bad-share", env_var="LOADTEST_BAD_SHARE", type=float, default=0.05,
-                        help="share of requests that carry an invalid payload (default: 0.05)")
-    parser.add_argument("--p99-ms", env_var="LOADTEST_P99_MS", type=float, default=DEFAULT_P99_MS,
-                        help=f"service level: p99 latency bound of valid predictions in ms (default: {DEFAULT_P99_MS})")
-    parser.add_argument("--operator-interval", env_var="LOADTEST_OPERATOR_INTERVAL", type=float, default=10,
-                        help="seconds between two worker changes by the operator (default: 10)")
-    parser.add_argument("--operator-workers", env_var="LOADTEST_OPERATOR_WORKERS", type=int, default=0,
-                        help="workers the operator scales up to (default: the count it finds + 1)")
-    parser.add_argument("--operator-mode", env_var="LOADTEST_OPERATOR_MODE", choices=["up", "up-down"], default="up",
-                        help="up (default): the operator scales up under load, then reads the description each "
-                             "interval, and the count is put back after the load; up-down: it alternates scaling "
-                             "up and back down under load, where TorchServe 0.12 fails the batch in flight on the "
-                             "removed worker (README: Load testing)")
-    parser.add_argument("--summary", env_var="LOADTEST_SUMMARY", default="",
-                        help="Markdown summary file (default: summary.md beside the --csv files)")
+    parser.add_argument(
+        "--key-file",
+        env_var="LOADTEST_KEY_FILE",
+        default="key_file.json",
+        help="TorchServe's key_file.json (default: ./key_file.json, where `make serve` writes it); "
+        "without it and without --*-key, requests carry no key (token auth off)",
+    )
+    parser.add_argument(
+        "--inference-key",
+        env_var="LOADTEST_INFERENCE_KEY",
+        default="",
+        is_secret=True,
+        help="inference key (overrides the key file)",
+    )
+    parser.add_argument(
+        "--management-key",
+        env_var="LOADTEST_MANAGEMENT_KEY",
+        default="",
+        is_secret=True,
+        help="management key (overrides the key file)",
+    )
+    parser.add_argument(
+        "--payloads",
+        env_var="LOADTEST_PAYLOADS",
+        default=str(DEFAULT_FOLDER),
+        help="payload folder built by `make payloads` (default: loadtests/payloads)",
+    )
+    parser.add_argument(
+        "--bad-share",
+        env_var="LOADTEST_BAD_SHARE",
+        type=float,
+        default=0.05,
+        help="share of requests that carry an invalid payload (default: 0.05)",
+    )
+    parser.add_argument(
+        "--p99-ms",
+        env_var="LOADTEST_P99_MS",
+        type=float,
+        default=DEFAULT_P99_MS,
+        help=f"service level: p99 latency bound of valid predictions in ms (default: {DEFAULT_P99_MS})",
+    )
+    parser.add_argument(
+        "--operator-interval",
+        env_var="LOADTEST_OPERATOR_INTERVAL",
+        type=float,
+        default=10,
+        help="seconds between two worker changes by the operator (default: 10)",
+    )
+    parser.add_argument(
+        "--operator-workers",
+        env_var="LOADTEST_OPERATOR_WORKERS",
+        type=int,
+        default=0,
+        help="workers the operator scales up to (default: the count it finds + 1)",
+    )
+    parser.add_argument(
+        "--operator-mode",
+        env_var="LOADTEST_OPERATOR_MODE",
+        choices=["up", "up-down"],
+        default="up",
+        help="up (default): the operator scales up under load, then reads the description each "
+        "interval, and the count is put back after the load; up-down: it alternates scaling "
+        "up and back down under load, where TorchServe 0.12 fails the batch in flight on the "
+        "removed worker (README: Load testing)",
+    )
+    parser.add_argument(
+        "--summary",
+        env_var="LOADTEST_SUMMARY",
+        default="",
+        help="Markdown summary file (default: summary.md beside the --csv files)",
+    )
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -110,8 +161,11 @@ def prepare(environment, **_kwargs):
     inference_key = options.inference_key or keys.get("inference", "")
     management_key = options.management_key or keys.get("management", "")
     if not (inference_key and management_key):
-        log.warning("no %s key (key file %s): sending requests without it",
-                    "inference" if not inference_key else "management", options.key_file)
+        log.warning(
+            "no %s key (key file %s): sending requests without it",
+            "inference" if not inference_key else "management",
+            options.key_file,
+        )
     TRAFFIC = Traffic(options, payloads, bad_payloads(payloads), bearer(inference_key), bearer(management_key))
 
 
@@ -120,7 +174,11 @@ def prediction_problem(answer) -> str | None:
     if not isinstance(answer, dict) or set(answer) != {"prediction", "confidence", "top3_predictions"}:
         return f"unexpected JSON shape: {str(answer)[:200]}"
     top3 = answer["top3_predictions"]
-    if not isinstance(top3, list) or len(top3) != 3 or not all(isinstance(p, dict) and set(p) == {"class", "confidence"} for p in top3):
+    if (
+        not isinstance(top3, list)
+        or len(top3) != 3
+        or not all(isinstance(p, dict) and set(p) == {"class", "confidence"} for p in top3)
+    ):
         return f"top3_predictions is not three {{class, confidence}}: {str(top3)[:200]}"
     classes = [p["class"] for p in top3]
     if any(c not in CLASSES for c in classes) or len(set(classes)) != 3:
@@ -139,7 +197,12 @@ def prediction_problem(answer) -> str | None:
 
 def error_problem(answer) -> str | None:
     """Why a 400 answer is not the JSON error the API promises (None when it is)."""
-    if not isinstance(answer, dict) or answer.get("code") != 400 or not isinstance(answer.get("message"), str) or not answer["message"]:
+    if (
+        not isinstance(answer, dict)
+        or answer.get("code") != 400
+        or not isinstance(answer.get("message"), str)
+        or not answer["message"]
+    ):
         return f"400 without the JSON error body: {str(answer)[:200]}"
     return None
 
@@ -231,25 +294,40 @@ class OperatorUser(FastHttpUser):
             return
         target = self.scaled_workers if self.workers == OperatorUser.found_workers else OperatorUser.found_workers
         params = f"min_worker={target}&max_worker={target}&synchronous=true"
-        with self.client.put(f"{self.url}?{params}", headers=TRAFFIC.management_headers,
-                             name=f"manage scale to {target}", catch_response=True) as response:
-            judge(response, 200, lambda answer: None if isinstance(answer, dict) and "status" in answer
-                  else f"unexpected scale answer: {answer}")
+        with self.client.put(
+            f"{self.url}?{params}",
+            headers=TRAFFIC.management_headers,
+            name=f"manage scale to {target}",
+            catch_response=True,
+        ) as response:
+            judge(
+                response,
+                200,
+                lambda answer: (
+                    None if isinstance(answer, dict) and "status" in answer else f"unexpected scale answer: {answer}"
+                ),
+            )
         self.workers = target
         self.describe(expected_workers=target)
 
     def describe(self, expected_workers: int | None) -> dict | None:
         def description_problem(answer):
-            if not (isinstance(answer, list) and answer and isinstance(answer[0], dict)
-                    and answer[0].get("modelName") == TRAFFIC.options.model and isinstance(answer[0].get("workers"), list)):
+            if not (
+                isinstance(answer, list)
+                and answer
+                and isinstance(answer[0], dict)
+                and answer[0].get("modelName") == TRAFFIC.options.model
+                and isinstance(answer[0].get("workers"), list)
+            ):
                 return f"unexpected description: {str(answer)[:200]}"
             ready = sum(worker.get("status") == "READY" for worker in answer[0]["workers"])
             if expected_workers is not None and ready != expected_workers:
                 return f"{ready} READY workers after scaling to {expected_workers}: {answer[0]['workers']}"
             return None
 
-        with self.client.get(self.url, headers=TRAFFIC.management_headers, name="manage describe",
-                             catch_response=True) as response:
+        with self.client.get(
+            self.url, headers=TRAFFIC.management_headers, name="manage describe", catch_response=True
+        ) as response:
             answer = judge(response, 200, description_problem)
         return answer[0] if answer else None
 
@@ -271,8 +349,12 @@ def restore_workers(environment, **_kwargs):
         return
     workers = OperatorUser.found_workers
     try:
-        response = requests.put(OperatorUser.url, params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-                                headers=TRAFFIC.management_headers, timeout=120)
+        response = requests.put(
+            OperatorUser.url,
+            params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
+            headers=TRAFFIC.management_headers,
+            timeout=120,
+        )
         error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
     except requests.RequestException as exception:
         error = str(exception)

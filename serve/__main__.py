@@ -28,18 +28,28 @@ from serve.server import ServerPaths, start, stop, wait_until_serving
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=REPO / "config.properties")
-    parser.add_argument("--workdir", type=Path, default=REPO, help="TorchServe's working directory (key_file.json, logs/)")
+    parser.add_argument(
+        "--workdir", type=Path, default=REPO, help="TorchServe's working directory (key_file.json, logs/)"
+    )
     parser.add_argument("--model", default="cifar10")
     commands = parser.add_subparsers(dest="command", required=True)
     archive = commands.add_parser("archive")
     archive.add_argument("--run", type=Path, default=REPO / "models" / "latest")
     archive.add_argument("--store", type=Path, default=REPO / "model-store")
-    archive.add_argument("--model-config", type=Path, default=MODEL_CONFIG,
-                         help="batching/workers config packed into the archive (GPU: handler/model-config.gpu.yaml)")
+    archive.add_argument(
+        "--model-config",
+        type=Path,
+        default=MODEL_CONFIG,
+        help="batching/workers config packed into the archive (GPU: handler/model-config.gpu.yaml)",
+    )
     launch = commands.add_parser("start")
-    launch.add_argument("--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)")
+    launch.add_argument(
+        "--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)"
+    )
     launch.add_argument("--timeout", type=float, default=120)
     commands.add_parser("stop")
     token = commands.add_parser("token")
@@ -79,14 +89,20 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)
             except TimeoutError as error:
                 log = paths.logs / "model_log.log"
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
+                tail = (
+                    "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
+                )
                 stop(paths)
                 raise SystemExit(f"error: {error}\n--- last lines of {log} ---\n{tail}") from None
             auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
-            print(f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}")
+            print(
+                f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}"
+            )
         elif args.command == "token":
             if args.api not in client.keys:
-                raise SystemExit(f"error: no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
+                raise SystemExit(
+                    f"error: no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)"
+                )
             print(client.keys[args.api])
         elif args.command == "predict":
             print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
@@ -105,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
             for version in client.describe(args.model, "all"):
                 ready = sum(worker["status"] == "READY" for worker in version["workers"])
                 mark = " (default)" if version["modelVersion"] == default else ""
-                print(f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready")
+                print(
+                    f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
+                )
         elif args.command == "retire":
             print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
         elif args.command == "rotate-keys":

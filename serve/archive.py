@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
@@ -43,13 +42,20 @@ def build_archive(
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("torch-model-archiver")),
-                "--model-name", name,
-                "--version", metadata["version"],
-                "--serialized-file", str(run_dir / "model.pt"),
-                "--handler", str(HANDLER),
-                "--config-file", str(model_config),
-                "--extra-files", f"{IMAGES},{METRICS},{index_to_name},{metadata_file}",
-                "--export-path", str(scratch),
+                "--model-name",
+                name,
+                "--version",
+                metadata["version"],
+                "--serialized-file",
+                str(run_dir / "model.pt"),
+                "--handler",
+                str(HANDLER),
+                "--config-file",
+                str(model_config),
+                "--extra-files",
+                f"{IMAGES},{METRICS},{index_to_name},{metadata_file}",
+                "--export-path",
+                str(scratch),
             ],
             check=True,
         )

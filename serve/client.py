@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from urllib.parse import urlparse
 
 import requests
 from PIL import Image
 
+from serve.config import api_address, properties
 from serve.keys import read_keys
 
 
@@ -30,11 +30,6 @@ def sample_jpeg(color=(200, 120, 40)) -> bytes:
     return buffer.getvalue()
 
 
-def _address(props: dict[str, str], key: str, default: str) -> str:
-    parsed = urlparse(props.get(key, default))
-    return f"{parsed.scheme}://{parsed.hostname}:{parsed.port}"
-
-
 class Client:
     def __init__(self, inference: str, management: str, metrics: str, key_file: Path | None = None):
         self.inference = inference.rstrip("/")
@@ -46,18 +41,16 @@ class Client:
         self.refresh_keys()
 
     @classmethod
-    def from_config(cls, config: Path, workdir: Path) -> "Client":
-        from serve.server import properties
-
+    def from_config(cls, config: Path, workdir: Path) -> Client:
         props = properties(config)
         return cls(
-            _address(props, "inference_address", "http://127.0.0.1:8080"),
-            _address(props, "management_address", "http://127.0.0.1:8081"),
-            _address(props, "metrics_address", "http://127.0.0.1:8082"),
+            api_address(props, "inference_address"),
+            api_address(props, "management_address"),
+            api_address(props, "metrics_address"),
             key_file=workdir / "key_file.json",
         )
 
-    def copy(self) -> "Client":
+    def copy(self) -> Client:
         """The same client with a connection pool of its own, for another thread (a requests
         Session is not thread-safe)."""
         return Client(self.inference, self.management, self.metrics_url, key_file=self.key_file)
@@ -75,7 +68,14 @@ class Client:
             raise ServiceError(response.status_code, response.text)
         return response
 
-    def predict(self, image: bytes, model: str = "cifar10", version: str | None = None, field: str | None = None, timeout: float = 30) -> dict:
+    def predict(
+        self,
+        image: bytes,
+        model: str = "cifar10",
+        version: str | None = None,
+        field: str | None = None,
+        timeout: float = 30,
+    ) -> dict:
         """POSTs `image` as the raw body, or as a multipart file `field` (the seed's `-F image=@...`)."""
         url = f"{self.inference}/predictions/{model}" + (f"/{version}" if version else "")
         if field:
@@ -88,15 +88,23 @@ class Client:
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
         return self._call("GET", url, "management", timeout=30).json()
 
-    def scale(self, workers: int, model: str = "cifar10", max_workers: int | None = None, version: str | None = None,
-              timeout: float = 120) -> dict:
+    def scale(
+        self,
+        workers: int,
+        model: str = "cifar10",
+        max_workers: int | None = None,
+        version: str | None = None,
+        timeout: float = 120,
+    ) -> dict:
         """Sets the worker count (of the default version, or `version`) and waits until the workers are up."""
         params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
         return self._call("PUT", url, "management", params=params, timeout=timeout).json()
 
     def set_default(self, version: str, model: str = "cifar10") -> dict:
-        return self._call("PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30).json()
+        return self._call(
+            "PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30
+        ).json()
 
     def register(self, archive: str, workers: int = 1, timeout: float = 180) -> dict:
         """Registers `archive`, a file name in the server's model store, and waits for its workers.

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
+from serve.config import properties
 
-
-LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
 
 
 @dataclass
@@ -63,31 +63,16 @@ def require_java(minimum: int = 17) -> None:
         )
 
 
-def properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def config_on_ports(config: Path, port_base: int, **settings: str) -> str:
-    """`config`'s text with the inference, management and metrics APIs moved to port_base, +1 and +2,
-    gRPC to +3 and +4 (else TorchServe opens 7070 and 7071, and a second instance on the machine
-    fails to start), and `settings` set: the config for another instance beside the usual one."""
-    addresses = {"inference_address": port_base, "management_address": port_base + 1, "metrics_address": port_base + 2}
-    settings = {"grpc_inference_port": str(port_base + 3), "grpc_management_port": str(port_base + 4), **settings}
-    lines = []
-    for line in config.read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if key in addresses:
-            line = re.sub(r":\d+\s*$", f":{addresses[key]}", line)
-        if key not in settings:
-            lines.append(line)
-    return "\n".join(lines + [f"{key}={value}" for key, value in settings.items()]) + "\n"
-
-
 def _env(paths: ServerPaths) -> dict[str, str]:
     paths.runtime.mkdir(parents=True, exist_ok=True)
     runtime = str(paths.runtime)  # TMPDIR: the launcher's pid file; TEMP: the JVM's java.io.tmpdir
-    return {**os.environ, "TMPDIR": runtime, "TEMP": runtime, "LOG_LOCATION": str(paths.logs), "METRICS_LOCATION": str(paths.logs)}
+    return {
+        **os.environ,
+        "TMPDIR": runtime,
+        "TEMP": runtime,
+        "LOG_LOCATION": str(paths.logs),
+        "METRICS_LOCATION": str(paths.logs),
+    }
 
 
 def _launch_config(paths: ServerPaths) -> Path:
@@ -107,7 +92,9 @@ def _torchserve() -> str:
     return str(Path(sys.executable).with_name("torchserve"))
 
 
-def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = (), log_config: Path | None = LOG_CONFIG) -> None:
+def start(
+    paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = (), log_config: Path | None = LOG_CONFIG
+) -> None:
     """Launches TorchServe in the background (returns at once; see `wait_until_serving`).
 
     log_config=None keeps TorchServe's built-in logging (an access-log line per request).
@@ -126,7 +113,15 @@ def start(paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ..
     paths.logs.mkdir(parents=True, exist_ok=True)
     # The Java frontend inherits these: it must not hold the caller's terminal or pipe open.
     with open(paths.logs / "torchserve.out", "ab") as output:
-        subprocess.run(command, cwd=paths.workdir, env=_env(paths), check=True, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+        subprocess.run(
+            command,
+            cwd=paths.workdir,
+            env=_env(paths),
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
 
 
 def stop(paths: ServerPaths) -> None:

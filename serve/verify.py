@@ -53,15 +53,26 @@ class Comparison:
         return self.images > 0 and not self.mismatches and not self.errors and accuracy_ok
 
 
-def compare(client: Client, run_dir: Path, source: str | None, model: str = "cifar10", limit: int | None = None,
-            concurrency: int = 16, progress: bool = False) -> Comparison:
+def compare(
+    client: Client,
+    run_dir: Path,
+    source: str | None,
+    model: str = "cifar10",
+    limit: int | None = None,
+    concurrency: int = 16,
+    progress: bool = False,
+) -> Comparison:
     metadata = run_metadata(run_dir / "model.pt")
     served_version = client.describe(model)[0]["modelVersion"]
     if served_version != metadata["version"]:
-        raise ValueError(f"the server's {model} is version {served_version}, the run {run_dir} is {metadata['version']}")
+        raise ValueError(
+            f"the server's {model} is version {served_version}, the run {run_dir} is {metadata['version']}"
+        )
     offline = evaluate_torchscript(run_dir / "model.pt", source, metadata["hyperparameters"]["test_subset"])
     if offline.sha256 != metadata["data"]["sha256"]:
-        raise ValueError(f"{source} is not the data source the run was measured on (sha256 {metadata['data']['sha256'][:12]}...)")
+        raise ValueError(
+            f"{source} is not the data source the run was measured on (sha256 {metadata['data']['sha256'][:12]}...)"
+        )
     files, _ = encoded_images(source)
     chosen = range(len(offline.indices) if limit is None else min(limit, len(offline.indices)))
     local = threading.local()
@@ -76,7 +87,9 @@ def compare(client: Client, run_dir: Path, source: str | None, model: str = "cif
 
     result = Comparison(served_version, metadata_accuracy=metadata["test_accuracy"] if limit is None else None)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        answers = tqdm(pool.map(served_class, chosen), total=len(chosen), desc="served", unit="img", disable=not progress)
+        answers = tqdm(
+            pool.map(served_class, chosen), total=len(chosen), desc="served", unit="img", disable=not progress
+        )
         for position, served in zip(chosen, answers):
             label = CLASSES[offline.labels[position]]
             expected = CLASSES[offline.predictions[position]]
@@ -96,10 +109,18 @@ def compare(client: Client, run_dir: Path, source: str | None, model: str = "cif
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the training run whose model.pt is served")
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 source the run used (default: $CIFAR10_DATA)")
-    parser.add_argument("--config", type=Path, default=REPO / "config.properties", help="the server's config.properties")
+    parser = argparse.ArgumentParser(
+        prog="python -m serve.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run", type=Path, default=REPO / "models" / "latest", help="the training run whose model.pt is served"
+    )
+    parser.add_argument(
+        "--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 source the run used (default: $CIFAR10_DATA)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=REPO / "config.properties", help="the server's config.properties"
+    )
     parser.add_argument("--workdir", type=Path, default=REPO, help="the server's working directory (key_file.json)")
     parser.add_argument("--model", default="cifar10")
     parser.add_argument("--limit", type=int, help="send only the first N images (no accuracy check)")
@@ -115,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  same class as the offline evaluation: {result.same_class:,} / {result.images:,}")
     print(f"  HTTP errors: {len(result.errors)}")
     print(f"  accuracy served {result.served_accuracy:.4f}, offline {result.offline_accuracy:.4f}", end="")
-    print(f", metadata.json {result.metadata_accuracy:.4f}" if result.metadata_accuracy is not None else " (metadata not compared: --limit)")
+    print(
+        f", metadata.json {result.metadata_accuracy:.4f}"
+        if result.metadata_accuracy is not None
+        else " (metadata not compared: --limit)"
+    )
     for record in (result.mismatches + result.errors)[:20]:
         print(f"  {record}")
     print("served = evaluated" if result.ok else "MISMATCH: served differs from evaluated")

@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level
 
 from serve.archive import build_archive  # noqa: E402
 from serve.client import Client  # noqa: E402
-from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
+from serve.config import config_on_ports  # noqa: E402
+from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
 
 PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
@@ -54,9 +55,26 @@ def cifar_test_jpegs(data_source) -> dict[str, list[bytes]]:
 def train_run(out_dir: Path, data_source: Path, *extra: str) -> Path:
     """A short real training run (subset, 1 epoch) through the command users run."""
     subprocess.run(
-        [sys.executable, "-m", "train", "--data", str(data_source), "--epochs", "1", "--out-dir", str(out_dir),
-         "--run-name", "run", "--train-subset", str(TRAIN_SUBSET), "--test-subset", str(TEST_SUBSET), *extra],
-        cwd=REPO, check=True,
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--data",
+            str(data_source),
+            "--epochs",
+            "1",
+            "--out-dir",
+            str(out_dir),
+            "--run-name",
+            "run",
+            "--train-subset",
+            str(TRAIN_SUBSET),
+            "--test-subset",
+            str(TEST_SUBSET),
+            *extra,
+        ],
+        cwd=REPO,
+        check=True,
     )
     return out_dir / "run"
 

@@ -1,27 +1,38 @@
 """Whatever a client sends, against the real TorchServe (conftest.server): bad input gets a 4xx
 whose JSON names the problem, alone or mixed into batches with good images, and costs nothing
 else (the good requests get their predictions, the worker process stays the same); valid images
-of any size, mode or container get a prediction. The corpus is loadtests/input_corpus.py."""
+of any size, mode or container get a prediction. The corpus is reliability/bad_inputs.py."""
 
 import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cifar10_images import decode_image
-from loadtests.faults import worker_pids
-from loadtests.input_corpus import (
-    Input, block_image, corpus, describe, encode, exif_rotated_jpeg, keeps_the_rule, max_request_size, send, send_mixed,
-)
-from serve.client import sample_jpeg
-from serve.server import properties
+from PIL import Image
 from test_serving import assert_prediction
+
+from reliability.bad_inputs import (
+    Input,
+    block_image,
+    corpus,
+    describe,
+    encode,
+    exif_rotated_jpeg,
+    keeps_the_rule,
+    max_request_size,
+    send,
+    send_mixed,
+)
+from reliability.drills import worker_pids
+from serve.client import sample_jpeg
+from serve.config import properties
 
 # For the test ids only: the corpus has the same inputs whatever image it is made from.
 SAMPLE = corpus(sample_jpeg())
-CASES = [pytest.param(item.name, marks=pytest.mark.xfail(strict=True, reason=item.frontend_gap) if item.frontend_gap else ())
-         for item in SAMPLE]
+CASES = [
+    pytest.param(item.name, marks=pytest.mark.xfail(strict=True, reason=item.frontend_gap) if item.frontend_gap else ())
+    for item in SAMPLE
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +66,10 @@ def test_inputs_the_frontend_refuses_are_errors_that_cost_nothing(server, inputs
 
 
 def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cifar_test_jpegs):
-    good = [Input(f"CIFAR-10 test image {i}", 200, data=blob)
-            for i, blob in enumerate(blob for images in cifar_test_jpegs.values() for blob in images)]
+    good = [
+        Input(f"CIFAR-10 test image {i}", 200, data=blob)
+        for i, blob in enumerate(blob for images in cifar_test_jpegs.values() for blob in images)
+    ]
     alone = {item.name: server.predict(item.data)["prediction"] for item in good}
     pids = worker_pids(server)
     for item, answer in send_mixed(server, list(inputs.values()) + good):

@@ -28,12 +28,18 @@ def make_tree(root, per_class=2, fmt="png"):
 
 
 def check(tensors, per_class=2):
-    for split, images, labels in (("train", tensors.train_images, tensors.train_labels),
-                                  ("test", tensors.test_images, tensors.test_labels)):
+    for split, images, labels in (
+        ("train", tensors.train_images, tensors.train_labels),
+        ("test", tensors.test_images, tensors.test_labels),
+    ):
         assert images.dtype == torch.uint8 and images.shape == (10 * per_class, 3, 32, 32)
         assert sorted(labels.tolist()) == sorted(list(range(10)) * per_class)
         # every image arrives with its own label (PNG is lossless: pixels are exact)
-        expected = {(label, index): pixels_for(split, label, index).transpose(2, 0, 1) for label in range(10) for index in range(per_class)}
+        expected = {
+            (label, index): pixels_for(split, label, index).transpose(2, 0, 1)
+            for label in range(10)
+            for index in range(per_class)
+        }
         for image, label in zip(images.numpy(), labels.tolist()):
             assert any(np.array_equal(image, expected[(label, i)]) for i in range(per_class))
     assert len(tensors.sha256) == 64
@@ -64,8 +70,15 @@ def test_torchvision_batches_folder(tmp_path):
     for name in names:
         split = "test" if name == "test_batch" else "train"
         count = 2 if split == "test" else (2 if name == "data_batch_1" else 0)
-        rows = [(pixels_for(split, label, i).transpose(2, 0, 1).reshape(-1), label) for label in range(10) for i in range(count)]
-        batch = {"data": np.array([r for r, _ in rows], dtype=np.uint8).reshape(-1, 3072), "labels": [l for _, l in rows]}
+        rows = [
+            (pixels_for(split, label, i).transpose(2, 0, 1).reshape(-1), label)
+            for label in range(10)
+            for i in range(count)
+        ]
+        batch = {
+            "data": np.array([r for r, _ in rows], dtype=np.uint8).reshape(-1, 3072),
+            "labels": [label for _, label in rows],
+        }
         with open(root / name, "wb") as handle:
             pickle.dump(batch, handle)
     tensors = load_cifar10(str(tmp_path), cache_dir=tmp_path / "cache")  # the parent folder works too
@@ -92,7 +105,7 @@ def test_a_changed_source_is_decoded_anew(tmp_path):
 
 
 def test_missing_source_says_what_was_expected(tmp_path):
-    with pytest.raises(DataSourceError, match="does not exist.*cifar-10-batches-py.*train/<class>"):
+    with pytest.raises(DataSourceError, match=r"does not exist.*cifar-10-batches-py.*train/<class>"):
         load_cifar10(str(tmp_path / "nowhere"), cache_dir=tmp_path / "cache")
 
 
@@ -127,6 +140,8 @@ def test_training_job_fails_at_once_on_a_bad_source(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "train", "--data", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--data", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -5,12 +5,12 @@ import io
 
 import numpy as np
 import pytest
+from cifar10_images import InvalidImage, decode_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cifar10_images import InvalidImage, decode_image
-from loadtests.input_corpus import encode, exif_rotated_jpeg, frames
+from reliability.bad_inputs import encode, exif_rotated_jpeg, frames
 
 
 def seeds() -> list[bytes]:

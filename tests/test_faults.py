@@ -1,11 +1,11 @@
 """Faults the service must survive, on a TorchServe of its own (ports TEST_PORT_BASE+5..+9) serving
-the test run's cifar10.mar (see loadtests/faults.py). `make reliability` runs the same drills with
+the test run's cifar10.mar (see reliability/drills.py). `make reliability` runs the same drills with
 more load and prints the figures."""
 
 import pytest
-
 from conftest import PORT_BASE
-from loadtests.faults import (
+
+from reliability.drills import (
     BROKEN_AT_START,
     SLEEPY_QUEUE,
     FaultServer,

@@ -5,11 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
+from cifar10_images import InvalidImage, decode_image, request_payload
 from PIL import Image
 
-from cifar10_images import InvalidImage, decode_image, request_payload
-from loadtests.input_corpus import encode
 from model import SimpleCNN
+from reliability.bad_inputs import encode
 from train.data import _decode_image as training_decode
 
 
@@ -45,7 +45,7 @@ def test_large_jpegs_decode_close_to_training(cifar_image, size):
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
 def test_every_mode_becomes_rgb_32(cifar_image, mode):
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(cifar_image.convert("L"), dtype=np.uint16) * 257))
+        image = Image.fromarray(np.asarray(cifar_image.convert("L"), dtype=np.uint16) * 257)
     else:
         image = cifar_image.resize((48, 40)).convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
@@ -79,34 +79,43 @@ def test_handler_batch_gives_the_models_answer_on_training_tensors(cifar_test_jp
         torch.testing.assert_close(model(handler_batch), model(training_batch))
 
 
-@pytest.mark.parametrize("row, expected", [
-    ({"body": bytearray(b"raw")}, b"raw"),
-    ({"image": bytearray(b"multipart")}, b"multipart"),
-    ({"data": bytearray(b"field")}, b"field"),
-    ({"upload": bytearray(b"any file field")}, b"any file field"),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"body": bytearray(b"raw")}, b"raw"),
+        ({"image": bytearray(b"multipart")}, b"multipart"),
+        ({"data": bytearray(b"field")}, b"field"),
+        ({"upload": bytearray(b"any file field")}, b"any file field"),
+    ],
+)
 def test_payload_is_found_in_the_body_or_a_form_field(row, expected):
     assert request_payload(row) == expected
 
 
-@pytest.mark.parametrize("row, reason", [
-    ({"body": bytearray()}, "empty"),
-    ({"body": "some text"}, "not_an_image"),
-    ({"body": {"json": True}}, "not_an_image"),
-    ({}, "no_image"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ({"body": bytearray()}, "empty"),
+        ({"body": "some text"}, "not_an_image"),
+        ({"body": {"json": True}}, "not_an_image"),
+        ({}, "no_image"),
+    ],
+)
 def test_payload_errors(row, reason):
     with pytest.raises(InvalidImage) as error:
         request_payload(row)
     assert error.value.reason == reason
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "not_an_image"),
-    (b"hello, I am text", "not_an_image"),
-    (b"<html><body>not an image</body></html>", "not_an_image"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not_an_image"),  # EPS is not among the accepted formats
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "not_an_image"),
+        (b"hello, I am text", "not_an_image"),
+        (b"<html><body>not an image</body></html>", "not_an_image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not_an_image"),  # EPS is not among the accepted formats
+    ],
+)
 def test_garbage_is_refused(data, reason):
     with pytest.raises(InvalidImage) as error:
         decode_image(data)

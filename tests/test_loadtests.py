@@ -15,8 +15,8 @@ import pytest
 # Importing locust would gevent-patch this whole pytest process; the shape and the checks below need
 # none of it. The locust subprocesses get an environment without this variable.
 os.environ["LOCUST_SKIP_MONKEY_PATCH"] = "1"
-from loadtests.shapes import RampShape  # noqa: E402
-from loadtests.users import error_problem, prediction_problem  # noqa: E402
+from loadtests.shapes import RampShape
+from loadtests.users import error_problem, prediction_problem
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUST_ENV = {name: value for name, value in os.environ.items() if name != "LOCUST_SKIP_MONKEY_PATCH"}
@@ -26,15 +26,45 @@ LOCUST_ENV = {name: value for name, value in os.environ.items() if name != "LOCU
 def payloads(tmp_path_factory, data_source) -> Path:
     """A small payload set, built by the command users run (`make payloads`)."""
     out = tmp_path_factory.mktemp("loadtest") / "payloads"
-    subprocess.run([sys.executable, "-m", "loadtests.payloads", "--data", str(data_source), "--out", str(out),
-                    "--per-class", "3", "--enlarged-per-class", "1"], cwd=REPO, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.payloads",
+            "--data",
+            str(data_source),
+            "--out",
+            str(out),
+            "--per-class",
+            "3",
+            "--enlarged-per-class",
+            "1",
+        ],
+        cwd=REPO,
+        check=True,
+    )
     return out
 
 
 def locust(server, payloads: Path, reports: Path, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "locust", "--headless", "--only-summary", "--host", server.inference,
-               "--management-url", server.management, "--key-file", str(server.key_file),
-               "--payloads", str(payloads), "--csv", str(reports / "locust"), *options]
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "--headless",
+        "--only-summary",
+        "--host",
+        server.inference,
+        "--management-url",
+        server.management,
+        "--key-file",
+        str(server.key_file),
+        "--payloads",
+        str(payloads),
+        "--csv",
+        str(reports / "locust"),
+        *options,
+    ]
     return subprocess.run(command, cwd=REPO, env=LOCUST_ENV, capture_output=True, text=True, timeout=120)
 
 
@@ -52,8 +82,25 @@ def test_smoke_load_through_the_steady_scenario(server, payloads, tmp_path):
     0.12 fails the batch in flight on a worker that a scale-down removes (see README: Load testing).
     """
     reports = tmp_path / "steady"
-    result = locust(server, payloads, reports, "-f", "loadtests/steady.py", "-u", "4", "-r", "4", "-t", "20s",
-                    "--operator-interval", "4", "--operator-mode", "up", "--p99-ms", "30000")
+    result = locust(
+        server,
+        payloads,
+        reports,
+        "-f",
+        "loadtests/steady.py",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "20s",
+        "--operator-interval",
+        "4",
+        "--operator-mode",
+        "up",
+        "--p99-ms",
+        "30000",
+    )
     summary = (reports / "summary.md").read_text()
     assert result.returncode == 0, summary + result.stderr[-3000:]
     assert "**PASS**" in summary
@@ -74,8 +121,22 @@ def test_smoke_load_through_the_steady_scenario(server, payloads, tmp_path):
 def test_a_breached_service_level_fails_the_command(server, payloads, tmp_path):
     """A p99 bound no service can meet: the run still completes, and Locust exits 1."""
     reports = tmp_path / "breach"
-    result = locust(server, payloads, reports, "-f", "loadtests/steady.py", "ClassifierUser",
-                    "-u", "2", "-r", "2", "-t", "3s", "--p99-ms", "0.001")
+    result = locust(
+        server,
+        payloads,
+        reports,
+        "-f",
+        "loadtests/steady.py",
+        "ClassifierUser",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "3s",
+        "--p99-ms",
+        "0.001",
+    )
     summary = (reports / "summary.md").read_text()
     assert result.returncode == 1, summary + result.stderr[-3000:]
     assert "**NOT MET**: p99 of valid predictions" in summary and "**FAIL**" in summary
@@ -85,8 +146,9 @@ def test_a_breached_service_level_fails_the_command(server, payloads, tmp_path):
 def ramp(step_seconds=10.0, p99_ms=500.0) -> tuple[RampShape, dict]:
     """A ramp of 2, 5, 8, 11 users on a fake clock."""
     shape = RampShape()
-    shape.configure(Namespace(ramp_start_users=2, ramp_step_users=3, ramp_step_time=step_seconds,
-                              ramp_max_users=11, p99_ms=p99_ms))
+    shape.configure(
+        Namespace(ramp_start_users=2, ramp_step_users=3, ramp_step_time=step_seconds, ramp_max_users=11, p99_ms=p99_ms)
+    )
     clock = {"now": 0.0}
     shape.get_run_time = lambda: clock["now"]
     return shape, clock
@@ -135,18 +197,49 @@ def test_ramp_stops_at_the_first_failed_request_and_after_its_last_step():
     assert shape.capacity.users == 11
 
 
-@pytest.mark.parametrize("wrong", [
-    {"prediction": "cat", "confidence": 0.5},
-    {"prediction": "unicorn", "confidence": 0.5, "top3_predictions": [
-        {"class": "unicorn", "confidence": 0.5}, {"class": "cat", "confidence": 0.3}, {"class": "dog", "confidence": 0.1}]},
-    {"prediction": "cat", "confidence": 0.6, "top3_predictions": [
-        {"class": "cat", "confidence": 0.6}, {"class": "dog", "confidence": 0.3}, {"class": "frog", "confidence": 0.2}]},
-    {"prediction": "dog", "confidence": 0.3, "top3_predictions": [
-        {"class": "cat", "confidence": 0.6}, {"class": "dog", "confidence": 0.3}, {"class": "frog", "confidence": 0.1}]},
-])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"prediction": "cat", "confidence": 0.5},
+        {
+            "prediction": "unicorn",
+            "confidence": 0.5,
+            "top3_predictions": [
+                {"class": "unicorn", "confidence": 0.5},
+                {"class": "cat", "confidence": 0.3},
+                {"class": "dog", "confidence": 0.1},
+            ],
+        },
+        {
+            "prediction": "cat",
+            "confidence": 0.6,
+            "top3_predictions": [
+                {"class": "cat", "confidence": 0.6},
+                {"class": "dog", "confidence": 0.3},
+                {"class": "frog", "confidence": 0.2},
+            ],
+        },
+        {
+            "prediction": "dog",
+            "confidence": 0.3,
+            "top3_predictions": [
+                {"class": "cat", "confidence": 0.6},
+                {"class": "dog", "confidence": 0.3},
+                {"class": "frog", "confidence": 0.1},
+            ],
+        },
+    ],
+)
 def test_the_load_generator_rejects_wrong_answers(wrong):
-    right = {"prediction": "cat", "confidence": 0.6, "top3_predictions": [
-        {"class": "cat", "confidence": 0.6}, {"class": "dog", "confidence": 0.3}, {"class": "frog", "confidence": 0.1}]}
+    right = {
+        "prediction": "cat",
+        "confidence": 0.6,
+        "top3_predictions": [
+            {"class": "cat", "confidence": 0.6},
+            {"class": "dog", "confidence": 0.3},
+            {"class": "frog", "confidence": 0.1},
+        ],
+    }
     assert prediction_problem(right) is None
     assert prediction_problem(wrong) is not None
     assert error_problem({"code": 400, "type": "InvalidImage", "message": "empty body"}) is None

@@ -11,12 +11,14 @@ def test_layers_are_the_seeds():
     model = SimpleCNN()
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (3, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))
+        (3, 32, (3, 3), (1, 1)),
+        (32, 64, (3, 3), (1, 1)),
+        (64, 128, (3, 3), (1, 1)),
     ]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 3
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(128 * 4 * 4, 256), (256, 10)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(128 * 4 * 4, 256), (256, 10)]
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.5]
 
 

@@ -1,5 +1,5 @@
 """The handler's metrics on TorchServe's /metrics, and the Grafana dashboard's queries run by a real
-Prometheus (Debian's `prometheus`) that scrapes the session's TorchServe with serve/prometheus.yml."""
+Prometheus (Debian's `prometheus`) that scrapes the session's TorchServe with deploy/monitoring/prometheus.yml."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import yaml
-
 from cifar10_metrics import METRICS
 from conftest import REPO
+
 from serve.client import ServiceError
 
-DASHBOARD = REPO / "serve" / "grafana" / "dashboards" / "cifar10.json"
+DASHBOARD = REPO / "deploy" / "monitoring" / "grafana" / "dashboards" / "cifar10.json"
 # Grafana's own variables, as Grafana would set them for a 10-minute view scraped every second
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m"}
 
@@ -32,7 +32,7 @@ def sample_values(metrics_text: str, name: str, label: str) -> dict[str, float]:
 
 
 def test_metrics_yaml_declares_what_the_handler_emits():
-    declared = yaml.safe_load((REPO / "serve" / "metrics.yaml").read_text())["model_metrics"]
+    declared = yaml.safe_load((REPO / "deploy" / "torchserve" / "metrics.yaml").read_text())["model_metrics"]
     for name, (kind, unit, labels) in METRICS.items():
         entries = [entry for entry in declared[kind.value] if entry["name"] == name]
         assert entries == [{"name": name, "unit": unit, "dimensions": ["model_name", "model_version", *labels]}]
@@ -48,8 +48,10 @@ def test_predictions_and_rejections_are_counted_by_class_and_reason(server, cifa
         reasons[json.loads(refused.value.body)["reason"]] += 1
     assert len(reasons) >= 2
     after = server.metrics()
-    for name, label, expected in (("cifar10_predictions_total", "class", answers),
-                                  ("cifar10_rejected_total", "reason", reasons)):
+    for name, label, expected in (
+        ("cifar10_predictions_total", "class", answers),
+        ("cifar10_rejected_total", "reason", reasons),
+    ):
         now, earlier = sample_values(after, name, label), sample_values(before, name, label)
         assert {value: now[value] - earlier.get(value, 0) for value in expected} == dict(expected), name
     for histogram in ("cifar10_batch_size", "cifar10_decode_seconds", "cifar10_inference_seconds"):
@@ -66,20 +68,25 @@ def free_port(ports=range(39090, 39100)) -> int:
 
 @pytest.fixture
 def prometheus(server, tmp_path):
-    """Prometheus 2 (Debian's package) with serve/prometheus.yml pointed at the session's TorchServe."""
+    """Prometheus 2 (Debian's package) with deploy/monitoring/prometheus.yml pointed at the session's TorchServe."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (bash .ci/run installs it)")
-    config = yaml.safe_load((REPO / "serve" / "prometheus.yml").read_text())
+    config = yaml.safe_load((REPO / "deploy" / "monitoring" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [urlparse(server.metrics_url).netloc]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{free_port()}"
     process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address={urlparse(url).netloc}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address={urlparse(url).netloc}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),
     )
     try:
         query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")

@@ -16,15 +16,14 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
-
 from conftest import REPO
 
 COMPOSE_FILES = {  # file -> the variables it requires
     "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},
-    "docker-compose.gpu.yml": set(),
-    "docker-compose.local-data.yml": {"CIFAR10_DATA"},
+    "deploy/compose/gpu.yml": set(),
+    "deploy/compose/local-data.yml": {"CIFAR10_DATA"},
 }
-DOCKERFILES = ["serve/Dockerfile", "train/Dockerfile"]
+DOCKERFILES = ["deploy/docker/serve.Dockerfile", "deploy/docker/train.Dockerfile"]
 
 
 def tool(name: str) -> str:
@@ -45,7 +44,7 @@ def compose_config(*overrides: str, data_source: Path) -> dict:
     return yaml.safe_load(result.stdout)
 
 
-@pytest.mark.parametrize("override", [None, "docker-compose.gpu.yml", "docker-compose.local-data.yml"])
+@pytest.mark.parametrize("override", [None, "deploy/compose/gpu.yml", "deploy/compose/local-data.yml"])
 def test_compose_files_validate(override, data_source):
     compose_config(*([override] if override else []), data_source=data_source)
 
@@ -53,7 +52,15 @@ def test_compose_files_validate(override, data_source):
 def test_compose_needs_the_grafana_password_and_keeps_none(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
     (tmp_path / "empty.env").write_text("")  # not a developer's .env either
-    command = [tool("docker-compose"), "--env-file", str(tmp_path / "empty.env"), "-f", "docker-compose.yml", "config", "-q"]
+    command = [
+        tool("docker-compose"),
+        "--env-file",
+        str(tmp_path / "empty.env"),
+        "-f",
+        "docker-compose.yml",
+        "config",
+        "-q",
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
 
@@ -68,8 +75,11 @@ def host_ip_and_target(port) -> tuple[str, str]:
 
 def test_compose_publishes_inference_only_beyond_this_host(data_source):
     services = compose_config(data_source=data_source)["services"]
-    published = {(name, target): host_ip for name, service in services.items()
-                 for host_ip, target in map(host_ip_and_target, service.get("ports", []))}
+    published = {
+        (name, target): host_ip
+        for name, service in services.items()
+        for host_ip, target in map(host_ip_and_target, service.get("ports", []))
+    }
     assert published == {
         ("torchserve", "8080"): "0.0.0.0",
         ("torchserve", "8081"): "127.0.0.1",
@@ -87,7 +97,7 @@ def test_compose_runs_train_then_archive_then_torchserve(data_source):
 
 
 def test_gpu_override_reserves_gpus_and_builds_cuda_torch(data_source):
-    services = compose_config("docker-compose.gpu.yml", data_source=data_source)["services"]
+    services = compose_config("deploy/compose/gpu.yml", data_source=data_source)["services"]
     for name in ("train", "torchserve"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
@@ -101,8 +111,10 @@ def dockerignore_patterns() -> list[str]:
 
 def ignored(path: str) -> bool:
     parts = Path(path).parts
-    return any(fnmatch.fnmatch(path.rstrip("/"), pattern) or fnmatch.fnmatch(parts[0], pattern)
-               for pattern in dockerignore_patterns())
+    return any(
+        fnmatch.fnmatch(path.rstrip("/"), pattern) or fnmatch.fnmatch(parts[0], pattern)
+        for pattern in dockerignore_patterns()
+    )
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -117,9 +129,11 @@ def test_every_path_a_dockerfile_copies_is_in_the_build_context(name):
 
 
 def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
-    files = [None, "docker-compose.gpu.yml", "docker-compose.local-data.yml"]
+    files = [None, "deploy/compose/gpu.yml", "deploy/compose/local-data.yml"]
     for override in files:
-        for name, service in compose_config(*([override] if override else []), data_source=data_source)["services"].items():
+        for name, service in compose_config(*([override] if override else []), data_source=data_source)[
+            "services"
+        ].items():
             if "build" in service:
                 assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]).is_file(), name
             for volume in service.get("volumes", []):
@@ -138,16 +152,28 @@ def test_dockerfiles_pass_hadolint(name):
 
 def test_shell_scripts_pass_shellcheck():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    scripts = [name for name in tracked if name.endswith(".sh") or (REPO / name).is_file()
-               and (REPO / name).read_bytes()[:64].startswith((b"#!/usr/bin/env bash", b"#!/bin/bash", b"#!/bin/sh"))]
+    scripts = [
+        name
+        for name in tracked
+        if name.endswith(".sh")
+        or (
+            (REPO / name).is_file()
+            and (REPO / name).read_bytes()[:64].startswith((b"#!/usr/bin/env bash", b"#!/bin/bash", b"#!/bin/sh"))
+        )
+    ]
     assert ".ci/run" in scripts
     result = subprocess.run([tool("shellcheck"), *scripts], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
 def test_operations_yaml_passes_yamllint():
-    files = [*COMPOSE_FILES, "serve/prometheus.yml", "serve/metrics.yaml", ".hadolint.yaml",
-             *(str(p.relative_to(REPO)) for p in (REPO / "serve" / "grafana").rglob("*.yml"))]
+    files = [
+        *COMPOSE_FILES,
+        "deploy/monitoring/prometheus.yml",
+        "deploy/torchserve/metrics.yaml",
+        ".hadolint.yaml",
+        *(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "monitoring" / "grafana").rglob("*.yml")),
+    ]
     config = "{extends: default, rules: {line-length: {max: 130}, document-start: disable}}"
     result = subprocess.run([tool("yamllint"), "-s", "-d", config, *files], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
@@ -155,8 +181,11 @@ def test_operations_yaml_passes_yamllint():
 
 def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_path(tmp_path):
     """Runs the serve Dockerfile's own sed on the repository's config.properties."""
-    run = " ".join(command.value[0] for command in dockerfile.parse_file(str(REPO / "serve/Dockerfile"))
-                   if command.cmd == "RUN" and "sed -i" in command.value[0])
+    run = " ".join(
+        command.value[0]
+        for command in dockerfile.parse_file(str(REPO / "deploy/docker/serve.Dockerfile"))
+        if command.cmd == "RUN" and "sed -i" in command.value[0]
+    )
     sed = re.search(r"sed -i .*? config\.properties", run).group(0)
     shutil.copy(REPO / "config.properties", tmp_path / "config.properties")
     subprocess.run(["bash", "-c", sed], cwd=tmp_path, check=True)
@@ -167,7 +196,7 @@ def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_path(tmp_p
         "inference_address=http://127.0.0.1:8080": "inference_address=http://0.0.0.0:8080",
         "management_address=http://127.0.0.1:8081": "management_address=http://0.0.0.0:8081",
         "metrics_address=http://127.0.0.1:8082": "metrics_address=http://0.0.0.0:8082",
-        "metrics_config=serve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
+        "metrics_config=deploy/torchserve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
     }
 
 
@@ -180,8 +209,16 @@ def test_no_key_or_secret_is_committed_or_copied_into_an_image():
 
 def healthcheck(server_paths, server, *extra: str) -> subprocess.CompletedProcess:
     """The serve image's HEALTHCHECK command, against the session's TorchServe."""
-    command = [sys.executable, "-m", "serve.healthcheck", "--management", server.management,
-               "--key-file", str(server_paths.workdir / "key_file.json"), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "serve.healthcheck",
+        "--management",
+        server.management,
+        "--key-file",
+        str(server_paths.workdir / "key_file.json"),
+        *extra,
+    ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

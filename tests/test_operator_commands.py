@@ -12,13 +12,20 @@ import threading
 from collections import Counter
 
 import requests
-
 from conftest import REPO, metadata, train_run
 
 
 def cli(server_paths, *args: str) -> str:
-    command = [sys.executable, "-m", "serve", "--config", str(server_paths.config), "--workdir", str(server_paths.workdir),
-               *args]
+    command = [
+        sys.executable,
+        "-m",
+        "serve",
+        "--config",
+        str(server_paths.config),
+        "--workdir",
+        str(server_paths.workdir),
+        *args,
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -28,7 +35,11 @@ class Traffic:
     """Predictions sent one after another from a thread, every status code counted."""
 
     def __init__(self, server, image: bytes):
-        self.url, self.image, self.headers = f"{server.inference}/predictions/cifar10", image, server._headers("inference")
+        self.url, self.image, self.headers = (
+            f"{server.inference}/predictions/cifar10",
+            image,
+            server._headers("inference"),
+        )
         self.statuses: Counter = Counter()
         self.running = True
         self.thread = threading.Thread(target=self.send)
@@ -37,7 +48,9 @@ class Traffic:
     def send(self):
         with requests.Session() as session:
             while self.running:
-                self.statuses[session.post(self.url, data=self.image, headers=self.headers, timeout=60).status_code] += 1
+                self.statuses[
+                    session.post(self.url, data=self.image, headers=self.headers, timeout=60).status_code
+                ] += 1
 
     def stop(self) -> Counter:
         self.running = False
@@ -45,9 +58,12 @@ class Traffic:
         return self.statuses
 
 
-def test_roll_out_switch_and_roll_back_a_version_while_requests_flow(server, server_paths, model_store, trained_run,
-                                                                    data_source, tmp_path, cifar_test_jpegs):
-    second_run = train_run(tmp_path / "models", data_source, "--seed", "1", "--train-subset", "1000", "--test-subset", "200")
+def test_roll_out_switch_and_roll_back_a_version_while_requests_flow(
+    server, server_paths, model_store, trained_run, data_source, tmp_path, cifar_test_jpegs
+):
+    second_run = train_run(
+        tmp_path / "models", data_source, "--seed", "1", "--train-subset", "1000", "--test-subset", "200"
+    )
     old, new = metadata(trained_run)["version"], metadata(second_run)["version"]
     image = cifar_test_jpegs["horse"][0]
 
@@ -92,12 +108,18 @@ def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test
     old = dict(server.keys)
     cli(server_paths, "rotate-keys")
     try:
-        new = {api: entry["key"] for api, entry in json.loads((server_paths.workdir / "key_file.json").read_text()).items()}
-        assert new["API"] == old["API"] and new["inference"] != old["inference"] and new["management"] != old["management"]
+        new = {
+            api: entry["key"] for api, entry in json.loads((server_paths.workdir / "key_file.json").read_text()).items()
+        }
+        assert (
+            new["API"] == old["API"] and new["inference"] != old["inference"] and new["management"] != old["management"]
+        )
         url, image = f"{server.inference}/predictions/cifar10", cifar_test_jpegs["cat"][0]
 
         def status(method: str, address: str, key: str, **kwargs) -> int:
-            return requests.request(method, address, headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs).status_code
+            return requests.request(
+                method, address, headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs
+            ).status_code
 
         assert status("POST", url, old["inference"], data=image) == 400
         assert status("POST", url, new["inference"], data=image) == 200

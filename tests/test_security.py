@@ -10,9 +10,9 @@ import threading
 
 import pytest
 import requests
-
 from conftest import PORT_BASE
-from serve.server import properties
+
+from serve.config import properties
 
 ATTACKER_PORT = PORT_BASE + 20  # a web server a malicious registration would fetch from
 
@@ -24,8 +24,13 @@ def bearer(key: str) -> dict[str, str]:
 @pytest.mark.parametrize("headers", [{}, bearer("wrong-key")], ids=["no key", "wrong key"])
 def test_management_calls_without_the_right_key_are_refused(server, headers):
     before = server.describe()[0]["workers"]
-    calls = [("GET", "/models"), ("PUT", f"/models/cifar10?min_worker={len(before) + 2}"), ("DELETE", "/models/cifar10"),
-             ("POST", "/models?url=cifar10.mar"), ("POST", "/token?type=inference")]
+    calls = [
+        ("GET", "/models"),
+        ("PUT", f"/models/cifar10?min_worker={len(before) + 2}"),
+        ("DELETE", "/models/cifar10"),
+        ("POST", "/models?url=cifar10.mar"),
+        ("POST", "/token?type=inference"),
+    ]
     for method, path in calls:
         response = requests.request(method, f"{server.management}{path}", headers=headers, timeout=30)
         assert response.status_code == 400 and "Token" in response.json()["message"], (method, path)
@@ -42,7 +47,7 @@ def test_the_inference_key_opens_neither_management_nor_key_making(server):
 class RecordingHandler(http.server.BaseHTTPRequestHandler):
     requests_seen: list[str] = []
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         RecordingHandler.requests_seen.append(self.path)
         self.send_response(200)
         self.end_headers()
@@ -64,8 +69,12 @@ def attacker_site():
 
 def test_registering_a_model_from_a_url_is_refused_and_fetches_nothing(server, attacker_site, model_store):
     for url in (f"{attacker_site}/evil.mar", f"file://{model_store / 'cifar10.mar'}"):
-        response = requests.post(f"{server.management}/models", params={"url": url, "model_name": "evil"},
-                                 headers=bearer(server.keys["management"]), timeout=60)
+        response = requests.post(
+            f"{server.management}/models",
+            params={"url": url, "model_name": "evil"},
+            headers=bearer(server.keys["management"]),
+            timeout=60,
+        )
         assert response.status_code == 404, response.text
         assert "does not match any allowed URL" in response.json()["message"]
     assert RecordingHandler.requests_seen == []
@@ -74,12 +83,20 @@ def test_registering_a_model_from_a_url_is_refused_and_fetches_nothing(server, a
 
 def test_a_body_over_the_size_limit_is_refused_with_413(server, server_paths):
     limit = int(properties(server_paths.config)["max_request_size"])
-    response = requests.post(f"{server.inference}/predictions/cifar10", data=b"\xff" * (limit + 1),
-                             headers={**bearer(server.keys["inference"]), "Content-Type": "image/jpeg"}, timeout=60)
+    response = requests.post(
+        f"{server.inference}/predictions/cifar10",
+        data=b"\xff" * (limit + 1),
+        headers={**bearer(server.keys["inference"]), "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
     assert response.status_code == 413
     # a body just under the limit reaches the handler, which says what is wrong with it
-    response = requests.post(f"{server.inference}/predictions/cifar10", data=b"\xff" * (limit - 4096),
-                             headers={**bearer(server.keys["inference"]), "Content-Type": "image/jpeg"}, timeout=60)
+    response = requests.post(
+        f"{server.inference}/predictions/cifar10",
+        data=b"\xff" * (limit - 4096),
+        headers={**bearer(server.keys["inference"]), "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
     assert response.status_code == 400 and response.json()["type"] == "InvalidImage"
 
 
@@ -98,8 +115,13 @@ def test_all_apis_listen_on_loopback_only(server, server_paths):
     if address is None:
         pytest.skip("this machine has no network interface besides loopback")
     props = properties(server_paths.config)
-    for key in ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
-                "grpc_management_port"):
+    for key in (
+        "inference_address",
+        "management_address",
+        "metrics_address",
+        "grpc_inference_port",
+        "grpc_management_port",
+    ):
         port = int(props[key].rsplit(":", 1)[-1])
         with socket.socket() as probe:
             probe.settimeout(5)

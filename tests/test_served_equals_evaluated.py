@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_SUBSET, metadata
+
 from serve.verify import compare
 from train.data import _decode_image, encoded_images, load_cifar10
 
@@ -18,7 +18,10 @@ from train.data import _decode_image, encoded_images, load_cifar10
 def test_offline_evaluation_command_gives_the_metadatas_accuracy(trained_run, data_source):
     printed = subprocess.run(
         [sys.executable, "-m", "train.evaluate", str(trained_run / "model.pt"), "--data", str(data_source)],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     accuracy = metadata(trained_run)["test_accuracy"]
     assert f"{TEST_SUBSET:,} test images, accuracy {accuracy:.2%}" in printed

@@ -32,8 +32,12 @@ def test_the_seeds_multipart_form(server, cifar_test_jpegs):
 
 def test_curl_upload_and_content_type(server, cifar_test_jpegs):
     """curl -T cat.jpg sends a PUT; TorchServe answers predictions on PUT as on POST."""
-    response = requests.put(f"{server.inference}/predictions/cifar10", data=cifar_test_jpegs["ship"][0],
-                            headers=server._headers("inference"), timeout=30)
+    response = requests.put(
+        f"{server.inference}/predictions/cifar10",
+        data=cifar_test_jpegs["ship"][0],
+        headers=server._headers("inference"),
+        timeout=30,
+    )
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
     assert_prediction(response.json())
 
@@ -44,8 +48,9 @@ def test_one_garbage_request_in_concurrent_batches_fails_alone(server, cifar_tes
     payloads = [b"this is not an image" if i in garbage_at else images[i] for i in range(len(images))]
 
     def send(payload):
-        response = requests.post(f"{server.inference}/predictions/cifar10", data=payload,
-                                 headers=server._headers("inference"), timeout=60)
+        response = requests.post(
+            f"{server.inference}/predictions/cifar10", data=payload, headers=server._headers("inference"), timeout=60
+        )
         return response.status_code, response.json()
 
     with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
@@ -80,8 +85,9 @@ def test_management_describes_and_scales_with_the_token(server):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}])
 def test_calls_without_the_right_key_are_refused(server, cifar_test_jpegs, headers):
     management = requests.get(f"{server.management}/models/cifar10", headers=headers, timeout=30)
-    inference = requests.post(f"{server.inference}/predictions/cifar10", data=cifar_test_jpegs["cat"][0],
-                              headers=headers, timeout=30)
+    inference = requests.post(
+        f"{server.inference}/predictions/cifar10", data=cifar_test_jpegs["cat"][0], headers=headers, timeout=30
+    )
     for response in (management, inference):
         assert response.status_code in (400, 401, 403)
         assert "Token Authorization failed" in response.json()["message"]
@@ -98,9 +104,11 @@ def test_gpu_configuration_serves_on_a_cpu_machine(tmp_path, trained_run, cifar_
     """The GPU variant (handler/model-config.gpu.yaml: deviceType gpu, bigger batches) is the same
     handler code path; on a machine without a GPU TorchServe runs its workers on the CPU."""
     from conftest import PORT_BASE
+
     from serve.archive import REPO, build_archive
     from serve.client import Client
-    from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving
+    from serve.config import config_on_ports
+    from serve.server import ServerPaths, start, stop, wait_until_serving
 
     build_archive(trained_run, tmp_path / "store", model_config=REPO / "handler" / "model-config.gpu.yaml")
     (tmp_path / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 10))

@@ -1,8 +1,8 @@
 """A short real training run: what it writes, and that its TorchScript export is the model."""
 
 import torch
-
 from conftest import metadata, train_run
+
 from model import CLASSES, SimpleCNN
 from train.data import load_cifar10
 from train.main import random_crop_flip, subset
@@ -51,8 +51,11 @@ def test_augmentation_crops_and_mirrors_whole_batches():
     seen = set()
     for crop in crops:
         for n in range(2):
-            match = [(dy, dx, f) for dy, dx, f in windows
-                     if torch.equal(crop[n], (lambda w: w.flip(2) if f else w)(padded[n, :, dy:dy + 8, dx:dx + 8]))]
+            match = [
+                (dy, dx, f)
+                for dy, dx, f in windows
+                if torch.equal(crop[n], (lambda w: w.flip(2) if f else w)(padded[n, :, dy : dy + 8, dx : dx + 8]))
+            ]
             assert match, "crop is not a window of the padded image"
             seen.update(match)
     assert any(f for _, _, f in seen) and any(not f for _, _, f in seen)
@@ -82,7 +85,9 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, data_source):
 
 def test_gpu_path_options_run_on_cpu(tmp_path, data_source):
     """bf16 autocast and torch.compile (what a GPU run uses) work on the CPU too; the export stays float32."""
-    run = train_run(tmp_path, data_source, *SMALL, "--recipe", "fast", "--amp", "on", "--compile", "--batch-size", "128")
+    run = train_run(
+        tmp_path, data_source, *SMALL, "--recipe", "fast", "--amp", "on", "--compile", "--batch-size", "128"
+    )
     meta = metadata(run)
     assert meta["hyperparameters"]["amp"] == "on" and meta["hyperparameters"]["compile"] is True
     assert meta["recipe"] == "fast" and meta["hyperparameters"]["schedule"] == "onecycle"
@@ -96,12 +101,41 @@ def test_ddp_with_gloo_on_two_processes_matches_one(tmp_path, data_source):
     import sys
     from pathlib import Path
 
-    common = ["--data", str(data_source), "--epochs", "2", "--train-subset", "4000", "--test-subset", "1000",
-              "--threads", "1", "--run-name", "run"]
+    common = [
+        "--data",
+        str(data_source),
+        "--epochs",
+        "2",
+        "--train-subset",
+        "4000",
+        "--test-subset",
+        "1000",
+        "--threads",
+        "1",
+        "--run-name",
+        "run",
+    ]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "train", *common, "--batch-size", "64",
-                    "--out-dir", str(tmp_path / "ddp")], check=True, cwd=Path(__file__).resolve().parent.parent)
-    single = train_run(tmp_path / "single", data_source, "--epochs", "2", "--train-subset", "4000", "--batch-size", "128")
+    subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "train",
+            *common,
+            "--batch-size",
+            "64",
+            "--out-dir",
+            str(tmp_path / "ddp"),
+        ],
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    single = train_run(
+        tmp_path / "single", data_source, "--epochs", "2", "--train-subset", "4000", "--batch-size", "128"
+    )
     ddp_meta, single_meta = metadata(tmp_path / "ddp" / "run"), metadata(single)
     assert ddp_meta["world_size"] == 2 and single_meta["world_size"] == 1
     assert ddp_meta["final_test_accuracy"] > 0.25

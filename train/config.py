@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for field in dataclasses.fields(Config):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "recipe":
-            parser.add_argument(flag, choices=sorted(RECIPES), default="seed", help="named hyperparameters (default: seed)")
+            parser.add_argument(
+                flag, choices=sorted(RECIPES), default="seed", help="named hyperparameters (default: seed)"
+            )
         elif field.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:

@@ -80,9 +80,7 @@ def _split_and_class(name: str) -> tuple[str, int] | None:
     if split not in ("train", "test"):
         return None
     if class_name not in CLASSES:
-        raise DataSourceError(
-            f"{name}: unknown class folder {class_name!r}; expected one of {', '.join(CLASSES)}"
-        )
+        raise DataSourceError(f"{name}: unknown class folder {class_name!r}; expected one of {', '.join(CLASSES)}")
     return split, CLASSES.index(class_name)
 
 
@@ -200,7 +198,9 @@ def download(root: Path) -> Path:
     return root / "cifar-10-batches-py"
 
 
-def load_cifar10(source: str | None, download_root: Path = Path("data"), cache_dir: Path = Path("data/cache")) -> Cifar10Tensors:
+def load_cifar10(
+    source: str | None, download_root: Path = Path("data"), cache_dir: Path = Path("data/cache")
+) -> Cifar10Tensors:
     """CIFAR-10 from `source` (a local path) or, when None, torchvision's download; cached as tensors."""
     path = Path(source).expanduser().resolve() if source else download(download_root)
     loader, checksum = _identify(path)
@@ -217,7 +217,9 @@ def load_cifar10(source: str | None, download_root: Path = Path("data"), cache_d
     return tensors
 
 
-def encoded_images(source: str | None, split: str = "test", download_root: Path = Path("data")) -> tuple[list[bytes], torch.Tensor]:
+def encoded_images(
+    source: str | None, split: str = "test", download_root: Path = Path("data")
+) -> tuple[list[bytes], torch.Tensor]:
     """The split's images as files a client would send, and their labels, in load_cifar10's order.
 
     An image-folder source gives its own files; the pickled batches hold pixels only, which are

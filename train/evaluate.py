@@ -42,7 +42,9 @@ def run_metadata(model_file: Path) -> dict:
     return json.loads(metadata.read_text()) if metadata.exists() else {}
 
 
-def evaluate_torchscript(model_file: Path, source: str | None, test_subset: int = 0, batch_size: int = 1000) -> Evaluation:
+def evaluate_torchscript(
+    model_file: Path, source: str | None, test_subset: int = 0, batch_size: int = 1000
+) -> Evaluation:
     data = load_cifar10(source)
     indices, labels = subset(torch.arange(len(data.test_labels)), data.test_labels, test_subset)
     model = torch.jit.load(str(model_file), map_location="cpu")
@@ -51,16 +53,26 @@ def evaluate_torchscript(model_file: Path, source: str | None, test_subset: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", type=Path, help="a TorchScript file, e.g. models/latest/model.pt")
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 source (default: $CIFAR10_DATA, else torchvision's download)")
-    parser.add_argument("--test-subset", type=int, help="evaluate this many test images (default: the run's; 0: all 10,000)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("CIFAR10_DATA"),
+        help="CIFAR-10 source (default: $CIFAR10_DATA, else torchvision's download)",
+    )
+    parser.add_argument(
+        "--test-subset", type=int, help="evaluate this many test images (default: the run's; 0: all 10,000)"
+    )
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--predictions", type=Path, help="write index,label,prediction per image to this CSV file")
     args = parser.parse_args(argv)
 
     metadata = run_metadata(args.model)
-    test_subset = args.test_subset if args.test_subset is not None else metadata.get("hyperparameters", {}).get("test_subset", 0)
+    test_subset = (
+        args.test_subset if args.test_subset is not None else metadata.get("hyperparameters", {}).get("test_subset", 0)
+    )
     try:
         result = evaluate_torchscript(args.model, args.data, test_subset, args.batch_size)
     except DataSourceError as error:
@@ -71,14 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<10} {value:.2%}")
     if "test_accuracy" in metadata:
         same_data = metadata.get("data", {}).get("sha256") == result.sha256
-        print(f"metadata.json: test_accuracy {metadata['test_accuracy']:.2%} (epoch {metadata['epoch']}); "
-              f"{'same' if same_data else 'NOT the same'} data source; "
-              f"{'equal' if round(accuracy, 4) == metadata['test_accuracy'] else 'DIFFERENT'} to 4 decimals")
+        print(
+            f"metadata.json: test_accuracy {metadata['test_accuracy']:.2%} (epoch {metadata['epoch']}); "
+            f"{'same' if same_data else 'NOT the same'} data source; "
+            f"{'equal' if round(accuracy, 4) == metadata['test_accuracy'] else 'DIFFERENT'} to 4 decimals"
+        )
     if args.predictions:
         with open(args.predictions, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["index", "label", "prediction"])
-            for index, label, prediction in zip(result.indices.tolist(), result.labels.tolist(), result.predictions.tolist()):
+            for index, label, prediction in zip(
+                result.indices.tolist(), result.labels.tolist(), result.predictions.tolist()
+            ):
                 writer.writerow([index, CLASSES[label], CLASSES[prediction]])
         print(f"wrote {args.predictions}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -28,7 +28,9 @@ from train.plots import plot_confusion, plot_curves
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -46,11 +48,13 @@ def export_torchscript(model: SimpleCNN, sample: torch.Tensor, path: Path) -> No
             for name, candidate in (("scripted", scripted), ("saved", reloaded)):
                 got = candidate(sample)
                 if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-                    raise RuntimeError(f"{name} TorchScript differs from the eager model by {(got - expected).abs().max():.3g}")
+                    raise RuntimeError(
+                        f"{name} TorchScript differs from the eager model by {(got - expected).abs().max():.3g}"
+                    )
 
 
 def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: torch.Tensor, run_info: dict) -> dict:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     run_name = cfg.run_name or f"{cfg.recipe}-{now:%Y%m%d-%H%M%S}"
     out = Path(cfg.out_dir) / run_name
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,15 @@ def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: tor
     model = SimpleCNN()
     model.load_state_dict(best["state_dict"])
     with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save({"state_dict": best["state_dict"], "epoch": best["epoch"], "test_accuracy": best["accuracy"], "config": run_info["config"]}, tmp)
+        torch.save(
+            {
+                "state_dict": best["state_dict"],
+                "epoch": best["epoch"],
+                "test_accuracy": best["accuracy"],
+                "config": run_info["config"],
+            },
+            tmp,
+        )
     export_torchscript(model, test_images[:256], out / "model.pt")
 
     metadata = {
@@ -80,7 +92,12 @@ def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: tor
         "torchvision_version": torchvision.__version__,
         **run_info,
         "history": history,
-        "files": {"checkpoint": "checkpoint.pt", "torchscript": "model.pt", "curves": "curves.png", "confusion": "confusion.png"},
+        "files": {
+            "checkpoint": "checkpoint.pt",
+            "torchscript": "model.pt",
+            "curves": "curves.png",
+            "confusion": "confusion.png",
+        },
     }
     plot_curves(history, out / "curves.png", title=run_name)
     plot_confusion(best["confusion"], CLASSES, out / "confusion.png", title=f"{run_name}, epoch {best['epoch']}")

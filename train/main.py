@@ -151,12 +151,17 @@ def train(cfg: Config) -> dict:
         order = torch.randperm(len(train_images), generator=generator).to(device)
         images = random_crop_flip(padded[order], pad, cfg.flip, generator)
         labels = train_labels[order]
-        images, labels = images[rank : world_size * per_rank : world_size], labels[rank : world_size * per_rank : world_size]
+        images, labels = (
+            images[rank : world_size * per_rank : world_size],
+            labels[rank : world_size * per_rank : world_size],
+        )
         images = images.contiguous(memory_format=torch.channels_last)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0, leave=False)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0, leave=False
+        )
         for step in bar:
             x = images[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = labels[step * cfg.batch_size : (step + 1) * cfg.batch_size]

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from train.atomic import atomic_path  # noqa: E402
+from train.atomic import atomic_path
 
 
 def _save(figure, path: Path) -> None:

@@ -32,13 +32,13 @@ def summary(meta: dict, origin: str) -> str:
         f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | {r['test_accuracy']:.2%} | {r['train_seconds']} |"
         for r in meta["history"]
     )
-    return f"""# Model report: {meta['run']} (version {meta['version']})
+    return f"""# Model report: {meta["run"]} (version {meta["version"]})
 
-From `{origin}`. Recipe `{meta['recipe']}`, trained {meta['created']} on {meta['device']} in {meta['total_seconds']} s
-(git {meta['git_commit']}, torch {meta['torch_version']}); data `{meta['data']['source']}`
-(sha256 {meta['data']['sha256'][:16]}…, {meta['data']['train_images']:,} train / {meta['data']['test_images']:,} test images).
+From `{origin}`. Recipe `{meta["recipe"]}`, trained {meta["created"]} on {meta["device"]} in {meta["total_seconds"]} s
+(git {meta["git_commit"]}, torch {meta["torch_version"]}); data `{meta["data"]["source"]}`
+(sha256 {meta["data"]["sha256"][:16]}…, {meta["data"]["train_images"]:,} train / {meta["data"]["test_images"]:,} test images).
 
-**Test accuracy {meta['test_accuracy']:.2%}** (epoch {meta['epoch']}, the one exported); final epoch {meta['final_test_accuracy']:.2%}.
+**Test accuracy {meta["test_accuracy"]:.2%}** (epoch {meta["epoch"]}, the one exported); final epoch {meta["final_test_accuracy"]:.2%}.
 
 ![training curves](curves.png)
 
@@ -55,7 +55,9 @@ From `{origin}`. Recipe `{meta['recipe']}`, trained {meta['created']} on {meta['
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--archive", type=Path, default=Path("model-store/cifar10.mar"))
     source.add_argument("--run", type=Path)
@@ -63,9 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     meta, origin = load_metadata(args.archive, args.run)
     plot_curves(meta["history"], args.out / "curves.png", title=meta["run"])
-    plot_confusion(meta["confusion_matrix"], meta["classes"], args.out / "confusion.png", title=f"{meta['run']}, epoch {meta['epoch']}")
+    plot_confusion(
+        meta["confusion_matrix"],
+        meta["classes"],
+        args.out / "confusion.png",
+        title=f"{meta['run']}, epoch {meta['epoch']}",
+    )
     atomic_write_text(args.out / "summary.md", summary(meta, origin))
-    print(f"wrote {args.out}/summary.md, curves.png, confusion.png: {meta['run']}, test accuracy {meta['test_accuracy']:.2%}")
+    print(
+        f"wrote {args.out}/summary.md, curves.png, confusion.png: {meta['run']}, test accuracy {meta['test_accuracy']:.2%}"
+    )
 
 
 if __name__ == "__main__":

@@ -113,7 +113,13 @@ def corpus(seed_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE
         Input("empty body", 400, "empty", data=b""),
         Input("random bytes", 400, "not_an_image", data=np.random.default_rng(0).bytes(4096)),
         Input("plain text", 400, "not_an_image", data=b"a cat, probably", headers={"Content-Type": "text/plain"}),
-        Input("HTML", 400, "not_an_image", data=b"<html><body><img src=cat.jpg></body></html>", headers={"Content-Type": "text/html"}),
+        Input(
+            "HTML",
+            400,
+            "not_an_image",
+            data=b"<html><body><img src=cat.jpg></body></html>",
+            headers={"Content-Type": "text/html"},
+        ),
         Input("JSON", 400, "not_an_image", data=b'{"image": "cat.jpg"}', headers={"Content-Type": "application/json"}),
         Input("truncated JPEG", 400, "corrupt", data=jpeg[: len(jpeg) // 2]),
         Input("PNG, broken header CRC", 400, "not_an_image", data=break_png_crc(png, b"IHDR")),
@@ -123,11 +129,22 @@ def corpus(seed_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE
         Input("multipart form with no file", 400, "no_file", data={"name": "cat"}, files={"note": (None, "a cat")}),
         Input("urlencoded form with no file", 400, "no_file", data={"name": "cat"}),
         Input("multipart form with an empty file", 400, "empty", files={"image": ("cat.jpg", b"", "image/jpeg")}),
-        Input("JPEG declared as a urlencoded form (curl --data-binary)", 400, None, data=jpeg, headers=form_type,
-              frontend_gap="TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException"),
-        Input("body over max_request_size", 413, None,
-              data=jpeg[:2] + bytes(max_request_size + 1 - 2), headers={"Content-Type": "image/jpeg"},
-              frontend_gap="TorchServe's frontend answers 413 with an empty body, not JSON"),
+        Input(
+            "JPEG declared as a urlencoded form (curl --data-binary)",
+            400,
+            None,
+            data=jpeg,
+            headers=form_type,
+            frontend_gap="TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException",
+        ),
+        Input(
+            "body over max_request_size",
+            413,
+            None,
+            data=jpeg[:2] + bytes(max_request_size + 1 - 2),
+            headers={"Content-Type": "image/jpeg"},
+            frontend_gap="TorchServe's frontend answers 413 with an empty body, not JSON",
+        ),
         # valid images of any size, mode or container: a prediction
         Input("large photo 6000x4000 JPEG", 200, data=large_photo(photo)),
         Input("1x1 PNG", 200, data=encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")),
@@ -141,7 +158,11 @@ def corpus(seed_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE
         Input("CMYK TIFF", 200, data=encode(big.convert("CMYK"), "TIFF")),
         Input("BMP", 200, data=encode(big, "BMP")),
         Input("WebP", 200, data=encode(big, "WEBP")),
-        Input("animated GIF (3 frames)", 200, data=encode(animated[0], "GIF", save_all=True, append_images=animated[1:], duration=100, loop=0)),
+        Input(
+            "animated GIF (3 frames)",
+            200,
+            data=encode(animated[0], "GIF", save_all=True, append_images=animated[1:], duration=100, loop=0),
+        ),
         Input("multi-page TIFF (3 pages)", 200, data=encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])),
         Input("EXIF-rotated JPEG", 200, data=exif_rotated_jpeg(block_image(photo))),
         # the same image, however the request declares it
@@ -149,7 +170,12 @@ def corpus(seed_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE
         Input("JPEG declared text/plain", 200, data=jpeg, headers={"Content-Type": "text/plain"}),
         Input("JPEG declared application/json", 200, data=jpeg, headers={"Content-Type": "application/json"}),
         Input("multipart file declared text/plain", 200, files={"image": ("cat.txt", jpeg, "text/plain")}),
-        Input("multipart: a text field, then the file", 200, data={"name": "cat"}, files={"upload": ("cat.jpg", jpeg, "image/jpeg")}),
+        Input(
+            "multipart: a text field, then the file",
+            200,
+            data={"name": "cat"},
+            files={"upload": ("cat.jpg", jpeg, "image/jpeg")},
+        ),
         Input("multipart: image bytes as a text field named image", 200, files={"image": (None, jpeg)}),
     ]
 
@@ -183,8 +209,12 @@ def keeps_the_rule(item: Input, answer: Answer) -> bool:
     """A prediction for a valid image; else the expected 4xx with a JSON message (and reason)."""
     if item.status == 200:
         return answer.status == 200 and answer.body is not None and "prediction" in answer.body
-    return (answer.status == item.status and answer.body is not None and bool(answer.body.get("message"))
-            and (item.reason is None or answer.body.get("reason") == item.reason))
+    return (
+        answer.status == item.status
+        and answer.body is not None
+        and bool(answer.body.get("message"))
+        and (item.reason is None or answer.body.get("reason") == item.reason)
+    )
 
 
 def describe(answer: Answer) -> str:
@@ -193,7 +223,9 @@ def describe(answer: Answer) -> str:
         return f"{answer.status} (no JSON body)"
     if "prediction" in answer.body:
         return f"{answer.status} prediction {answer.body['prediction']}"
-    message = "".join(c if c.isascii() and c.isprintable() else "?" for c in " ".join(str(answer.body.get("message", "")).split()))
+    message = "".join(
+        c if c.isascii() and c.isprintable() else "?" for c in " ".join(str(answer.body.get("message", "")).split())
+    )
     return f"{answer.status} {answer.body.get('reason') or answer.body.get('type')}: {message[:70]}"
 
 

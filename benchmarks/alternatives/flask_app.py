@@ -1,7 +1,7 @@
 """The design of the Flask service this project replaces: one process, Flask's own threaded server,
 `POST /predict` with a multipart field `image`, one forward pass per request.
 
-    python -m loadtests.alternatives.flask_app --model models/latest/model.pt --port 5000
+    python -m benchmarks.alternatives.flask_app --model models/latest/model.pt --port 5000
 """
 
 import argparse
@@ -10,7 +10,7 @@ import torch
 from cifar10_images import InvalidImage, answer_bodies, decode_image, pixel_batch
 from flask import Flask, Response, jsonify, request
 
-from loadtests.alternatives import CLASSES, load_model
+from benchmarks.alternatives import CLASSES, load_model
 
 
 def create_app(model_path: str) -> Flask:

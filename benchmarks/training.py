@@ -1,6 +1,6 @@
 """Training benchmark: the fast data path's recipes against the naive pipeline, side by side.
 
-    python -m train.bench --data ../shared/data/cifar10-jpeg.tar.gz        (make bench-train)
+    python -m benchmarks.training --data ../shared/data/cifar10-jpeg.tar.gz        (make bench-train)
 
 1. The naive pipeline the seed used (ImageFolder + DataLoader with 2 workers + per-sample PIL
    transforms, default memory format, Adam 1e-3, batch 64), timed over a fixed number of steps
@@ -26,13 +26,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN  # noqa: E402
-from train.atomic import atomic_path, atomic_write_text  # noqa: E402
+from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
+from train.atomic import atomic_path, atomic_write_text
 
 TRAIN_IMAGES, EPOCHS = 50_000, 10
 
@@ -53,12 +53,14 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
     """Images/s of the seed's pipeline done the usual way, over `steps` training steps."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
     loader = torch.utils.data.DataLoader(
         datasets.ImageFolder(folder / "train", transform=transform), batch_size=64, shuffle=True, num_workers=2
     )
@@ -88,8 +90,23 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
 def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
     run_name = f"bench-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    subprocess.run([sys.executable, "-m", "train", "--recipe", recipe, "--data", data, "--out-dir", str(out_dir),
-                    "--run-name", run_name, *extra], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--recipe",
+            recipe,
+            "--data",
+            data,
+            "--out-dir",
+            str(out_dir),
+            "--run-name",
+            run_name,
+            *extra,
+        ],
+        check=True,
+    )
     wall = time.time() - started
     meta = json.loads((out_dir / run_name / "metadata.json").read_text())
     history = meta["history"]
@@ -124,8 +141,18 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         reached = seconds_to_reach(row["accuracy_curve"], target) if target else None
         row["seconds_to_seed_final_accuracy"] = round(reached, 1) if reached else None
         row["speedup_vs_naive"] = round(naive["total_seconds"] / row["total_seconds"], 2)
-    columns = ["recipe", "seconds_per_epoch", "total_seconds", "images_per_second", "final_accuracy",
-               "best_accuracy", "seconds_to_seed_final_accuracy", "peak_memory_mb", "speedup_vs_naive", "measured"]
+    columns = [
+        "recipe",
+        "seconds_per_epoch",
+        "total_seconds",
+        "images_per_second",
+        "final_accuracy",
+        "best_accuracy",
+        "seconds_to_seed_final_accuracy",
+        "peak_memory_mb",
+        "speedup_vs_naive",
+        "measured",
+    ]
     with atomic_path(out / "bench-train.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
@@ -159,7 +186,11 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
     if target:
         axis.axhline(100 * target, color="gray", linestyle=":", label="seed's final accuracy")
     axis.axvline(naive["total_seconds"], color="red", linestyle="--", label="naive pipeline, 10 epochs (projected)")
-    axis.set(xlabel="wall-clock seconds (training + evaluation)", ylabel="test accuracy (%)", title="CIFAR-10 SimpleCNN, 10 epochs")
+    axis.set(
+        xlabel="wall-clock seconds (training + evaluation)",
+        ylabel="test accuracy (%)",
+        title="CIFAR-10 SimpleCNN, 10 epochs",
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     with atomic_path(out / "bench-train.png") as tmp:
@@ -168,8 +199,12 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="local CIFAR-10 copy (default: $CIFAR10_DATA)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default=os.environ.get("CIFAR10_DATA"), help="local CIFAR-10 copy (default: $CIFAR10_DATA)"
+    )
     parser.add_argument("--recipes", nargs="+", default=["seed", "fast"])
     parser.add_argument("--naive-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("reports"))
@@ -179,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: name the data copy with --data or CIFAR10_DATA")
     rows = [time_naive_pipeline(image_folder(Path(args.data)), args.naive_steps)]
     rows += [run_recipe(recipe, args.data, args.models, extra) for recipe in args.recipes]
-    write_report(rows, args.out, "python -m train.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+    write_report(
+        rows, args.out, "python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])
+    )
 
 
 if __name__ == "__main__":

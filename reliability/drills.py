@@ -1,10 +1,10 @@
 """Fault drills against a real TorchServe, shared by tests/test_faults.py (which asserts) and
-loadtests/reliability.py (which prints figures). Each drill makes one fault happen and returns
+reliability/__main__.py (which prints figures). Each drill makes one fault happen and returns
 what clients saw and how long the service took to come back.
 
 They run on a `FaultServer`: a TorchServe of their own (never the one `make serve` started),
 serving the real cifar10.mar beside a test-only model whose handler sleeps on request
-(loadtests/sleepy_handler.py), with a truncated archive listed among the models to load at start,
+(reliability/sleepy_handler.py), with a truncated archive listed among the models to load at start,
 and the model API on (TorchServe refuses registrations otherwise) to register broken archives.
 """
 
@@ -28,7 +28,8 @@ import numpy as np
 
 from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving
+from serve.config import config_on_ports
+from serve.server import ServerPaths, start, stop, wait_until_serving
 
 SLEEPY_HANDLER = Path(__file__).with_name("sleepy_handler.py")
 SLEEPY_RESPONSE_TIMEOUT = 2  # seconds: the sleepy model's responseTimeout
@@ -45,8 +46,20 @@ def sleepy_archive(store: Path) -> Path:
             f"responseTimeout: {SLEEPY_RESPONSE_TIMEOUT}\njobQueueSize: {SLEEPY_QUEUE}\n"
         )
         subprocess.run(
-            [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", "sleepy", "--version", "1",
-             "--handler", str(SLEEPY_HANDLER), "--config-file", str(config), "--export-path", str(store), "--force"],
+            [
+                str(Path(sys.executable).with_name("torch-model-archiver")),
+                "--model-name",
+                "sleepy",
+                "--version",
+                "1",
+                "--handler",
+                str(SLEEPY_HANDLER),
+                "--config-file",
+                str(config),
+                "--export-path",
+                str(store),
+                "--force",
+            ],
             check=True,
         )
     return store / "sleepy.mar"
@@ -60,7 +73,7 @@ class FaultServer:
         self.port_base = port_base
         self.client: Client | None = None
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         self.store.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.archive, self.store / "cifar10.mar")
         sleepy_archive(self.store)
@@ -82,7 +95,9 @@ class FaultServer:
     def start(self) -> float:
         """Starts TorchServe; seconds until cifar10 answered a prediction."""
         start(self.paths, extra_args=("--enable-model-api",))
-        return wait_until_serving(self.client, "cifar10", self.paths) + wait_until_answering(self.client, "sleepy", b"0")
+        return wait_until_serving(self.client, "cifar10", self.paths) + wait_until_answering(
+            self.client, "sleepy", b"0"
+        )
 
     def stop(self) -> None:
         stop(self.paths)
@@ -154,7 +169,7 @@ class SteadyLoad:
             status, body = call(client, self.payload, self.model)
             self.calls.append(Call(started, time.monotonic(), status, body))
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         for worker in self._workers:
             worker.start()
         return self
@@ -253,12 +268,24 @@ def register_broken_archives(server: FaultServer) -> dict:
         (server.store / f"{name}.mar").write_bytes(data)
         started = time.monotonic()
         try:
-            server.client._call("POST", f"{server.client.management}/models", "management", timeout=300,
-                                params={"url": f"{name}.mar", "model_name": name, "initial_workers": 1, "synchronous": "true"})
+            server.client._call(
+                "POST",
+                f"{server.client.management}/models",
+                "management",
+                timeout=300,
+                params={"url": f"{name}.mar", "model_name": name, "initial_workers": 1, "synchronous": "true"},
+            )
             status, message = 200, "registered"
         except ServiceError as error:
             status, message = error.status, error_message(error.body)
-        results.append({"archive": f"{name}.mar", "status": status, "answer": message, "seconds": round(time.monotonic() - started, 2)})
+        results.append(
+            {
+                "archive": f"{name}.mar",
+                "status": status,
+                "answer": message,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
     return {
         "archives": results,
         "models_before": models,

@@ -8,8 +8,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "handler"))
 
-from cifar10_images import inference_model  # noqa: E402
-from model import CLASSES  # noqa: E402
+from cifar10_images import inference_model
+
+from model import CLASSES
 
 
 def load_model(path: str) -> torch.jit.ScriptModule:

@@ -1,7 +1,7 @@
 """The same model behind LitServe with its own dynamic batching, as its documentation sets it up:
 a LitAPI with decode_request / batch / predict / unbatch / encode_response, multipart upload.
 
-    python -m loadtests.alternatives.litserve_app --model models/latest/model.pt --port 8000
+    python -m benchmarks.alternatives.litserve_app --model models/latest/model.pt --port 8000
 """
 
 import argparse
@@ -11,7 +11,7 @@ import torch
 from cifar10_images import InvalidImage, answer_bodies, decode_image, pixel_batch
 from fastapi import HTTPException, Response
 
-from loadtests.alternatives import CLASSES, load_model
+from benchmarks.alternatives import CLASSES, load_model
 
 
 class Cifar10API(ls.LitAPI):
@@ -52,4 +52,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch-timeout", type=float, default=0.002, help="seconds")
     args = parser.parse_args()
     api = Cifar10API(args.model, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(host="127.0.0.1", port=args.port, generate_client_file=False)
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+        host="127.0.0.1", port=args.port, generate_client_file=False
+    )

@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The serving image: TorchServe 0.12 (Java 17 frontend, Python workers) with what our handler
 # imports. Built from the repository root, as Compose does:
-#   docker build -f serve/Dockerfile -t cifar10-serve .                     (CPU)
-#   docker build -f serve/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t cifar10-serve .   (GPU)
+#   docker build -f deploy/docker/serve.Dockerfile -t cifar10-serve .                     (CPU)
+#   docker build -f deploy/docker/serve.Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t cifar10-serve .   (GPU)
 # No model and no key inside: model-store/ is mounted, and TorchServe makes its keys at start.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 FROM ${PYTHON_IMAGE}
@@ -29,7 +29,7 @@ WORKDIR /home/model-server
 # The repository's config, changed in two places: the APIs listen on the container's interfaces
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file is
 # named by its path here.
-COPY config.properties serve/metrics.yaml ./
+COPY config.properties deploy/torchserve/metrics.yaml ./
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' config.properties \

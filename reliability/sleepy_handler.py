@@ -1,5 +1,5 @@
 """Test-only TorchServe handler (never shipped): sleeps for the seconds named in each request's
-body, then answers {"slept": seconds}. loadtests/faults.py archives it into a temporary model
+body, then answers {"slept": seconds}. reliability/drills.py archives it into a temporary model
 store to fill a job queue and to outlast responseTimeout on purpose."""
 
 import json

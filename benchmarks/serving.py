@@ -1,9 +1,9 @@
 """Serving benchmark: our TorchServe deployment against the alternatives, side by side, one run.
 
-    python -m loadtests.bench_serve --data ../shared/data/cifar10-jpeg.tar.gz     (make bench-serve)
+    python -m benchmarks.serving --data ../shared/data/cifar10-jpeg.tar.gz     (make bench-serve)
 
 Starts each system in turn on loopback, drives the same closed-loop load at it with wrk
-(loadtests/wrk_predict.lua: a fixed set of real CIFAR-10 test JPEGs, every answer checked) at
+(benchmarks/wrk_predict.lua: a fixed set of real CIFAR-10 test JPEGs, every answer checked) at
 each concurrency after a warm-up, stops it, and measures the ceiling (decode + forward in one
 process, batched, no HTTP). All systems serve the same TorchScript file with the same decoding
 (handler/cifar10_images.py). Writes reports/bench-serve.{md,csv,png}.
@@ -28,17 +28,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import contextlib
 
-from loadtests.alternatives import CLASSES, load_model  # noqa: E402  (puts handler/ on sys.path)
-from cifar10_images import decode_image, pixel_batch  # noqa: E402
-from serve.archive import MODEL_CONFIG, REPO, build_archive  # noqa: E402
-from serve.client import Client, sample_jpeg  # noqa: E402
-from serve.server import ServerPaths, config_on_ports, start, stop, wait_until_serving  # noqa: E402
-from train.data import encoded_images  # noqa: E402
+import matplotlib.pyplot as plt
+import requests
+import torch
+import yaml
+from cifar10_images import decode_image, pixel_batch
+
+from benchmarks.alternatives import CLASSES, load_model
+from serve.archive import MODEL_CONFIG, REPO, build_archive
+from serve.client import Client, sample_jpeg
+from serve.config import config_on_ports
+from serve.server import ServerPaths, start, stop, wait_until_serving
+from train.data import encoded_images
 
 LUA = Path(__file__).with_name("wrk_predict.lua")
 PORT_BASE = 8090  # TorchServe on 8090-8094, so that a server started by `make serve` can stay up
@@ -97,7 +100,9 @@ class System:
             action()
 
 
-def torchserve_system(name: str, run_dir: Path, model_config: dict, scratch: Path, quiet_logging: bool = True) -> System:
+def torchserve_system(
+    name: str, run_dir: Path, model_config: dict, scratch: Path, quiet_logging: bool = True
+) -> System:
     """Our deployment: the repository's config.properties (ports moved) and an archive of `run_dir`."""
     workdir = scratch / name
     store = workdir / "model-store"
@@ -128,16 +133,19 @@ def stop_group(process: subprocess.Popen) -> None:
     try:
         process.wait(15)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def process_system(name: str, module: str, port: int, model_path: Path, extra: list[str] = ()) -> System:
     """A comparison server run as `python -m module`; ready once it answers a real prediction."""
-    process = subprocess.Popen([sys.executable, "-m", module, "--model", str(model_path), "--port", str(port), *extra],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--model", str(model_path), "--port", str(port), *extra],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     system = System(name, url=f"http://127.0.0.1:{port}/predict", form=True, cleanup=[lambda: stop_group(process)])
     image = sample_jpeg()
     started = time.monotonic()
@@ -171,14 +179,31 @@ def ceiling(model_path: Path, listing: Path, seconds: float, batch_size: int = 6
 
 def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, stem: str, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["system", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "requests", "wrk_cpu_percent", "ratio_to_ceiling"]
+    columns = [
+        "system",
+        "concurrency",
+        "rps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "errors",
+        "requests",
+        "wrk_cpu_percent",
+        "ratio_to_ceiling",
+    ]
     for row in rows:
         row["ratio_to_ceiling"] = row["rps"] / ceiling_rps
     with open(out / f"{stem}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        writer.writerow({"system": "ceiling (decode + forward, one process, batch 64)", "rps": round(ceiling_rps, 1), "ratio_to_ceiling": 1.0})
+        writer.writerow(
+            {
+                "system": "ceiling (decode + forward, one process, batch 64)",
+                "rps": round(ceiling_rps, 1),
+                "ratio_to_ceiling": 1.0,
+            }
+        )
 
     def fmt(row, column):
         value = row.get(column)
@@ -198,7 +223,8 @@ def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, st
         *("| " + " | ".join(fmt(row, c) for c in columns) + " |" for row in rows),
         "",
         "Cold start (process start to first prediction answered): "
-        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items()) + ".",
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items())
+        + ".",
     ]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
@@ -220,14 +246,20 @@ def write_report(rows: list[dict], ceiling_rps: float, cold: dict, out: Path, st
 def lever_variants(users_config: dict) -> list[tuple[str, dict, bool]]:
     """From an untuned TorchServe to the shipped configuration, one lever at a time, then the
     alternatives that were not kept: (label, model config, quiet logging)."""
-    untuned = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 30,
-               "handler": {"freeze": False}}
+    untuned = {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": 32,
+        "maxBatchDelay": 5,
+        "responseTimeout": 30,
+        "handler": {"freeze": False},
+    }
     frozen = {**untuned, "handler": {}}
     one_thread = {**frozen, "handler": {"torch_threads": 1}}
     delay_1 = {**one_thread, "maxBatchDelay": 1}
     return [
         ("untuned: batch 32, delay 5 ms, TorchServe's logging, 2 threads, TorchScript as exported", untuned, False),
-        ("+ quiet logging (serve/log4j2.xml)", untuned, True),
+        ("+ quiet logging (deploy/torchserve/log4j2.xml)", untuned, True),
         ("+ frozen TorchScript (BN folded)", frozen, True),
         ("+ 1 torch thread per worker", one_thread, True),
         ("+ maxBatchDelay 1 ms", delay_1, True),
@@ -241,8 +273,14 @@ def lever_variants(users_config: dict) -> list[tuple[str, dict, bool]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 copy (.tar.gz of the image tree); default $CIFAR10_DATA")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("CIFAR10_DATA"),
+        help="CIFAR-10 copy (.tar.gz of the image tree); default $CIFAR10_DATA",
+    )
     parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run to serve")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
@@ -250,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--systems", nargs="+", default=["torchserve", "torchserve-batch1", "flask", "litserve"])
     parser.add_argument("--out", type=Path, default=REPO / "reports")
-    parser.add_argument("--levers", action="store_true", help="instead: TorchServe alone, one configuration lever at a time")
+    parser.add_argument(
+        "--levers", action="store_true", help="instead: TorchServe alone, one configuration lever at a time"
+    )
     args = parser.parse_args(argv)
     if not args.data:
         raise SystemExit("error: name the CIFAR-10 copy with --data or CIFAR10_DATA")
@@ -262,15 +302,25 @@ def main(argv: list[str] | None = None) -> None:
     users_config = yaml.safe_load(MODEL_CONFIG.read_text())
     if args.levers:
         systems = {
-            f"{i}. {label}": (lambda scratch, i=i, config=config, quiet=quiet: torchserve_system(f"lever{i}", run_dir, config, scratch, quiet))
+            f"{i}. {label}": (
+                lambda scratch, i=i, config=config, quiet=quiet: torchserve_system(
+                    f"lever{i}", run_dir, config, scratch, quiet
+                )
+            )
             for i, (label, config, quiet) in enumerate(lever_variants(users_config))
         }
     else:
         factories = {
             "torchserve": lambda scratch: torchserve_system("torchserve", run_dir, users_config, scratch),
-            "torchserve-batch1": lambda scratch: torchserve_system("torchserve-batch1", run_dir, {**users_config, "batchSize": 1}, scratch),
-            "flask": lambda scratch: process_system("flask", "loadtests.alternatives.flask_app", FLASK_PORT, model_path),
-            "litserve": lambda scratch: process_system("litserve", "loadtests.alternatives.litserve_app", LITSERVE_PORT, model_path),
+            "torchserve-batch1": lambda scratch: torchserve_system(
+                "torchserve-batch1", run_dir, {**users_config, "batchSize": 1}, scratch
+            ),
+            "flask": lambda scratch: process_system(
+                "flask", "benchmarks.alternatives.flask_app", FLASK_PORT, model_path
+            ),
+            "litserve": lambda scratch: process_system(
+                "litserve", "benchmarks.alternatives.litserve_app", LITSERVE_PORT, model_path
+            ),
         }
         systems = {name: factories[name] for name in args.systems}
     rows, cold = [], {}
@@ -284,13 +334,16 @@ def main(argv: list[str] | None = None) -> None:
                 for concurrency in args.concurrency:
                     result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
                     rows.append({"system": name, "concurrency": concurrency, **result})
-                    print(f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-                          f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  wrk cpu {result['wrk_cpu_percent']:.0f}%", flush=True)
+                    print(
+                        f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+                        f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  wrk cpu {result['wrk_cpu_percent']:.0f}%",
+                        flush=True,
+                    )
             finally:
                 system.stop()
     print("== ceiling", flush=True)
     ceiling_rps = ceiling(model_path, listing, seconds=max(args.seconds, 5))
-    command = "python -m loadtests.bench_serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(rows, ceiling_rps, cold, args.out, "bench-serve-levers" if args.levers else "bench-serve", command)
 
 

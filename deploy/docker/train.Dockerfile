@@ -2,8 +2,8 @@
 # The training job; the same image archives a run (python -m serve archive) and runs the
 # operator's commands (python -m serve rollout / set-default / scale ...). Built from the
 # repository root, as Compose does:
-#   docker build -f train/Dockerfile -t cifar10-train .                     (CPU)
-#   docker build -f train/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t cifar10-train .   (GPU)
+#   docker build -f deploy/docker/train.Dockerfile -t cifar10-train .                     (CPU)
+#   docker build -f deploy/docker/train.Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t cifar10-train .   (GPU)
 # The target `loadtest` adds Locust and loadtests/ (Compose's locust service).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 FROM ${PYTHON_IMAGE} AS base
