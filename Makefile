@@ -3,7 +3,7 @@
 #   make test                  the test suite (starts its own TorchServe on other ports)
 # CIFAR10_DATA=path selects a local copy of the data set (see README); TRAIN_ARGS passes options to
 # `python -m train` (default: --recipe fast, the better recipe; `python -m train` alone runs the
-# seed's); TOKEN_AUTH=off starts TorchServe without token authorization.
+# baseline); TOKEN_AUTH=off starts TorchServe without token authorization.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -53,7 +53,7 @@ token: ## print the inference key (API=management for the management key)
 test: $(VENV)/.installed ## run the tests (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
 	$(PY) -m pytest tests
 
-bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the seed and fast recipes -> reports/bench-train.*
+bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the baseline and fast recipes -> reports/bench-train.*
 	$(PY) -m benchmarks.training $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 
 bench-serve: $(VENV)/.installed ## serving benchmark: our TorchServe vs batchSize 1, Flask, LitServe, the ceiling -> reports/bench-serve.*

@@ -2,13 +2,13 @@
 
     python -m benchmarks.training --data ../shared/data/cifar10-jpeg.tar.gz        (make bench-train)
 
-1. The naive pipeline the seed used (ImageFolder + DataLoader with 2 workers + per-sample PIL
+1. The naive pipeline the Flask service used (ImageFolder + DataLoader with 2 workers + per-sample PIL
    transforms, default memory format, Adam 1e-3, batch 64), timed over a fixed number of steps
    and projected to a 10-epoch run.
-2. Each recipe (default: seed, fast), run in full through `python -m train` in its own process.
+2. Each recipe (default: baseline, fast), run in full through `python -m train` in its own process.
 
 Writes reports/bench-train.{md,csv,png}: seconds per epoch, total, images/s, final and best
-accuracy, peak memory, time to reach the seed recipe's final accuracy, and the speed-up.
+accuracy, peak memory, time to reach the baseline recipe's final accuracy, and the speed-up.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def image_folder(source: Path, root: Path = Path("data/imagefolder")) -> Path:
 
 
 def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
-    """Images/s of the seed's pipeline done the usual way, over `steps` training steps."""
+    """Images/s of the Flask service's pipeline done the usual way, over `steps` training steps."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose(
@@ -65,7 +65,7 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
         datasets.ImageFolder(folder / "train", transform=transform), batch_size=64, shuffle=True, num_workers=2
     )
     model = SimpleCNN()
-    model.normalize = torch.nn.Identity()  # the naive pipeline normalizes per sample, as the seed did
+    model.normalize = torch.nn.Identity()  # the naive pipeline normalizes per sample, as the Flask service did
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     batches = iter(loader)
@@ -134,12 +134,12 @@ def seconds_to_reach(curve: list[tuple[float, float]], target: float) -> float |
 
 
 def write_report(rows: list[dict], out: Path, command: str) -> None:
-    seed = next((r for r in rows if r["recipe"] == "seed"), None)
+    baseline = next((r for r in rows if r["recipe"] == "baseline"), None)
     naive = rows[0]
-    target = seed["final_accuracy"] if seed else None
+    target = baseline["final_accuracy"] if baseline else None
     for row in rows[1:]:
         reached = seconds_to_reach(row["accuracy_curve"], target) if target else None
-        row["seconds_to_seed_final_accuracy"] = round(reached, 1) if reached else None
+        row["seconds_to_baseline_final_accuracy"] = round(reached, 1) if reached else None
         row["speedup_vs_naive"] = round(naive["total_seconds"] / row["total_seconds"], 2)
     columns = [
         "recipe",
@@ -148,7 +148,7 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         "images_per_second",
         "final_accuracy",
         "best_accuracy",
-        "seconds_to_seed_final_accuracy",
+        "seconds_to_baseline_final_accuracy",
         "peak_memory_mb",
         "speedup_vs_naive",
         "measured",
@@ -174,8 +174,8 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         "|" + "---|" * len(columns),
         *("| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows),
         "",
-        "Accuracies on the test split of the data copy named by the command. `seconds_to_seed_final_accuracy`: "
-        "wall time of training + evaluation until the test accuracy first reached the `seed` recipe's final accuracy.",
+        "Accuracies on the test split of the data copy named by the command. `seconds_to_baseline_final_accuracy`: "
+        "wall time of training + evaluation until the test accuracy first reached the `baseline` recipe's final accuracy.",
     ]
     atomic_write_text(out / "bench-train.md", "\n".join(lines) + "\n")
 
@@ -184,7 +184,7 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         times, accuracies = zip(*row["accuracy_curve"])
         axis.plot(times, [100 * a for a in accuracies], "o-", label=row["recipe"])
     if target:
-        axis.axhline(100 * target, color="gray", linestyle=":", label="seed's final accuracy")
+        axis.axhline(100 * target, color="gray", linestyle=":", label="baseline's final accuracy")
     axis.axvline(naive["total_seconds"], color="red", linestyle="--", label="naive pipeline, 10 epochs (projected)")
     axis.set(
         xlabel="wall-clock seconds (training + evaluation)",
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data", default=os.environ.get("CIFAR10_DATA"), help="local CIFAR-10 copy (default: $CIFAR10_DATA)"
     )
-    parser.add_argument("--recipes", nargs="+", default=["seed", "fast"])
+    parser.add_argument("--recipes", nargs="+", default=["baseline", "fast"])
     parser.add_argument("--naive-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--models", type=Path, default=Path("models"))

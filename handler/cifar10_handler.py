@@ -1,4 +1,4 @@
-"""TorchServe handler for the CIFAR-10 SimpleCNN: image bytes in, the seed's JSON answer out.
+"""TorchServe handler for the CIFAR-10 SimpleCNN: image bytes in, the Flask service's JSON answer out.
 
 Self-contained on purpose: it runs inside the TorchServe worker, which has this file,
 cifar10_images.py, the TorchScript model and index_to_name.json from the .mar, and nothing of

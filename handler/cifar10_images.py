@@ -1,5 +1,5 @@
 """Requests in, answers out, for the CIFAR-10 model: image bytes -> 32 x 32 RGB uint8 (with one
-clear error per bad input), and a batch of logits -> the seed's JSON answers.
+clear error per bad input), and a batch of logits -> the Flask service's JSON answers.
 
 Lives beside cifar10_handler.py in the .mar (TorchServe wants the handler module to define a single
 class, and this keeps the decoding testable without a TorchServe worker). The serving benchmark's

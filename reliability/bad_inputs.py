@@ -98,9 +98,9 @@ def frames(source: Image.Image, count: int = 3) -> list[Image.Image]:
     return [rgb.rotate(30 * i) for i in range(count)]
 
 
-def corpus(seed_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE) -> list[Input]:
+def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE) -> list[Input]:
     """Every input the service is checked against, made from one real JPEG."""
-    photo = Image.open(io.BytesIO(seed_jpeg)).convert("RGB")
+    photo = Image.open(io.BytesIO(photo_jpeg)).convert("RGB")
     big = photo.resize((96, 80), Image.BICUBIC)
     gray16 = Image.fromarray(np.asarray(big.convert("L"), dtype=np.uint16) * 257)
     png = encode(big, "PNG")

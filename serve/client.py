@@ -76,7 +76,7 @@ class Client:
         field: str | None = None,
         timeout: float = 30,
     ) -> dict:
-        """POSTs `image` as the raw body, or as a multipart file `field` (the seed's `-F image=@...`)."""
+        """POSTs `image` as the raw body, or as a multipart file `field` (the Flask service's `-F image=@...`)."""
         url = f"{self.inference}/predictions/{model}" + (f"/{version}" if version else "")
         if field:
             response = self._call("POST", url, "inference", files={field: ("image", image)}, timeout=timeout)

@@ -13,7 +13,7 @@ from PIL import Image
 from reliability.bad_inputs import encode, exif_rotated_jpeg, frames
 
 
-def seeds() -> list[bytes]:
+def base_images() -> list[bytes]:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     animated = frames(image)
@@ -33,12 +33,12 @@ def seeds() -> list[bytes]:
     ]
 
 
-SEEDS = seeds()
+BASE_IMAGES = base_images()
 
 
 @st.composite
 def mutated(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
+    data = bytearray(draw(st.sampled_from(BASE_IMAGES)))
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["flip", "overwrite", "truncate", "insert", "repeat", "splice"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))
@@ -53,7 +53,7 @@ def mutated(draw) -> bytes:
         elif kind == "repeat":
             data[at:at] = data[at : at + draw(st.integers(1, 256))]
         elif kind == "splice":  # the head of one format on the body of another
-            other = draw(st.sampled_from(SEEDS))
+            other = draw(st.sampled_from(BASE_IMAGES))
             data = data[:at] + other[at:]
     return bytes(data)
 
@@ -70,7 +70,7 @@ def test_mutated_images_decode_or_raise_invalid_image(data):
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
-def test_seeds_are_valid_images():
+def test_base_images_are_valid_images():
     """The fuzz starts from images the decoder accepts (else it would test garbage only)."""
-    for data in SEEDS:
+    for data in BASE_IMAGES:
         assert decode_image(data).shape == (32, 32, 3), Image.open(io.BytesIO(data)).format

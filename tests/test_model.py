@@ -3,11 +3,11 @@ import torch
 from model import CLASSES, SimpleCNN
 
 
-def test_parameter_count_is_the_seeds():
+def test_parameter_count_is_the_flask_services():
     assert sum(p.numel() for p in SimpleCNN().parameters()) == 620_810
 
 
-def test_layers_are_the_seeds():
+def test_layers_are_the_flask_services():
     model = SimpleCNN()
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [

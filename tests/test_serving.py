@@ -24,7 +24,7 @@ def test_raw_body_prediction(server, cifar_test_jpegs):
         assert_prediction(server.predict(images[0]))
 
 
-def test_the_seeds_multipart_form(server, cifar_test_jpegs):
+def test_the_flask_services_multipart_form(server, cifar_test_jpegs):
     """curl -X POST -F "image=@cat.jpg" .../predictions/cifar10: same answer as the raw body."""
     image = cifar_test_jpegs["cat"][0]
     assert server.predict(image, field="image") == server.predict(image)

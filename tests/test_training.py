@@ -20,7 +20,7 @@ def test_metadata_says_what_a_reader_needs(trained_run, data_source):
     assert meta["epoch"] == 1 and 0.1 < meta["test_accuracy"] <= 1
     assert list(meta["per_class_accuracy"]) == list(CLASSES)
     assert meta["hyperparameters"]["batch_size"] == 64 and meta["hyperparameters"]["lr"] == 1e-3
-    assert meta["hyperparameters"]["optimizer"] == "adam" and meta["recipe"] == "seed"
+    assert meta["hyperparameters"]["optimizer"] == "adam" and meta["recipe"] == "baseline"
     assert meta["data"]["sha256"] == load_cifar10(str(data_source)).sha256
     assert meta["data"]["train_images"] == 5000 and meta["data"]["test_images"] == 1000
     assert meta["git_commit"] and meta["created"] and meta["torch_version"] == torch.__version__

@@ -1,6 +1,6 @@
 """Train the SimpleCNN on CIFAR-10 and export it for TorchServe.
 
-    python -m train                                          # the seed's recipe, torchvision's download
+    python -m train                                          # the baseline recipe (the Flask service's), torchvision's download
     python -m train --data ../shared/data/cifar10-jpeg.tar.gz
     torchrun --nproc_per_node 2 -m train --data ...          # DDP: gloo on CPU, nccl on GPUs
 
