@@ -186,7 +186,7 @@ def send(client: Client, item: Input, model: str = "cifar10", timeout: float = 1
         f"{client.inference}/predictions/{model}",
         data=item.data,
         files=item.files,
-        headers={**client._headers("inference"), **item.headers},
+        headers={**client.auth_headers("inference"), **item.headers},
         timeout=timeout,
     )
     try:

@@ -14,6 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+
+class ArchiveError(Exception):
+    """The run cannot be archived (no metadata.json: not a finished training run)."""
+
+
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
@@ -31,7 +36,7 @@ def build_archive(
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
     if not metadata_file.exists():
-        raise SystemExit(f"error: {metadata_file} not found; train a model first (make train)")
+        raise ArchiveError(f"{metadata_file} not found; train a model first (make train)")
     metadata = json.loads(metadata_file.read_text())
     model_store.mkdir(parents=True, exist_ok=True)
     target = model_store / (f"{name}-{metadata['version']}.mar" if versioned else f"{name}.mar")

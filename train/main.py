@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import CLASSES, SimpleCNN
-from train.config import Config, parse_args
+from train.config import Config, ConfigError, parse_args
 from train.data import DataSourceError, load_cifar10
 from train.export import write_run
 
@@ -96,7 +96,7 @@ def make_optimizer(cfg: Config, model, steps_per_epoch):
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
         )
     else:
-        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
     if cfg.schedule == "constant":
         scheduler = None
     elif cfg.schedule == "onecycle":
@@ -104,7 +104,7 @@ def make_optimizer(cfg: Config, model, steps_per_epoch):
             optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
         )
     else:
-        raise SystemExit(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
     return optimizer, scheduler
 
 
@@ -122,10 +122,7 @@ def train(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     started = time.time()
 
-    try:
-        data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
-    except DataSourceError as error:
-        raise SystemExit(f"error: {error}") from None
+    data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
     train_images, train_labels = subset(data.train_images, data.train_labels, cfg.train_subset)
     test_images, test_labels = subset(data.test_images, data.test_labels, cfg.test_subset)
     pad = cfg.crop_padding
@@ -233,7 +230,10 @@ def train(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    try:
+        train(parse_args(argv))
+    except (DataSourceError, ConfigError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
