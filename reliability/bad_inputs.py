@@ -1,5 +1,5 @@
 """What clients may send to /predictions/cifar10, good and bad, generated on the spot (nothing is
-committed): the tests (tests/test_bad_input.py) and the reliability report send the same corpus.
+committed): the tests (tests/integration/test_bad_input.py) and the reliability report send the same corpus.
 
 Each `Input` says what the service must answer: a prediction (200), or a 4xx whose JSON body
 names the problem (`reason` is the handler's InvalidImage label). Where TorchServe's frontend

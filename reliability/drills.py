@@ -1,4 +1,4 @@
-"""Fault drills against a real TorchServe, shared by tests/test_faults.py (which asserts) and
+"""Fault drills against a real TorchServe, shared by tests/integration/test_faults.py (which asserts) and
 reliability/__main__.py (which prints figures). Each drill makes one fault happen and returns
 what clients saw and how long the service took to come back.
 
