@@ -31,7 +31,7 @@ def build_archive(
 ) -> Path:
     """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
     the archive already there; TorchServe knows both as model <name>, by their versions)."""
-    from model import CLASSES  # imports torch (2 s): here, so that `serve start` does not pay it
+    from model import CLASSES  # imports torch (slow): here, so that `serve start` does not pay for it
 
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
