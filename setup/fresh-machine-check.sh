@@ -38,10 +38,11 @@ ca=/etc/ssl/certs/ca-certificates.crt
 mkdir -p "$(dirname "$LOG")"
 echo "clone of $(git -C "$repo" rev-parse --short HEAD) in a fresh $image; output in $LOG"
 podman run --rm --network host \
-  -v "$repo:/src:ro" -v "$data:/home/newcomer/shared/data/cifar10-jpeg.tar.gz:ro" -v "$ca:$ca:ro" \
+  -v "$repo:/src:ro" -v "$data:/srv/shared/data/cifar10-jpeg.tar.gz:ro" -v "$ca:$ca:ro" \
   -e PIP_CERT="$ca" -e SSL_CERT_FILE="$ca" -e REQUESTS_CA_BUNDLE="$ca" \
   "$image" bash -euo pipefail -c '
     useradd --create-home --shell /bin/bash newcomer
+    ln -s /srv/shared /home/newcomer/shared  # the data copy beside the clone, as on the project machines
     echo "newcomer ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/newcomer
     su newcomer -c "
       set -euo pipefail
