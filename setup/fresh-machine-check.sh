@@ -43,10 +43,11 @@ podman run --rm --network host \
   "$image" bash -euo pipefail -c '
     useradd --create-home --shell /bin/bash newcomer
     ln -s /srv/shared /home/newcomer/shared  # the data copy beside the clone, as on the project machines
+    git clone -q --bare /src /srv/cifar10.git && chown -R newcomer /srv/cifar10.git  # the "remote"
     echo "newcomer ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/newcomer
     su newcomer -c "
       set -euo pipefail
-      cd ~ && git clone -q /src cifar10 && cd cifar10
+      cd ~ && git clone -q /srv/cifar10.git cifar10 && cd cifar10
       start=\$(date +%s)
       make serve CIFAR10_DATA=../shared/data/cifar10-jpeg.tar.gz
       echo \"FRESH-MACHINE make serve: \$(( \$(date +%s) - start )) s\"
