@@ -12,9 +12,11 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
 # Java 17 runs TorchServe's frontend (slim images lack the man folder its installer writes to).
+# procps: TorchServe stops a worker (scale down, rollout, unregister) by running `kill -9 PID`;
+# without /bin/kill those management calls answer 500.
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
  && rm -rf /var/lib/apt/lists/*
 
 # Versions from requirements.txt, read as constraints: only what serving needs is installed.
