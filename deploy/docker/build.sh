@@ -13,7 +13,7 @@
 # - torch: PyTorch's CPU-only index (the Dockerfiles' default); when that index does not answer,
 #   PyPI's torch, the CUDA build (several GB larger) (TORCH_INDEX_URL=... overrides).
 # - TLS: when this machine's pip trusts a CA bundle of its own (PIP_CERT, or pip's global.cert),
-#   podman mounts it and a pip.conf naming it into the build steps only: neither ends up in an image.
+#   podman mounts it over the image's CA bundle for the build steps only: it never ends up in an image.
 # Prints "<image> built in <seconds> s" per image on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,17 +38,6 @@ if [ "$ENGINE" = podman ]; then
 fi
 say "engine: $ENGINE"
 
-default_base=$(sed -nE 's/^ARG PYTHON_IMAGE=(.*)$/\1/p' deploy/docker/serve.Dockerfile)
-if [ -z "${PYTHON_IMAGE:-}" ]; then
-  if "$ENGINE" image inspect "$default_base" >/dev/null 2>&1 || timeout 120 "$ENGINE" pull -q "$default_base" >/dev/null 2>&1; then
-    PYTHON_IMAGE=$default_base
-  else
-    say "cannot pull $default_base: making a local base from Debian packages (deploy/docker/local-base.sh)"
-    PYTHON_IMAGE=$(deploy/docker/local-base.sh "$ENGINE")
-  fi
-fi
-say "base: $PYTHON_IMAGE"
-
 default_index=$(sed -nE 's/^ARG TORCH_INDEX_URL=(.*)$/\1/p' deploy/docker/serve.Dockerfile)
 if [ -z "${TORCH_INDEX_URL:-}" ]; then
   if curl -sSf -o /dev/null --max-time 20 "$default_index/"; then
@@ -60,19 +49,29 @@ if [ -z "${TORCH_INDEX_URL:-}" ]; then
 fi
 say "torch from: $TORCH_INDEX_URL"
 
+# pip >= 24.2 verifies TLS against the system's CA store, so mounting this machine's bundle over the
+# image's for the build steps is enough: no pip.conf, no variable, and the mount point exists in the
+# base image (a mount at a new path would leave an empty file behind in the image).
 ca_bundle=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
 if [ -n "$ca_bundle" ]; then
   if [ "$ENGINE" = podman ]; then
-    pip_conf=$(mktemp)
-    trap 'rm -f "$pip_conf"' EXIT
-    printf '[global]\ncert = /etc/ssl/certs/host-ca-bundle.crt\n' >"$pip_conf"
-    chmod 644 "$pip_conf"
-    build+=(-v "$ca_bundle:/etc/ssl/certs/host-ca-bundle.crt:ro" -v "$pip_conf:/etc/pip.conf:ro")
-    say "pip in the build trusts $ca_bundle (mounted into the build steps only)"
+    build+=(-v "$(realpath "$ca_bundle"):/etc/ssl/certs/ca-certificates.crt:ro")
+    say "pip in the build trusts $ca_bundle (mounted over the image's CA bundle for the build steps only)"
   else
-    say "this machine's pip trusts $ca_bundle; docker build cannot mount it: pip in the build uses its own bundle"
+    say "this machine's pip trusts $ca_bundle; docker build cannot mount it: pip in the build uses the image's CA store"
   fi
 fi
+
+default_base=$(sed -nE 's/^ARG PYTHON_IMAGE=(.*)$/\1/p' deploy/docker/serve.Dockerfile)
+if [ -z "${PYTHON_IMAGE:-}" ]; then
+  if "$ENGINE" image inspect "$default_base" >/dev/null 2>&1 || timeout 120 "$ENGINE" pull -q "$default_base" >/dev/null 2>&1; then
+    PYTHON_IMAGE=$default_base
+  else
+    say "cannot pull $default_base: making a local base from Debian packages (deploy/docker/local-base.sh)"
+    PYTHON_IMAGE=$(deploy/docker/local-base.sh "${build[@]}")
+  fi
+fi
+say "base: $PYTHON_IMAGE"
 
 version=$(sed -nE 's/^version = "(.*)"$/\1/p' pyproject.toml)
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)

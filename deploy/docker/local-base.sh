@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # A Python 3.11 base image made from Debian packages, for machines that cannot pull the official
 # python image (no registry reachable). The images' Dockerfiles take it as
-# `--build-arg PYTHON_IMAGE=<the name this prints>`; deploy/docker/build.sh does that by itself.
+# `--build-arg PYTHON_IMAGE=<the name this prints>`; deploy/docker/build.sh does that by itself:
 #
-#   deploy/docker/local-base.sh [ENGINE]      ENGINE: podman (default) or docker; needs root and debootstrap
+#   deploy/docker/local-base.sh BUILD-COMMAND...      e.g. podman build --network host (needs root, debootstrap)
 #
-# Two images: a minimal Debian bookworm (debootstrap --variant=minbase, imported as an image), then
-# Debian's python3.11 in a virtual environment at /usr/local/python, first on PATH (python, pip),
-# as the official image has them in /usr/local/bin. Made once; removing the images remakes them.
-# DEBIAN_MIRROR picks the mirror (default: the first one apt uses on this machine).
+# Two images: a minimal Debian bookworm with Debian's python3.11 (debootstrap --variant=minbase,
+# imported as an image), then a virtual environment at /usr/local/python, first on PATH (python,
+# pip), as the official image has them in /usr/local/bin, with a pip that verifies TLS against the
+# system's CA store (pip >= 24.2, as in the official image; Debian's pip 23 uses its own bundle).
+# Made once; removing the images remakes them. DEBIAN_MIRROR picks the mirror (default: the first
+# one apt uses on this machine).
 set -euo pipefail
 
-engine=${1:-podman}
+[ $# -ge 2 ] || { echo "usage: $0 BUILD-COMMAND... (e.g. podman build --network host)" >&2; exit 2; }
+engine=$1
 debian_image=localhost/cifar10-debian:bookworm-minbase
 python_image=localhost/cifar10-python:3.11-bookworm
 
@@ -38,7 +41,8 @@ if ! "$engine" image inspect "$debian_image" >/dev/null 2>&1; then
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs"' EXIT
   echo "debootstrap bookworm from $mirror" >&2
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >&2
+  debootstrap --variant=minbase --include=ca-certificates,python3.11,python3.11-venv \
+    bookworm "$rootfs" "$mirror" >&2
   # As the official Debian images: the release, its updates and security updates.
   cat >"$rootfs/etc/apt/sources.list" <<EOF
 deb $mirror bookworm main
@@ -49,15 +53,13 @@ EOF
   tar -C "$rootfs" -c . | "$engine" import --change 'CMD ["bash"]' - "$debian_image" >&2
 fi
 
-build_args=()
-[ "$engine" = podman ] && build_args+=(--network host)
-"$engine" build "${build_args[@]}" --tag "$python_image" --build-arg "DEBIAN_IMAGE=$debian_image" - >&2 <<'EOF'
+# The build command may mount this machine's CA bundle over the system's (build.sh does where
+# pip needs it): Debian's pip is pointed at the system's bundle to fetch the newer pip.
+"$@" --tag "$python_image" --build-arg "DEBIAN_IMAGE=$debian_image" - >&2 <<'EOF'
 ARG DEBIAN_IMAGE
 FROM ${DEBIAN_IMAGE}
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && python3.11 -m venv /usr/local/python
+RUN python3.11 -m venv /usr/local/python \
+ && /usr/local/python/bin/pip install --no-cache-dir --cert /etc/ssl/certs/ca-certificates.crt pip==25.3
 ENV PATH=/usr/local/python/bin:$PATH LANG=C.UTF-8
 CMD ["python"]
 EOF
