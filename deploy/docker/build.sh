@@ -26,7 +26,7 @@ if [ -z "${ENGINE:-}" ]; then
   elif command -v podman >/dev/null; then
     ENGINE=podman
   else
-    say "no container engine: install Docker (a running daemon) or podman (Debian: sudo apt-get install -y podman buildah runc fuse-overlayfs uidmap debootstrap)"
+    say "no container engine: install Docker (a running daemon) or podman (Debian: sudo apt-get install -y podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap catatonit)"
     exit 2
   fi
 fi

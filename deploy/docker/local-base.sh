@@ -5,10 +5,11 @@
 #
 #   deploy/docker/local-base.sh BUILD-COMMAND...      e.g. podman build --network host (needs root, debootstrap)
 #
-# Two images: a minimal Debian bookworm with Debian's python3.11 (debootstrap --variant=minbase,
-# imported as an image), then a virtual environment at /usr/local/python, first on PATH (python,
-# pip), as the official image has them in /usr/local/bin, with a pip that verifies TLS against the
-# system's CA store (pip >= 24.2, as in the official image; Debian's pip 23 uses its own bundle).
+# Two images: a minimal Debian bookworm with its CA store (debootstrap --variant=minbase, imported
+# as an image), then Debian's python3.11 in a virtual environment at /usr/local/python, first on
+# PATH (python, pip), as the official image has them in /usr/local/bin, with a pip that verifies
+# TLS against the system's CA store (pip >= 24.2, as in the official image; Debian's pip 23 uses
+# its own bundle).
 # Made once; removing the images remakes them. DEBIAN_MIRROR picks the mirror (default: the first
 # one apt uses on this machine).
 set -euo pipefail
@@ -41,8 +42,7 @@ if ! "$engine" image inspect "$debian_image" >/dev/null 2>&1; then
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs"' EXIT
   echo "debootstrap bookworm from $mirror" >&2
-  debootstrap --variant=minbase --include=ca-certificates,python3.11,python3.11-venv \
-    bookworm "$rootfs" "$mirror" >&2
+  debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" "$mirror" >&2
   # As the official Debian images: the release, its updates and security updates.
   cat >"$rootfs/etc/apt/sources.list" <<EOF
 deb $mirror bookworm main
@@ -58,7 +58,10 @@ fi
 "$@" --tag "$python_image" --build-arg "DEBIAN_IMAGE=$debian_image" - >&2 <<'EOF'
 ARG DEBIAN_IMAGE
 FROM ${DEBIAN_IMAGE}
-RUN python3.11 -m venv /usr/local/python \
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3.11 -m venv /usr/local/python \
  && /usr/local/python/bin/pip install --no-cache-dir --cert /etc/ssl/certs/ca-certificates.crt pip==25.3
 ENV PATH=/usr/local/python/bin:$PATH LANG=C.UTF-8
 CMD ["python"]
