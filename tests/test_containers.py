@@ -28,6 +28,7 @@ import pytest
 import yaml
 from conftest import PORT_BASE, REPO
 
+from model import CLASSES
 from serve.client import Client, ServiceError
 
 PREFIX = f"cifar10-test-{os.getpid()}"
@@ -249,14 +250,14 @@ def test_image_holds_no_key_model_data_or_secret_of_this_machine(images, role):
     assert not leaked, f"{image} keeps the build machine's settings: {leaked}"
     history = engine("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
     assert "host-ca-bundle" not in history and "pip.conf" not in history
+    empty_folders = "/app/data /app/models /app/model-store /home/model-server/model-store"
     find = (
         "find / -xdev \\( -name key_file.json -o -name '*.mar' -o -name model.pt -o -name pip.conf"
         " -o -name host-ca-bundle.crt -o -name .env -o -iname 'cifar-10*' -o -name 'cifar10-jpeg*'"
-        " -o -name 'data_batch_*' \\) -print; ls -A /app/data /app/models /app/model-store"
-        " /home/model-server/model-store 2>/dev/null"
+        f" -o -name 'data_batch_*' \\) -print; for d in {empty_folders}; do [ ! -d $d ] || find $d -mindepth 1; done"
     )
     found = engine("run", "--rm", "--entrypoint", "sh", image, "-c", find, check=False).stdout.split()
-    assert found in ([], ["/app/data:", "/app/models:", "/app/model-store:"]), f"{image} holds: {found}"
+    assert not found, f"{image} holds: {found}"
     secrets = engine(
         "run", "--rm", "--entrypoint", "sh", image, "-c",
         "grep -rlI -e 'PRIVATE KEY-----' /etc /home /app /root 2>/dev/null; true",
@@ -275,7 +276,7 @@ def test_serving_container_answers_raw_and_multipart_and_rejects_a_bad_body(serv
     image = cifar_test_jpegs["ship"][0]
     raw = served.client.predict(image)
     multipart = served.client.predict(image, field="image")
-    assert raw == multipart and sum(raw.values()) == pytest.approx(1, abs=1e-3), raw
+    assert raw == multipart and raw["prediction"] in CLASSES and 0 < raw["confidence"] <= 1, raw
     with pytest.raises(ServiceError) as bad:
         served.client.predict(b"not an image")
     assert bad.value.status == 400 and json.loads(bad.value.body), bad.value
@@ -354,7 +355,8 @@ def test_stop_exits_cleanly_within_the_stop_timeout(served):
     seconds = time.monotonic() - started
     exit_code = int(served.engine("inspect", "--format", "{{.State.ExitCode}}", served.name).stdout)
     print(f"stop: TorchServe exited with code {exit_code} after {seconds:.1f} s (stop timeout {STOP_TIMEOUT} s)")
-    assert seconds < STOP_TIMEOUT and exit_code in (0, 143), (exit_code, seconds)  # not 137: SIGKILL
+    # 0: serve/entrypoint.py had TorchServe stop (143: the launcher died of SIGTERM; 137: killed)
+    assert seconds < STOP_TIMEOUT and exit_code == 0, (exit_code, seconds)
 
 
 def test_rebuild_after_a_handler_change_rebuilds_only_the_last_layers(images, tmp_path):
@@ -378,7 +380,8 @@ def test_rebuild_after_a_handler_change_rebuilds_only_the_last_layers(images, tm
     seconds = time.monotonic() - started
     assert built.returncode == 0, log.read_text()[-4000:]
     try:
-        steps = re.findall(r"^STEP \d+/\d+: (.*?)\n(?:--> (Using cache))?", log.read_text(), re.M)
+        # "[1/3] STEP 10/12: COPY handler/ handler/" then "--> Using cache ..." when the layer is reused
+        steps = re.findall(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: (.*?)\n(?:--> (Using cache))?", log.read_text(), re.M)
         # The steps that make a layer (metadata steps such as CMD or LABEL only rewrite the config).
         rebuilt = [step for step, cached in steps if not cached and step.startswith(("RUN", "COPY"))]
         print(f"rebuild after touching the handler: {seconds:.0f} s; steps run again: {rebuilt}")

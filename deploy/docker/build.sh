@@ -40,7 +40,7 @@ say "engine: $ENGINE"
 
 default_index=$(sed -nE 's/^ARG TORCH_INDEX_URL=(.*)$/\1/p' deploy/docker/serve.Dockerfile)
 if [ -z "${TORCH_INDEX_URL:-}" ]; then
-  if curl -sSf -o /dev/null --max-time 20 "$default_index/"; then
+  if curl -sf -o /dev/null --max-time 20 "$default_index/"; then
     TORCH_INDEX_URL=$default_index
   else
     TORCH_INDEX_URL=https://pypi.org/simple

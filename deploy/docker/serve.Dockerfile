@@ -32,7 +32,7 @@ WORKDIR /home/model-server
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file is
 # named by its path here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
-COPY serve/__init__.py serve/keys.py serve/healthcheck.py ./serve/
+COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' config.properties \
  && mkdir -p model-store run logs \
@@ -47,5 +47,6 @@ EXPOSE 8080 8081 8082
 # Healthy once the model has a READY worker, not merely when /ping answers (serve/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
   CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", "--key-file", "/home/model-server/run/key_file.json"]
-CMD ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/home/model-server/config.properties", \
-     "--model-store", "/home/model-server/model-store"]
+# TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (serve/entrypoint.py).
+CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
+     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]
