@@ -83,15 +83,11 @@ class Images:
     build_seconds: dict[str, int]
 
 
-def build(engine_env: dict[str, str], log: Path, *images: str) -> subprocess.CompletedProcess:
+def build(env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
+    """deploy/docker/build.sh: both images; its decisions and the build output go to `log`."""
     with log.open("w") as stderr:
         result = subprocess.run(
-            ["deploy/docker/build.sh", *images],
-            cwd=REPO,
-            env=engine_env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
+            ["deploy/docker/build.sh"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
         )
     if result.returncode != 0:
         pytest.fail(
@@ -122,8 +118,10 @@ def images(tmp_path_factory) -> Images:
 
 
 def remove(engine: Engine, kind: str, *names: str) -> None:
+    """Removes containers (running ones too), volumes or images; those already gone are skipped."""
+    force = ["-f"] if kind == "container" else []
     for name in names:
-        engine(kind, "rm", "-f", name, check=False) if kind == "container" else engine(kind, "rm", name, check=False)
+        engine(kind, "rm", *force, name, check=False)
 
 
 @pytest.fixture(scope="module")
