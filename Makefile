@@ -114,3 +114,15 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 # --- end reliability ---
+
+# --- containers ---
+# make images: deploy/docker/build.sh (docker, else podman; a local Debian base where nothing can be
+# pulled). docs/containers.md: what was built and run, sizes and times.
+.PHONY: images test-images
+
+images: ## build the serving and training images (tags <version>-<commit> and :local, what Compose runs)
+	deploy/docker/build.sh
+
+test-images: packages-test $(VENV)/.installed ## build both images, run them as Compose wires them, and the Compose chain
+	$(PY) -m pytest tests/e2e/test_containers.py -rP
+# --- end containers ---

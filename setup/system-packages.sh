@@ -25,6 +25,16 @@ if [ "$task" = test ]; then
   done
 fi
 
+if [ "$task" = test ]; then
+  # The container tier (tests/e2e/test_containers.py) builds and runs the images with podman where
+  # no Docker daemon answers; debootstrap makes the local base image; catatonit is podman's --init.
+  if ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; }; then
+    for package in podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap catatonit curl; do
+      dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+  fi
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
