@@ -14,16 +14,7 @@ LOG=${LOG:-$repo/reports/fresh-machine.log}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# podman without systemd: cgroupfs, runc, a file event log, ulimits under the host's hard limits.
-cat > "$work/containers.conf" <<'CONF'
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-export CONTAINERS_CONF="$work/containers.conf"
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$repo/deploy/docker/containers.conf}  # podman without systemd
 
 if ! podman image exists "$image"; then
   echo "making $image with debootstrap from $mirror"
