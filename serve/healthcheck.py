@@ -29,6 +29,10 @@ from pathlib import Path
 
 from serve.keys import read_keys
 
+# TorchServe's APIs as config.properties puts them (the pod's too: deploy/k8s/base/config.properties).
+INFERENCE = "http://127.0.0.1:8080"
+MANAGEMENT = "http://127.0.0.1:8081"
+
 
 def call(url: str, key: str | None, method: str = "GET", body: bytes | None = None) -> bytes:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -63,8 +67,8 @@ def predicted_class(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--management", default="http://127.0.0.1:8081")
-    parser.add_argument("--inference", default="http://127.0.0.1:8080")
+    parser.add_argument("--management", default=MANAGEMENT)
+    parser.add_argument("--inference", default=INFERENCE)
     parser.add_argument("--model", default="cifar10")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"))
     parser.add_argument("--predict", action="store_true", help="also require a prediction of a small image")
