@@ -96,3 +96,21 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 # --- end reliability ---
+
+# --- fleet ---
+# Kubernetes (deploy/k8s) and the fleet drill (fleet/): docs/kubernetes.md.
+FLEET_RUNS := models/fleet
+FLEET_TRAIN := --epochs 1 --train-subset 5000 --test-subset 1000 $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+.PHONY: kubernetes-check fleet-drill
+
+$(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt: $(FLEET_RUNS)/%/model.pt: | $(VENV)/.installed
+	$(PY) -m train $(FLEET_TRAIN) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
+
+kubernetes-check: $(VENV)/.installed ## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
+	$(PY) -m pytest -q tests/test_kubernetes.py
+
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update, kill -9, scale-up: replicas behind HAProxy under Locust -> reports/fleet/
+	@command -v haproxy >/dev/null && command -v nginx >/dev/null || { echo "fleet-drill needs haproxy and nginx: sudo apt-get install -y haproxy nginx" >&2; exit 2; }
+	$(MAKE) --no-print-directory payloads
+	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
+# --- end fleet ---

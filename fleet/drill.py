@@ -180,8 +180,8 @@ class Prober(threading.Thread):
 
 
 class Sampler(threading.Thread):
-    """Once a second: replicas in service, and the CPU (cores) and memory (RSS) of TorchServe
-    (frontend and workers) in each replica and of the load generator."""
+    """Once a second: replicas in service, the CPU (cores) and memory (RSS) of TorchServe (frontend
+    and workers) in each replica, the load generator's CPU, and the whole machine's busy cores."""
 
     def __init__(self, fleet: Fleet, locust: psutil.Process):
         super().__init__(daemon=True)
@@ -218,7 +218,15 @@ class Sampler(threading.Thread):
             except psutil.Error:
                 locust = []
             up = sum(state.status.startswith("UP") for state in self.fleet.balancer.states().values())
-            self.rows.append({"time": now, "replicas": replicas, "up": up, "locust_cpu": self._cpu(locust, now - last)})
+            self.rows.append(
+                {
+                    "time": now,
+                    "replicas": replicas,
+                    "up": up,
+                    "locust_cpu": self._cpu(locust, now - last),
+                    "machine_cpu": psutil.cpu_percent() / 100 * psutil.cpu_count(),  # busy cores, all processes
+                }
+            )
             last = now
 
     def stop(self):
@@ -298,6 +306,7 @@ class DrillOptions:
     settle: float
     quiet: float
     scenarios: tuple[str, ...] = ("rolling", "kill", "scale")
+    replicas: int = 2  # of version A before the rolling update (the kill and scale scenarios need 2)
 
 
 def prepare_versions(options: DrillOptions) -> tuple[Version, Version]:
@@ -327,7 +336,7 @@ def play(options: DrillOptions) -> dict:
     load = prober = sampler = None
     try:
         fleet.balancer.start()
-        initial = ["r1", "r2"] if "rolling" in options.scenarios else ["r3", "r4"]
+        initial = (["r1", "r2"] if "rolling" in options.scenarios else ["r3", "r4"])[: options.replicas]
         initial_version = version_a if "rolling" in options.scenarios else version_b
         for slot in initial:
             fleet.add(slot, initial_version)
@@ -340,7 +349,7 @@ def play(options: DrillOptions) -> dict:
         time.sleep(options.warm)
         if "rolling" in options.scenarios:
             start = fleet.event("rolling update").time
-            for new, old in (("r3", "r1"), ("r4", "r2")):
+            for new, old in (("r3", "r1"), ("r4", "r2"))[: options.replicas]:
                 fleet.add(new, version_b)
                 fleet.retire(old)
             time.sleep(options.hold)
@@ -398,7 +407,9 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
     if rolling:
         window = next(w for w in figures["windows"] if w.name == "rolling update")
         seen = [name for t, name in probe_versions(figures) if window.start <= t < window.end]
-        last_a_stop = max(e.time for e in figures["events"] if e.what == "stopped" and e.data["replica"] == "r2")
+        last_a_stop = max(
+            e.time for e in figures["events"] if e.what == "stopped" and e.data["replica"] in ("r1", "r2")
+        )
         a_after = sum(name == "A" for t, name in probe_versions(figures) if t > last_a_stop)
         switched = bool(seen) and seen[0] == "A" and seen[-1] == "B" and a_after == 0 and "other" not in seen
         results.append(
@@ -471,6 +482,7 @@ def timeline_rows(figures: dict) -> list[dict]:
                 "torchserve_cpu_cores": round(sum(r["cpu"] for r in replicas.values()), 2) if replicas else "",
                 "torchserve_rss_mb": round(max(r["rss_mb"] for r in replicas.values())) if replicas else "",
                 "locust_cpu_cores": round(sample["locust_cpu"], 2) if sample else "",
+                "machine_busy_cores": round(sample["machine_cpu"], 2) if sample else "",
             }
         )
     return rows
@@ -529,15 +541,21 @@ def resource_figures(figures: dict, window_name: str) -> dict:
     window = next((w for w in figures["windows"] if w.name == window_name), None)
     if window is None:
         return {}
-    cpu, rss, locust = [], [], []
+    cpu, rss, locust, machine = [], [], [], []
     for sample in figures["samples"]:
         if window.start <= sample["time"] < window.end:
             cpu += [r["cpu"] for r in sample["replicas"].values()]
             rss += [r["rss_mb"] for r in sample["replicas"].values()]
             locust.append(sample["locust_cpu"])
+            machine.append(sample["machine_cpu"])
     if not cpu:
         return {}
-    return {"cpu": sum(cpu) / len(cpu), "rss_mb": max(rss), "locust_cpu": sum(locust) / len(locust)}
+    return {
+        "cpu": sum(cpu) / len(cpu),
+        "rss_mb": max(rss),
+        "locust_cpu": sum(locust) / len(locust),
+        "machine_cpu": sum(machine) / len(machine),
+    }
 
 
 def write_report(figures: dict, options: DrillOptions, command: str) -> list[tuple[str, bool, str]]:
@@ -588,15 +606,25 @@ def write_report(figures: dict, options: DrillOptions, command: str) -> list[tup
         lines += ["", "Failures seen (up to 5 kinds per window):", ""] + [f"- `{failure}`" for failure in failures]
     one, two = resource_figures(figures, "one replica"), resource_figures(figures, "two replicas")
     if one and two:
+        single, scaled = figures["figures"]["one replica"], figures["figures"]["two replicas"]
         lines += [
             "",
             "## Resources (psutil, sampled every second)",
             "",
             "| window | TorchServe CPU per replica (cores, mean) | TorchServe RSS per replica (MiB, max) "
-            "| Locust CPU (cores, mean) |",
-            "| --- | --- | --- | --- |",
-            f"| one replica | {one['cpu']:.2f} | {one['rss_mb']:.0f} | {one['locust_cpu']:.2f} |",
-            f"| two replicas | {two['cpu']:.2f} | {two['rss_mb']:.0f} | {two['locust_cpu']:.2f} |",
+            f"| Locust CPU (cores, mean) | machine busy (of {psutil.cpu_count()} cores, all processes) |",
+            "| --- | --- | --- | --- | --- |",
+            *[
+                f"| {name} | {r['cpu']:.2f} | {r['rss_mb']:.0f} | {r['locust_cpu']:.2f} | {r['machine_cpu']:.2f} |"
+                for name, r in (("one replica", one), ("two replicas", two))
+            ],
+            "",
+            f"Scale-up: {scaled['per_second']:,.0f} req/s with two replicas against {single['per_second']:,.0f} "
+            f"with one (p99 {scaled['p99_ms']:,.0f} against {single['p99_ms']:,.0f} ms). Both replicas share "
+            f"this machine's {psutil.cpu_count()} cores with Locust, HAProxy, the gateways "
+            "and whatever else runs here: a second replica adds workers, not cores, so the gain is bounded by "
+            "the cores left over (the machine-busy column), not by TorchServe. On a cluster each pod brings "
+            "its own cores (its CPU request), and throughput adds up per pod (docs/kubernetes.md: Capacity).",
         ]
     lines += ["", "## Events", "", "| second | event |", "| --- | --- |"]
     for event in figures["events"]:

@@ -7,6 +7,7 @@ listens on loopback: this machine sends traffic to loopback addresses only.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -75,12 +76,15 @@ class Gateway:
         (self.prefix / "nginx.conf").write_text(config_on_ports(self.listen, self.upstream, self.status))
         (self.prefix / "tokens.map").write_text(tokens_map(self.tokens))
         command = [nginx(), "-e", "stderr", "-p", f"{self.prefix}/", "-c", str(self.prefix / "nginx.conf")]
-        test = subprocess.run([*command, "-t"], capture_output=True, text=True)
+        # As in the pod, master and workers run as one user: started by root, nginx would hand its
+        # workers to `nobody`, who may not reach the prefix (large bodies are buffered there).
+        directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+        test = subprocess.run([*command, "-g", directives, "-t"], capture_output=True, text=True)
         if test.returncode != 0:
             raise GatewayError(f"nginx -t: {test.stderr.strip()}")
         with open(self.prefix / "nginx.out", "ab") as output:
             self.process = subprocess.Popen(
-                [*command, "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=output, stderr=output
+                [*command, "-g", directives], stdin=subprocess.DEVNULL, stdout=output, stderr=output
             )
 
     def stop(self) -> None:

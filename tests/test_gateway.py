@@ -8,6 +8,7 @@ metrics are not reachable through the gateway, and TorchServe's own ports listen
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import secrets
@@ -20,6 +21,7 @@ import psutil
 import pytest
 import requests
 from conftest import PORT_BASE
+from PIL import Image
 
 from fleet.replica import Replica
 from serve.archive import REPO
@@ -70,6 +72,12 @@ def test_the_right_token_gets_a_prediction(replica):
     answer = predict(replica, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/png"})
     assert answer.status_code == 200, answer.text
     assert set(answer.json()) == {"prediction", "confidence", "top3_predictions"}
+    # A body larger than nginx's buffer goes through a temporary file of the gateway.
+    photo = io.BytesIO()
+    Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3)).save(photo, format="PNG")
+    assert len(photo.getvalue()) > 64 * 1024
+    answer = predict(replica, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/png"}, data=photo.getvalue())
+    assert answer.status_code == 200, answer.text
 
 
 def test_errors_through_the_gateway_stay_json(replica):
