@@ -40,7 +40,7 @@ import requests
 
 from fleet.balancer import CHECK_SECONDS, Balancer, BalancerError
 from fleet.gateway import GatewayError
-from fleet.replica import Replica
+from fleet.replica import Replica, ReplicaError
 from serve.archive import REPO, build_archive
 from serve.healthcheck import probe_png
 
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         figures = play(options)
-    except (DrillError, BalancerError, GatewayError, TimeoutError) as error:
+    except (DrillError, BalancerError, GatewayError, ReplicaError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python -m fleet.drill " + " ".join(argv if argv is not None else sys.argv[1:])

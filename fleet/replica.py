@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,10 @@ from serve.server import ServerPaths, start, stop, wait_until_serving
 POD_CONFIG = REPO / "deploy" / "k8s" / "base" / "config.properties"
 METRICS_CONFIG = REPO / "deploy" / "torchserve" / "metrics.yaml"
 GATEWAY_OFFSET, STATUS_OFFSET = 5, 6
+
+
+class ReplicaError(Exception):
+    """A replica could not start."""
 
 
 @dataclass
@@ -61,8 +67,29 @@ class Replica:
     def management(self) -> str:
         return f"http://127.0.0.1:{self.port_base + 1}"
 
+    def ports(self) -> list[int]:
+        return [self.port_base + offset for offset in range(STATUS_OFFSET + 1)]
+
+    def wait_for_free_ports(self, timeout: float = 30) -> None:
+        """Waits until this replica's ports can be bound. The drill's ports lie in Linux's ephemeral
+        range (32768-60999): a client connection of this machine may hold one as its own port for a
+        while, and TorchServe exits when its gRPC port is taken (seen here once)."""
+        deadline = time.monotonic() + timeout
+        for port in self.ports():
+            while True:
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind(("127.0.0.1", port))
+                        break
+                    except OSError as error:
+                        if time.monotonic() > deadline:
+                            raise ReplicaError(f"{self.name}: port {port} stays in use: {error}") from error
+                time.sleep(0.5)
+
     def start(self, timeout: float = 180) -> float:
         """Starts TorchServe and the gateway; returns the seconds until a prediction answered."""
+        self.wait_for_free_ports()
         self.root.mkdir(parents=True, exist_ok=True)
         self.drain_file.unlink(missing_ok=True)
         self.paths.config.write_text(
