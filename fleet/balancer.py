@@ -23,7 +23,15 @@ from pathlib import Path
 from fleet.replica import GATEWAY_OFFSET
 from serve.archive import REPO
 
-CHECK_SECONDS = 2.0  # between two checks of a replica; 2 failures take it out
+# As the pod's readinessProbe (periodSeconds 5, timeoutSeconds 5, failureThreshold 2): a check every
+# 5 s, each allowed 5 s (HAProxy 2.6 kills an external check after min(inter, timeout connect), as
+# seen here: with 1-2 s, a prediction waiting behind a busy queue took the only replica out), and 2
+# failures in a row take a replica out; one pass puts it in service.
+CHECK_SECONDS = 5.0
+FALL = 2
+# The longest a drain must wait before the balancer has stopped sending: the drain file is written
+# just after a passed check, and FALL checks later the replica is out.
+SECONDS_TO_TAKE_OUT = CHECK_SECONDS * FALL + 1
 
 
 class BalancerError(Exception):
@@ -43,9 +51,8 @@ global
 
 defaults
     mode http
-    # Also the time limit of an external check (HAProxy 2.6 kills it after `timeout connect`, as seen
-    # here): a prediction may wait a second in TorchServe's queue under load.
-    timeout connect 5s
+    # Also bounds an external check's time (see CHECK_SECONDS).
+    timeout connect {inter}ms
     timeout client 60s
     timeout server 60s
     timeout check 5s
@@ -62,7 +69,7 @@ backend replicas
     option external-check
     external-check path "/usr/bin:/bin"
     external-check command {check}
-    default-server inter {inter}ms rise 2 fall 2
+    default-server inter {inter}ms rise 1 fall {fall}
     default-server observe layer4 error-limit 1 on-error mark-down
 {servers}
 """
@@ -122,7 +129,12 @@ class Balancer:
         config = self.root / "haproxy.cfg"
         config.write_text(
             CONFIG.format(
-                socket=self.socket_path, port=self.port, check=check, inter=int(CHECK_SECONDS * 1000), servers=servers
+                socket=self.socket_path,
+                port=self.port,
+                check=check,
+                inter=int(CHECK_SECONDS * 1000),
+                fall=FALL,
+                servers=servers,
             )
         )
         with open(self.root / "haproxy.out", "ab") as output:
@@ -166,7 +178,7 @@ class Balancer:
 
     def enable(self, name: str) -> None:
         """Out of maintenance as DOWN (both commands in one call: no request reaches it between them);
-        two passed checks put it in service, as the readiness probe adds a pod to the endpoints."""
+        a passed check puts it in service, as the readiness probe adds a pod to the endpoints."""
         self.command(f"enable server replicas/{name}; set server replicas/{name} health down")
 
     def disable(self, name: str) -> None:

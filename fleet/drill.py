@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from fleet.balancer import CHECK_SECONDS, Balancer, BalancerError
+from fleet.balancer import CHECK_SECONDS, FALL, SECONDS_TO_TAKE_OUT, Balancer, BalancerError
 from fleet.gateway import GatewayError
 from fleet.replica import Replica, ReplicaError
 from serve.archive import REPO, build_archive
@@ -347,7 +347,7 @@ def play(options: DrillOptions) -> dict:
         prober.start()
         sampler = Sampler(fleet, psutil.Process(load.pid))
         sampler.start()
-        fleet.event("load", users=options.users)
+        load_start = fleet.event("load", users=options.users).time
         time.sleep(options.warm)
         if "rolling" in options.scenarios:
             start = fleet.event("rolling update").time
@@ -371,10 +371,13 @@ def play(options: DrillOptions) -> dict:
             start = fleet.event("one replica").time
             time.sleep(options.scale_hold)
             windows.append(Window("one replica", start, time.time()))
+            start = time.time()
             fleet.add("r1", version_b)
+            windows.append(Window("adding the second replica", start, time.time()))
             start = fleet.event("two replicas").time
             time.sleep(options.scale_hold)
             windows.append(Window("two replicas", start, time.time()))
+        windows.append(Window("whole run", load_start, time.time()))
     finally:
         for thread in (prober, sampler):
             if thread is not None:
@@ -448,6 +451,18 @@ def verdicts(figures: dict) -> list[tuple[str, bool, str]]:
                 f"{failed} failed ({window['failed']} load, {window['probes_failed']} probes); "
                 f"{kill['in_flight'] + kill['sent_after']} in flight on it: {kill['in_flight']} at the kill and "
                 f"{kill['sent_after']} sent to it before it was marked down (HAProxy's counts)",
+            )
+        )
+    whole = by_name.get("whole run")
+    if whole:
+        killed = by_name.get("kill -9", {"failed": 0, "probes_failed": 0})
+        outside = whole["failed"] + whole["probes_failed"] - killed["failed"] - killed["probes_failed"]
+        results.append(
+            (
+                "no request failed outside the kill -9 window",
+                outside == 0,
+                f"{whole['requests']:,} load requests and {whole['probes']} probes in the whole run; "
+                f"{outside} failed outside the kill window",
             )
         )
     return results
@@ -581,7 +596,8 @@ def write_report(figures: dict, options: DrillOptions, command: str) -> list[tup
         "(token auth off, APIs on loopback) behind the pod's nginx gateway (the same nginx.conf, bearer "
         "token checked); HAProxy 2.6 plays the Service and checks each replica with the readinessProbe's "
         "command (`python -m serve.healthcheck --predict --drain-file ...`, every "
-        f"{CHECK_SECONDS:.0f} s, 2 failures take it out); replicas leave through `serve.drain`, the preStop "
+        f"{CHECK_SECONDS:.0f} s with {CHECK_SECONDS:.0f} s to answer, {FALL} failures take it out); replicas "
+        "leave through `serve.drain`, the preStop "
         "hook. Load: "
         f"Locust's steady ClassifierUser, {options.users} users (closed loop, the loadtests/ mix with 5 % bad "
         "payloads that must get their 400), plus a prober sending one fixed image every 100 ms to tell "
@@ -658,7 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=10, help="seconds of load before the first scenario")
     parser.add_argument("--hold", type=float, default=10, help="seconds of load after each change")
     parser.add_argument("--scale-hold", type=float, default=30, help="seconds measured with one, then two replicas")
-    parser.add_argument("--settle", type=float, default=5, help="serve.drain --settle (> 2 failed checks 2 s apart)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SECONDS_TO_TAKE_OUT,
+        help=f"serve.drain --settle: until the balancer's checks take the replica out (default: {SECONDS_TO_TAKE_OUT})",
+    )
     parser.add_argument("--quiet", type=float, default=1, help="serve.drain --quiet")
     parser.add_argument("--scenarios", default="rolling,kill,scale")
     args = parser.parse_args(argv)

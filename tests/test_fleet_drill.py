@@ -11,6 +11,7 @@ import sys
 
 from conftest import PORT_BASE
 
+from fleet.balancer import SECONDS_TO_TAKE_OUT
 from fleet.drill import DrillOptions, play, verdicts
 from serve.archive import REPO
 
@@ -36,7 +37,7 @@ def test_a_rolling_update_fails_no_request_and_switches_versions(tmp_path, train
         warm=3,
         hold=2,
         scale_hold=0,
-        settle=5,
+        settle=SECONDS_TO_TAKE_OUT,
         quiet=1,
         scenarios=("rolling",),
         replicas=1,
