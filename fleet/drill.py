@@ -41,6 +41,7 @@ import requests
 from fleet.balancer import CHECK_SECONDS, FALL, SECONDS_TO_TAKE_OUT, Balancer, BalancerError
 from fleet.gateway import GatewayError
 from fleet.replica import Replica, ReplicaError
+from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
 from serve.healthcheck import probe_png
 
@@ -236,7 +237,7 @@ class Sampler(threading.Thread):
         self.join()
 
 
-def start_load(url: str, token: str, users: int, log: Path) -> subprocess.Popen:
+def start_load(url: str, token: str, users: int, payloads: Path, log: Path) -> subprocess.Popen:
     """Locust's steady scenario (valid images and 5 % bad payloads), ClassifierUser only: the
     operator scales TorchServe's workers through one management API, which a fleet does not have."""
     command = [
@@ -247,6 +248,7 @@ def start_load(url: str, token: str, users: int, log: Path) -> subprocess.Popen:
         "--host", url,
         "--inference-key", token,
         "--key-file", str(log.parent / "no-key-file.json"),
+        "--payloads", str(payloads),
         "--csv", str(log.parent / "locust"),
         "ClassifierUser",
     ]  # fmt: skip
@@ -309,6 +311,7 @@ class DrillOptions:
     quiet: float
     scenarios: tuple[str, ...] = ("rolling", "kill", "scale")
     replicas: int = 2  # of version A before the rolling update (the kill and scale scenarios need 2)
+    payloads: Path = PAYLOADS  # Locust's images (`make payloads`)
 
 
 def prepare_versions(options: DrillOptions) -> tuple[Version, Version]:
@@ -342,7 +345,7 @@ def play(options: DrillOptions) -> dict:
         initial_version = version_a if "rolling" in options.scenarios else version_b
         for slot in initial:
             fleet.add(slot, initial_version)
-        load = start_load(fleet.balancer.url, token, options.users, request_log)
+        load = start_load(fleet.balancer.url, token, options.users, options.payloads, request_log)
         prober = Prober(fleet.balancer.url, fleet.headers())
         prober.start()
         sampler = Sampler(fleet, psutil.Process(load.pid))
@@ -682,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", type=float, default=1, help="serve.drain --quiet")
     parser.add_argument("--scenarios", default="rolling,kill,scale")
+    parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
     args = parser.parse_args(argv)
     options = DrillOptions(
         root=args.workdir.resolve(),
@@ -696,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         settle=args.settle,
         quiet=args.quiet,
         scenarios=tuple(args.scenarios.split(",")),
+        payloads=args.payloads,
     )
     try:
         figures = play(options)

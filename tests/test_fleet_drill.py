@@ -26,6 +26,13 @@ def second_version(out_dir, data_source):
     return out_dir / "b"
 
 
+def small_payloads(out, data_source):
+    """Locust's images, a small set, built by the command users run (`make payloads`)."""
+    command = [sys.executable, "-m", "loadtests.payloads", "--data", str(data_source), "--out", str(out)]
+    subprocess.run([*command, "--per-class", "3", "--enlarged-per-class", "1"], cwd=REPO, check=True)
+    return out
+
+
 def test_a_rolling_update_fails_no_request_and_switches_versions(tmp_path, trained_run, data_source):
     options = DrillOptions(
         root=tmp_path / "fleet",
@@ -41,6 +48,7 @@ def test_a_rolling_update_fails_no_request_and_switches_versions(tmp_path, train
         quiet=1,
         scenarios=("rolling",),
         replicas=1,
+        payloads=small_payloads(tmp_path / "payloads", data_source),
     )
     figures = play(options)
     results = {bound: (held, text) for bound, held, text in verdicts(figures)}
