@@ -214,6 +214,26 @@ def test_checkov_passes_with_every_skip_justified(tmp_path):
             )
 
 
+def checker(name: str) -> str:
+    """A linter from Debian (.ci/run installs it) or from the venv (requirements.txt)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} not found: `sudo apt-get install -y {name}` (bash .ci/run installs it)")
+    return found
+
+
+def test_manifests_pass_yamllint_and_the_model_image_passes_hadolint():
+    config = (
+        "{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}"
+    )
+    result = subprocess.run([checker("yamllint"), "-s", "-d", config, str(K8S)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    result = subprocess.run(
+        [checker("hadolint"), str(K8S / "model-image" / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
 # --- consistency with config.properties, the gateway and the serve image -----------------------
 
 
