@@ -23,6 +23,13 @@ export CIFAR10_DATA
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
+# checkov (the Kubernetes manifests' security scan) in a venv of its own: its pins would change .venv's.
+CHECKOV := .tools/checkov/bin/checkov
+$(CHECKOV): deploy/k8s/requirements-checkov.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet -r deploy/k8s/requirements-checkov.txt
+	touch $@
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -58,7 +65,7 @@ stop: ## stop TorchServe
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(API)
 
-test: packages-test $(VENV)/.installed ## every tier: unit, integration (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+test: packages-test $(VENV)/.installed $(CHECKOV) ## every tier: unit, integration, end to end (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
@@ -68,7 +75,7 @@ test-fast: $(VENV)/.installed ## ruff, then the unit tier: no Java, no server (t
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests/unit -q
 
-test-integration: packages-test $(VENV)/.installed ## the tier with real TorchServe, Prometheus, Locust (tests/integration)
+test-integration: packages-test $(VENV)/.installed $(CHECKOV) ## the tier with real TorchServe, Prometheus, Locust (tests/integration)
 	$(PY) -m pytest tests/integration
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the baseline and fast recipes -> reports/bench-train.*
@@ -126,3 +133,21 @@ images: ## build the serving and training images (tags <version>-<commit> and :l
 test-images: packages-test $(VENV)/.installed ## build both images, run them as Compose wires them, and the Compose chain
 	$(PY) -m pytest tests/e2e/test_containers.py -rP
 # --- end containers ---
+
+# --- fleet ---
+# Kubernetes (deploy/k8s) and the fleet drill (fleet/): docs/kubernetes.md.
+FLEET_RUNS := models/fleet
+FLEET_TRAIN := --epochs 1 --train-subset 5000 --test-subset 1000 $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+.PHONY: kubernetes-check fleet-drill
+
+$(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt: $(FLEET_RUNS)/%/model.pt: | $(VENV)/.installed
+	$(PY) -m train $(FLEET_TRAIN) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
+
+## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
+	$(PY) -m pytest -q tests/integration/test_kubernetes.py
+
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update, kill -9, scale-up: replicas behind HAProxy under Locust -> reports/fleet/
+	@command -v haproxy >/dev/null && command -v nginx >/dev/null || { echo "fleet-drill needs haproxy and nginx: sudo apt-get install -y haproxy nginx" >&2; exit 2; }
+	$(MAKE) --no-print-directory payloads
+	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
+# --- end fleet ---

@@ -63,6 +63,9 @@ def build_archive(
                 str(scratch),
             ],
             check=True,
+            # The archiver stages files in $TMPDIR/<model name>: a scratch of its own, else two archives
+            # built at once on one machine (tests, the fleet drill) overwrite each other's files.
+            env={**os.environ, "TMPDIR": str(scratch)},
         )
         os.replace(scratch / f"{name}.mar", target)
     print(f"wrote {target} (version {metadata['version']}, test accuracy {metadata['test_accuracy']:.2%})")

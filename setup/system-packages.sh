@@ -26,6 +26,11 @@ if [ "$task" = test ]; then
 fi
 
 if [ "$task" = test ]; then
+  # The pod's token gateway and the fleet drill's balancer (tests/integration/test_gateway.py,
+  # tests/e2e/test_fleet_drill.py): Debian installs both under /usr/sbin.
+  for tool in nginx haproxy; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+  done
   # The container tier (tests/e2e/test_containers.py) builds and runs the images with podman where
   # no Docker daemon answers; debootstrap makes the local base image; catatonit is podman's --init.
   if ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; }; then

@@ -32,7 +32,9 @@ WORKDIR /home/model-server
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file is
 # named by its path here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
-COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py ./serve/
+# serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
+# probes; serve.drain: the Kubernetes preStop hook.
+COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' config.properties \
  && mkdir -p model-store run logs \
