@@ -8,3 +8,10 @@ needs_gpu = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)"),
 ]
+
+
+def gpu_test(test):
+    """Marks one test as a GPU test (as needs_gpu does for a whole module)."""
+    for mark in needs_gpu:
+        test = mark(test)
+    return test
