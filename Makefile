@@ -37,9 +37,9 @@ models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
 model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py $(MODEL_CONFIG) | $(VENV)/.installed
-	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)
+	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)$(if $(filter gpu,$(DEVICE)), --device gpu)
 
-archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU batching config)
+archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU config sized for this machine)
 
 serve: archive ## start TorchServe in the background; returns once the model answers a prediction
 	$(PY) -m serve start $(if $(filter off,$(TOKEN_AUTH)),--no-token-auth)
