@@ -96,3 +96,17 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 # --- end reliability ---
+
+# --- gpu ---
+# The GPU check (docs/gpu.md). On a GPU machine: make gpu-check [GPU_STAGES=tests,train,serve]
+# [GPU_CHECK_ARGS="--copy-to DIR --workers auto 16"]; on a bare one, carry .gpu-bundle/ first.
+GPU_STAGES ?= tests,train,serve
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-bundle
+
+gpu-check: ## on a GPU machine: GPU tests, training and serving vs issue 14's targets -> reports/gpu/
+	benchmarks/gpu/check.sh --stages $(GPU_STAGES) $(GPU_CHECK_ARGS)
+
+gpu-check-bundle: ## what a bare GPU machine lacks (Java, TorchServe, wrk, data) -> .gpu-bundle/part1, part2
+	PIP=$(VENV)/bin/pip benchmarks/gpu/bundle.sh
+# --- end gpu ---
