@@ -126,6 +126,14 @@ def test_decoder_gets_only_the_gpu_jpegs_and_the_batch_keeps_request_order(jpegs
     assert reasons(errors) == reasons(expected_errors)
 
 
+def test_a_batch_of_gpu_jpegs_only(jpegs):
+    payloads, errors = list(jpegs[:8]), [None] * 8
+    expected, _ = cpu_answer(payloads, errors)
+    batch = decode_batch(payloads, errors, torch.device("cpu"), decode_jpeg)
+    assert torch.equal(batch, expected) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert errors == [None] * 8
+
+
 def test_a_failing_gpu_decoder_falls_back_to_the_cpu(jpegs, cat):
     payloads, errors = mixed_requests(jpegs, cat)
     expected, expected_errors = cpu_answer(payloads, errors)
