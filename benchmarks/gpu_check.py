@@ -107,6 +107,8 @@ def stage_tests(python: str) -> dict:
             cwd=REPO,
         )
         seconds = time.monotonic() - started
+        if not junit.exists():
+            return {"pytest -m gpu": {"error": f"pytest exited {completed.returncode} before it ran tests"}}
         suite = ElementTree.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
@@ -146,7 +148,10 @@ def stage_train(python: str, data: str) -> dict:
     for name, (run_name, arguments) in TRAIN_RUNS.items():
         command = [python, "-m", "train", "--data", data, "--out-dir", str(STATE / "models"), "--run-name", run_name]
         print(f"== train: {name}", flush=True)
-        subprocess.run([*command, *arguments], cwd=REPO, check=True)
+        completed = subprocess.run([*command, *arguments], cwd=REPO)
+        if completed.returncode != 0:  # recorded; the other runs still give their figures
+            results[name] = {"error": f"python -m train exited {completed.returncode}"}
+            continue
         meta = json.loads((STATE / "models" / run_name / "metadata.json").read_text())
         epochs = meta["history"]
         results[name] = {
@@ -234,9 +239,8 @@ def worker_gpu_memory(metrics_text: str) -> list[float]:
 def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str]) -> dict:
     import yaml
 
-    from benchmarks.serving import run_wrk, torchserve_system
     from serve.archive import GPU_MODEL_CONFIG
-    from serve.client import Client
+    from serve.client import ServiceError
     from serve.gpu_sizing import sized_config, this_machine
 
     run_dir = STATE / "models" / "baseline"
@@ -252,30 +256,39 @@ def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str
         config = sized_config(template, machine, None if choice == "auto" else int(choice))
         label = f"{config['minWorkers']} workers" + (" (sized)" if choice == "auto" else "")
         print(f"== serve: {label}, {json.dumps(config)}", flush=True)
-        with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-            system = torchserve_system(
-                "gpu", run_dir, config, Path(scratch), job_queue_size=str(config["jobQueueSize"])
-            )
-            try:
-                client = Client.from_config(Path(scratch) / "gpu" / "config.properties", Path(scratch) / "gpu")
-                part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
-                part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
-                run_wrk(system.url, listing, 64, 3, system.token, system.form, threads=4)  # warm-up
-                for concurrency in concurrencies:
-                    with GpuSampler() as sampler:
-                        result = run_wrk(system.url, listing, concurrency, seconds, system.token, system.form, 4)
-                    part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
-                    print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
-                part["worker_gpu_mib"] = worker_gpu_memory(client.metrics())
-                scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
-                client.scale(scaled)  # synchronous: returns once the new workers are up
-                result = run_wrk(system.url, listing, 1, max(5, seconds // 2), system.token, system.form)
-                part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
-                print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
-            finally:
-                system.stop()
-        results[label] = part
+        try:
+            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies)
+        except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
+            results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
     return results
+
+
+def serve_one(config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int]) -> dict:
+    """One served configuration: answers, the loads, GPU memory, a scale-up."""
+    from benchmarks.serving import run_wrk, torchserve_system
+    from serve.client import Client
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        system = torchserve_system("gpu", run_dir, config, Path(scratch), job_queue_size=str(config["jobQueueSize"]))
+        try:
+            client = Client.from_config(Path(scratch) / "gpu" / "config.properties", Path(scratch) / "gpu")
+            part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
+            part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
+            run_wrk(system.url, listing, 64, 3, system.token, system.form, threads=4)  # warm-up
+            for concurrency in concurrencies:
+                with GpuSampler() as sampler:
+                    result = run_wrk(system.url, listing, concurrency, seconds, system.token, system.form, 4)
+                part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
+                print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
+            part["worker_gpu_mib"] = worker_gpu_memory(client.metrics())
+            scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
+            client.scale(scaled)  # synchronous: returns once the new workers are up
+            result = run_wrk(system.url, listing, 1, max(5, seconds // 2), system.token, system.form)
+            part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
+            print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
+        finally:
+            system.stop()
+    return part
 
 
 def pick(wrk_result: dict) -> dict:
@@ -293,18 +306,28 @@ def pick(wrk_result: dict) -> dict:
 
 
 def target_rows(results: dict) -> list[dict]:
-    """One row per target: the measured value (None where its stage has not run) and whether it is met."""
+    """One row per target: the measured value (None where its stage has not run; "error" where its run
+    failed) and whether it is met."""
     rows = []
     for section, name, metric, comparison, bound in TARGETS:
         measured = []
         if section == "serve":  # every served configuration is checked
             for label, part in results.get("serve", {}).items():
-                if label != "machine" and metric in part.get(name, {}):
+                if label == "machine":
+                    continue
+                if "error" in part:
+                    measured.append((f"{label}: {name}", "error"))
+                elif metric in part.get(name, {}):
                     measured.append((f"{label}: {name}", part[name][metric]))
+        elif "error" in results.get(section, {}).get(name, {}):
+            measured.append((name, "error"))
         elif metric in results.get(section, {}).get(name, {}):
             measured.append((name, results[section][name][metric]))
         for label, value in measured or [(name, None)]:
-            met = None if value is None else (value <= bound if comparison == "<=" else value >= bound)
+            if value in (None, "error"):
+                met = None if value is None else False
+            else:
+                met = value <= bound if comparison == "<=" else value >= bound
             rows.append(
                 {"section": section, "name": label, "metric": metric, "target": f"{comparison} {bound}", "value": value}
                 | {"met": met}
@@ -350,6 +373,9 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
         ]
         lines.append("|---|---|---|---|---|---|---|---|")
         for name, r in results["train"].items():
+            if "error" in r:
+                lines.append(f"| {name} | {r['error']} |  |  |  |  |  |  |")
+                continue
             lines.append(
                 f"| {name} | {r['epochs']} | {r['train_seconds']} | {r['seconds_per_epoch']} | {r['eval_seconds']} | "
                 f"{r['total_seconds']} | {r['test_accuracy']:.2%} | {r['best_accuracy']:.2%} |"
@@ -358,6 +384,9 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
         if label == "machine":
             continue
         lines += ["", f"## Serving: {label}", "", f"Model config: `{json.dumps(part.get('config', {}))}`."]
+        if "error" in part:
+            lines += ["", f"Failed: `{part['error']}`"]
+            continue
         lines += [
             f"Cold start {part.get('cold_start_seconds')} s; "
             f"GPU memory per worker (MiB): {part.get('worker_gpu_mib')}; "

@@ -115,6 +115,19 @@ def test_report_writes_markdown_and_csv(tmp_path):
     assert {row["met"] for row in rows} == {"True", "False", ""}
 
 
+def test_a_failed_run_is_reported_as_failed_not_skipped(tmp_path):
+    results = {
+        "train": {"baseline (CUDA graph)": {"error": "python -m train exited 1"}},
+        "serve": {"12 workers (sized)": {"config": {}, "error": "TimeoutError: no answer"}},
+    }
+    rows = target_rows(results)
+    failed = [row for row in rows if row["value"] == "error"]
+    assert {row["name"] for row in failed} >= {"baseline (CUDA graph)", "12 workers (sized): c=256"}
+    assert all(row["met"] is False for row in failed)
+    text = write_report(results, tmp_path)[0].read_text()
+    assert "python -m train exited 1" in text and "Failed: `TimeoutError: no answer`" in text
+
+
 def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
     md_path, _ = write_report({}, tmp_path)
     assert md_path.read_text().count("not run") == len(TARGETS)
