@@ -33,7 +33,7 @@ STATE = REPO / "data" / "gpu-check"
 STAGES = ("tests", "train", "serve")
 GPU_TEST_FILES = ("tests/test_device.py", "tests/test_gpu_training.py", "tests/test_gpu_decode.py")
 BENCH_IMAGES = 500
-SERVE_PORT_BASE = 8090
+SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094 (benchmarks/serving.py's)
 
 # (section, name, metric, comparison, bound): what issue 14 asks of a GPU machine.
 TARGETS = [
@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256, 512])
     parser.add_argument(
         "--workers", nargs="+", default=["auto"], help="worker counts to serve with: auto (sized) and/or numbers"
+    )
+    parser.add_argument(
+        "--port-base", type=int, default=SERVE_PORT_BASE, help="TorchServe's ports: this and the next 4"
     )
     parser.add_argument("--fresh", action="store_true", help="forget the results of earlier stages")
     args = parser.parse_args(argv)
@@ -224,7 +227,7 @@ def served_equals_offline(client, listing: Path, model_path: Path, count: int = 
     with torch.inference_mode():
         offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
     served = [client.predict(blob)["prediction"] for blob in blobs]
-    return {"images": count, "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
+    return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
 
 
 def worker_gpu_memory(metrics_text: str) -> list[float]:
@@ -236,7 +239,7 @@ def worker_gpu_memory(metrics_text: str) -> list[float]:
     return values
 
 
-def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str]) -> dict:
+def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
     import yaml
 
     from serve.archive import GPU_MODEL_CONFIG
@@ -257,19 +260,23 @@ def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str
         label = f"{config['minWorkers']} workers" + (" (sized)" if choice == "auto" else "")
         print(f"== serve: {label}, {json.dumps(config)}", flush=True)
         try:
-            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies)
+            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies, port_base)
         except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
             results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
     return results
 
 
-def serve_one(config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int]) -> dict:
-    """One served configuration: answers, the loads, GPU memory, a scale-up."""
+def serve_one(
+    config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
+) -> dict:
+    """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
     from benchmarks.serving import run_wrk, torchserve_system
     from serve.client import Client
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        system = torchserve_system("gpu", run_dir, config, Path(scratch), job_queue_size=str(config["jobQueueSize"]))
+        system = torchserve_system(
+            "gpu", run_dir, config, Path(scratch), port_base=port_base, job_queue_size=str(config["jobQueueSize"])
+        )
         try:
             client = Client.from_config(Path(scratch) / "gpu" / "config.properties", Path(scratch) / "gpu")
             part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
@@ -429,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit("error: the train stage needs the CIFAR-10 copy: --data or CIFAR10_DATA")
             results["train"] = stage_train(sys.executable, args.data)
         elif stage == "serve":
-            results["serve"] = stage_serve(args.seconds, args.concurrency, args.workers)
+            results["serve"] = stage_serve(args.seconds, args.concurrency, args.workers, args.port_base)
         info["stages"][stage] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(results, indent=2) + "\n")

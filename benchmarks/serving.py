@@ -115,17 +115,23 @@ class System:
 
 
 def torchserve_system(
-    name: str, run_dir: Path, model_config: dict, scratch: Path, quiet_logging: bool = True, **properties: str
+    name: str,
+    run_dir: Path,
+    model_config: dict,
+    scratch: Path,
+    quiet_logging: bool = True,
+    port_base: int = PORT_BASE,
+    **properties: str,
 ) -> System:
-    """Our deployment: the repository's config.properties (ports moved, `properties` set) and an
-    archive of `run_dir`."""
+    """Our deployment: the repository's config.properties (ports moved to port_base.., `properties`
+    set) and an archive of `run_dir`."""
     workdir = scratch / name
     store = workdir / "model-store"
     config_yaml = workdir / "model-config.yaml"
     workdir.mkdir(parents=True)
     config_yaml.write_text(yaml.safe_dump(model_config))
     build_archive(run_dir, store, model_config=config_yaml)
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE, **properties))
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base, **properties))
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
     started = time.monotonic()
     start(paths, **({} if quiet_logging else {"log_config": None}))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import PORT_BASE
 
 from benchmarks.gpu_check import GPU_TEST_FILES, TARGETS, parse_args, target_rows, write_report
 
@@ -131,6 +133,25 @@ def test_a_failed_run_is_reported_as_failed_not_skipped(tmp_path):
 def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
     md_path, _ = write_report({}, tmp_path)
     assert md_path.read_text().count("not run") == len(TARGETS)
+
+
+def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, data_source):
+    """serve_one, as the serve stage runs it on a GPU machine, here with the GPU config's workers on
+    the CPU (TorchServe's fallback), short loads, a real TorchServe and wrk: what it records."""
+    from benchmarks.gpu_check import serve_one
+    from benchmarks.serving import bench_images
+    from serve.archive import GPU_MODEL_CONFIG
+    from serve.gpu_sizing import Machine, sized_config
+
+    assert shutil.which("wrk"), "needs wrk (apt-get install -y wrk)"
+    config = sized_config(yaml.safe_load(GPU_MODEL_CONFIG.read_text()), Machine(2, 1, 24_000, "test"), workers=1)
+    listing = bench_images(str(data_source), 20, tmp_path / "images")
+    part = serve_one(config, trained_run, listing, seconds=2, concurrencies=[1, 4], port_base=PORT_BASE + 30)
+    assert part["served = offline"] == {"images": 20, "mismatches": 0}
+    for load in ("c=1", "c=4", "c=1 after scale-up"):
+        assert part[load]["requests"] > 0 and part[load]["errors"] == 0, (load, part[load])
+    assert part["c=1 after scale-up"]["workers"] == 2
+    assert part["worker_gpu_mib"] == []  # CPU workers report no GPU memory
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
