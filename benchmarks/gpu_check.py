@@ -239,6 +239,34 @@ def worker_gpu_memory(metrics_text: str) -> list[float]:
     return values
 
 
+def metric_total(metrics_text: str, name: str) -> float:
+    """The sum of a metric's samples over all its label sets, from Prometheus text."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def time_breakdown(metrics_text: str) -> dict:
+    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
+    queue wait and frontend-measured inference per request, mean batch size, and the handler's
+    decode and model time per batch (milliseconds)."""
+    requests = metric_total(metrics_text, "ts_inference_requests_total")
+    batches = metric_total(metrics_text, "cifar10_batch_size_count")
+    if not requests or not batches:
+        return {}
+    return {
+        "queue_ms_per_request": round(metric_total(metrics_text, "ts_queue_latency_microseconds") / requests / 1e3, 3),
+        "inference_ms_per_request": round(
+            metric_total(metrics_text, "ts_inference_latency_microseconds") / requests / 1e3, 3
+        ),
+        "batch_size_mean": round(metric_total(metrics_text, "cifar10_batch_size_sum") / batches, 1),
+        "decode_ms_per_batch": round(metric_total(metrics_text, "cifar10_decode_seconds_sum") / batches * 1e3, 3),
+        "model_ms_per_batch": round(metric_total(metrics_text, "cifar10_inference_seconds_sum") / batches * 1e3, 3),
+    }
+
+
 def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
     import yaml
 
@@ -287,7 +315,9 @@ def serve_one(
                     result = run_wrk(system.url, listing, concurrency, seconds, system.token, system.form, 4)
                 part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
                 print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
-            part["worker_gpu_mib"] = worker_gpu_memory(client.metrics())
+            metrics_text = client.metrics()
+            part["worker_gpu_mib"] = worker_gpu_memory(metrics_text)
+            part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
             scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
             client.scale(scaled)  # synchronous: returns once the new workers are up
             result = run_wrk(system.url, listing, 1, max(5, seconds // 2), system.token, system.form)
@@ -398,6 +428,9 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
             f"Cold start {part.get('cold_start_seconds')} s; "
             f"GPU memory per worker (MiB): {part.get('worker_gpu_mib')}; "
             f"served = offline: {part.get('served = offline')}.",
+            "",
+            f"Where the time went (over all loads; TorchServe's counters, the handler's histograms): "
+            f"`{json.dumps(part.get('time_breakdown'))}`.",
             "",
             "| load | req/s | p50 ms | p90 ms | p99 ms | errors | GPU busy % | GPU memory MiB |",
             "|---|---|---|---|---|---|---|---|",

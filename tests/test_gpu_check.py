@@ -152,6 +152,9 @@ def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, da
         assert part[load]["requests"] > 0 and part[load]["errors"] == 0, (load, part[load])
     assert part["c=1 after scale-up"]["workers"] == 2
     assert part["worker_gpu_mib"] == []  # CPU workers report no GPU memory
+    breakdown = part["time_breakdown"]
+    assert breakdown["batch_size_mean"] >= 1 and breakdown["decode_ms_per_batch"] > 0
+    assert breakdown["inference_ms_per_request"] > 0 and breakdown["queue_ms_per_request"] >= 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
