@@ -215,18 +215,29 @@ class GpuSampler:
         }
 
 
-def served_equals_offline(client, listing: Path, model_path: Path, count: int = 200) -> dict:
-    """The served class of `count` benchmark images against the TorchScript model run on the CPU."""
+def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
+    """The served class of every benchmark image against the TorchScript model run on the CPU. Sent
+    by `clients` threads at once, so that batches form and a GPU worker decodes them on the GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from cifar10_images import decode_image, pixel_batch
 
     from model import CLASSES
 
-    blobs = [Path(path).read_bytes() for path in listing.read_text().split()[:count]]
+    blobs = [Path(path).read_bytes() for path in listing.read_text().split()]
     model = torch.jit.load(str(model_path), map_location="cpu").eval()
     with torch.inference_mode():
         offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
-    served = [client.predict(blob)["prediction"] for blob in blobs]
+    local = threading.local()
+
+    def served_class(blob: bytes) -> str:
+        if not hasattr(local, "client"):
+            local.client = client.copy()
+        return local.client.predict(blob)["prediction"]
+
+    with ThreadPoolExecutor(clients) as pool:
+        served = list(pool.map(served_class, blobs))
     return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
 
 

@@ -32,7 +32,8 @@ class Cifar10Handler(BaseHandler):
         # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
         # small CPU the Java frontend needs a core too, and oversubscribed threads spin). freeze:
         # serve the frozen module (default), or the export as it is (to measure what freezing buys).
-        # gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other files on the CPU.
+        # gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other files on the CPU;
+        # gpu_decode_min_batch: only batches with at least this many such JPEGs (smaller ones: the CPU).
         options = (context.model_yaml_config or {}).get("handler", {})
         if options.get("torch_threads"):
             torch.set_num_threads(int(options["torch_threads"]))
@@ -51,6 +52,7 @@ class Cifar10Handler(BaseHandler):
             for size in sizes:
                 self.model(torch.zeros(size, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
         self.jpeg_decoder = gpu_jpeg_decoder(self.device) if options.get("gpu_decode", True) else None
+        self.gpu_decode_min_batch = int(options.get("gpu_decode_min_batch", 1))
         self.batches = 0
         self.record_gpu_memory()
 
@@ -70,7 +72,8 @@ class Cifar10Handler(BaseHandler):
             except InvalidImage as error:
                 payloads.append(None)
                 errors.append(error)
-        return decode_batch(payloads, errors, self.device, self.jpeg_decoder), errors
+        batch = decode_batch(payloads, errors, self.device, self.jpeg_decoder, self.gpu_decode_min_batch)
+        return batch, errors
 
     def _text_fields(self, index, row) -> set:
         """Form fields sent as text: TorchServe gives an uploaded file its content type, a text field none."""

@@ -190,20 +190,24 @@ def gpu_jpeg_decoder(device: torch.device):
     return decode
 
 
-def decode_batch(payloads: list, errors: list, device: torch.device, jpeg_decoder=None) -> torch.Tensor | None:
+def decode_batch(
+    payloads: list, errors: list, device: torch.device, jpeg_decoder=None, gpu_min_batch: int = 1
+) -> torch.Tensor | None:
     """The decodable payloads as one N x 3 x 32 x 32 uint8 batch on `device`, in request order.
 
     `payloads[i]` is the image bytes of request i, or None where `errors[i]` already holds its
     InvalidImage; a payload that does not decode gets its InvalidImage put into `errors`.
     `jpeg_decoder` (a GPU decoder: a list of uint8 byte tensors -> a list of 3 x 32 x 32 tensors)
-    takes the JPEGs that gpu_decodable accepts; the rest, and all of them when it is None or when it
-    fails, go through decode_image on the CPU. Returns None when no payload decoded.
+    takes the JPEGs that gpu_decodable accepts when there are at least `gpu_min_batch` of them (a
+    lone image decodes sooner on the CPU than a GPU call's fixed cost); the rest, and all of them
+    when it is None or when it fails, go through decode_image on the CPU. Returns None when no
+    payload decoded.
     """
     on_gpu = []
-    if jpeg_decoder is not None:
+    if jpeg_decoder is not None and len(payloads) >= gpu_min_batch:
         on_gpu = [i for i, payload in enumerate(payloads) if payload is not None and gpu_decodable(payload)]
     gpu_pixels = {}
-    if on_gpu:
+    if on_gpu and len(on_gpu) >= gpu_min_batch:
         try:
             blobs = [torch.frombuffer(bytearray(payloads[i]), dtype=torch.uint8) for i in on_gpu]
             gpu_pixels = dict(zip(on_gpu, jpeg_decoder(blobs)))

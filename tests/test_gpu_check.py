@@ -145,9 +145,9 @@ def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, da
 
     assert shutil.which("wrk"), "needs wrk (apt-get install -y wrk)"
     config = sized_config(yaml.safe_load(GPU_MODEL_CONFIG.read_text()), Machine(2, 1, 24_000, "test"), workers=1)
-    listing = bench_images(str(data_source), 20, tmp_path / "images")
+    listing = bench_images(str(data_source), 40, tmp_path / "images")
     part = serve_one(config, trained_run, listing, seconds=2, concurrencies=[1, 4], port_base=PORT_BASE + 30)
-    assert part["served = offline"] == {"images": 20, "mismatches": 0}
+    assert part["served = offline"] == {"images": 40, "mismatches": 0}
     for load in ("c=1", "c=4", "c=1 after scale-up"):
         assert part[load]["requests"] > 0 and part[load]["errors"] == 0, (load, part[load])
     assert part["c=1 after scale-up"]["workers"] == 2

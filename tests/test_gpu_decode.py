@@ -134,6 +134,25 @@ def test_a_batch_of_gpu_jpegs_only(jpegs):
     assert errors == [None] * 8
 
 
+def test_batches_with_fewer_gpu_jpegs_than_the_minimum_stay_on_the_cpu(jpegs, cat):
+    calls = []
+
+    def decoder(blobs):
+        calls.append(len(blobs))
+        return decode_jpeg(blobs)
+
+    for payloads, expected_calls in (
+        (list(jpegs[:7]), []),  # 7 JPEGs < 8
+        ([*jpegs[:7], encode(cat, "PNG")], []),  # 8 requests, 7 GPU JPEGs
+        (list(jpegs[:8]), [8]),
+    ):
+        calls.clear()
+        errors = [None] * len(payloads)
+        expected, _ = cpu_answer(payloads, errors)
+        assert torch.equal(decode_batch(payloads, errors, torch.device("cpu"), decoder, gpu_min_batch=8), expected)
+        assert calls == expected_calls
+
+
 def test_a_failing_gpu_decoder_falls_back_to_the_cpu(jpegs, cat):
     payloads, errors = mixed_requests(jpegs, cat)
     expected, expected_errors = cpu_answer(payloads, errors)

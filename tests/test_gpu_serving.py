@@ -48,7 +48,8 @@ def test_workers_can_be_named():
 
 
 def test_gpu_config_decodes_jpegs_on_the_gpu_with_one_thread_per_worker():
-    assert TEMPLATE["deviceType"] == "gpu" and TEMPLATE["handler"] == {"torch_threads": 1, "gpu_decode": True}
+    assert TEMPLATE["deviceType"] == "gpu"
+    assert TEMPLATE["handler"] == {"torch_threads": 1, "gpu_decode": True, "gpu_decode_min_batch": 8}
 
 
 def test_sized_config_is_served_by_torchserve(tmp_path, trained_run, cifar_test_jpegs):
