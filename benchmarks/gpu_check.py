@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,11 @@ STATE = REPO / "data" / "gpu-check"
 STAGES = ("tests", "train", "serve")
 GPU_TEST_FILES = ("tests/test_device.py", "tests/test_gpu_training.py", "tests/test_gpu_decode.py")
 BENCH_IMAGES = 500
+# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
+# its metrics logging and the JSON answers.
+HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
+HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
+PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094 (benchmarks/serving.py's)
 
 # (section, name, metric, comparison, bound): what issue 14 asks of a GPU machine.
@@ -278,6 +284,41 @@ def time_breakdown(metrics_text: str) -> dict:
     }
 
 
+def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
+    """py-spy samples one TorchServe worker's Python stacks for `seconds`; returns the functions
+    where its samples ended (self time) and the handler steps they ran under, as shares of samples."""
+    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy not found (pip install py-spy; the bundle carries it)"}
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "stacks.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
+        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
+        if completed.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
+        stacks = raw.read_text().splitlines()
+    leaves, steps, total = {}, {}, 0
+    for line in stacks:
+        frames, _, count = line.rpartition(" ")
+        if not frames or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = frames.split(";")[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+        for step in HANDLER_STEPS:
+            if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames):  # "Cifar10Handler.preprocess (file:line)"
+                steps[step] = steps.get(step, 0) + int(count)
+    if not total:
+        return {"error": "py-spy recorded no samples"}
+    share = {name: round(count / total, 3) for name, count in sorted(leaves.items(), key=lambda item: -item[1])}
+    return {
+        "samples": total,
+        "self": dict(list(share.items())[:top]),
+        "under": {step: round(count / total, 3) for step, count in sorted(steps.items(), key=lambda item: -item[1])},
+    }
+
+
 def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
     import yaml
 
@@ -322,8 +363,20 @@ def serve_one(
             part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
             run_wrk(system.url, listing, 64, 3, system.token, system.form, threads=4)  # warm-up
             for concurrency in concurrencies:
+                profiled = {}
+                profiler = None
+                if concurrency == PROFILED_CONCURRENCY:  # a worker's stacks in the middle of this load
+                    pid = int(client.describe()[0]["workers"][0]["pid"])
+                    profiler = threading.Timer(
+                        1.0,
+                        lambda pid=pid, into=profiled: into.update(profile_worker(pid, max(1, seconds // 2))),
+                    )
+                    profiler.start()
                 with GpuSampler() as sampler:
                     result = run_wrk(system.url, listing, concurrency, seconds, system.token, system.form, 4)
+                if profiler is not None:
+                    profiler.join()
+                    part[f"py-spy of one worker at c={concurrency}"] = profiled
                 part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
                 print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
             metrics_text = client.metrics()
@@ -442,6 +495,7 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
             "",
             f"Where the time went (over all loads; TorchServe's counters, the handler's histograms): "
             f"`{json.dumps(part.get('time_breakdown'))}`.",
+            *(f"\n{key} (shares of samples): `{json.dumps(value)}`." for key, value in part.items() if "py-spy" in key),
             "",
             "| load | req/s | p50 ms | p90 ms | p99 ms | errors | GPU busy % | GPU memory MiB |",
             "|---|---|---|---|---|---|---|---|",

@@ -77,6 +77,7 @@ RESULTS = {
             "cold_start_seconds": 9.0,
             "served = offline": {"images": 200, "mismatches": 0},
             "worker_gpu_mib": [700.0, 702.0],
+            "py-spy of one worker at c=256": {"samples": 10, "self": {"f (x.py:1)": 1.0}, "under": {}},
             "c=1": {"rps": 400.0, "p50_ms": 2.4, "p90_ms": 2.8, "p99_ms": 4.0, "errors": 0, "requests": 4000},
             "c=256": {"rps": 26000.0, "p50_ms": 9.0, "p90_ms": 20.0, "p99_ms": 61.0, "errors": 0, "requests": 1},
             "c=1 after scale-up": {"rps": 300.0, "p50_ms": 2.9, "p90_ms": 4.0, "p99_ms": 12.0, "errors": 0},
@@ -112,6 +113,7 @@ def test_report_writes_markdown_and_csv(tmp_path):
     assert "| serve | c=512 | errors | <= 0 | - | not run |" in text
     assert "| baseline (CUDA graph) | 10 | 6.5 | 0.65 |" in text
     assert "| c=256 | 26000.0 | 9.0 | 20.0 | 61.0 | 0 | - | - |" in text
+    assert 'py-spy of one worker at c=256 (shares of samples): `{"samples": 10' in text
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[0].keys() == {"section", "name", "metric", "target", "value", "met"}
     assert {row["met"] for row in rows} == {"True", "False", ""}
@@ -137,7 +139,7 @@ def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
 
 def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, data_source):
     """serve_one, as the serve stage runs it on a GPU machine, here with the GPU config's workers on
-    the CPU (TorchServe's fallback), short loads, a real TorchServe and wrk: what it records."""
+    the CPU (TorchServe's fallback), short loads, a real TorchServe, wrk and py-spy: what it records."""
     from benchmarks.gpu_check import serve_one
     from benchmarks.serving import bench_images
     from serve.archive import GPU_MODEL_CONFIG
@@ -146,12 +148,16 @@ def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, da
     assert shutil.which("wrk"), "needs wrk (apt-get install -y wrk)"
     config = sized_config(yaml.safe_load(GPU_MODEL_CONFIG.read_text()), Machine(2, 1, 24_000, "test"), workers=1)
     listing = bench_images(str(data_source), 40, tmp_path / "images")
-    part = serve_one(config, trained_run, listing, seconds=2, concurrencies=[1, 4], port_base=PORT_BASE + 30)
+    part = serve_one(config, trained_run, listing, seconds=4, concurrencies=[1, 256], port_base=PORT_BASE + 30)
     assert part["served = offline"] == {"images": 40, "mismatches": 0}
-    for load in ("c=1", "c=4", "c=1 after scale-up"):
+    for load in ("c=1", "c=256", "c=1 after scale-up"):
         assert part[load]["requests"] > 0 and part[load]["errors"] == 0, (load, part[load])
     assert part["c=1 after scale-up"]["workers"] == 2
     assert part["worker_gpu_mib"] == []  # CPU workers report no GPU memory
+    profile = part["py-spy of one worker at c=256"]
+    assert "error" not in profile, profile
+    assert profile["samples"] > 0 and profile["self"], profile
+    assert {"preprocess", "inference", "postprocess"} & set(profile["under"]), profile
     breakdown = part["time_breakdown"]
     assert breakdown["batch_size_mean"] >= 1 and breakdown["decode_ms_per_batch"] > 0
     assert breakdown["inference_ms_per_request"] > 0 and breakdown["queue_ms_per_request"] >= 0

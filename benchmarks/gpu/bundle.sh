@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares what a bare GPU machine lacks for `make gpu-check` (no Java, no TorchServe, no wrk, no
 # network there) in .gpu-bundle/, split into parts that each fit one call's 64 MiB carry limit:
-#   part1: a Java 17 runtime made with jlink (xz), the small wheels, the wrk .debs, the data copy
+#   part1: a Java 17 runtime made with jlink (xz), the small wheels (py-spy too), the wrk .debs, the data copy
 #   part2: the torchserve wheel (42 MB alone)
 # Usage: benchmarks/gpu/bundle.sh [OUT_DIR]   (make gpu-check-bundle; CIFAR10_DATA names the data)
 # Needs here: jlink (openjdk-17-jdk-headless), pip, apt-get (wrk .debs), the data copy.
@@ -14,7 +14,7 @@ limit_mib="${PART_LIMIT_MIB:-60}" # 64 MiB per call, less the repository itself 
 
 # Python 3.12 wheels for the GPU machine (x86-64, manylinux). Its image already holds torch,
 # torchvision, numpy, pillow, pyyaml, psutil, requests, tqdm, matplotlib, pytest (docs/gpu.md).
-small_wheels=(torch-model-archiver==0.12.0 enum-compat==0.0.3)
+small_wheels=(torch-model-archiver==0.12.0 enum-compat==0.0.3 py-spy==0.4.3)
 big_wheels=(torchserve==0.12.0)
 jre_modules=java.base,java.logging,java.management,java.naming,java.sql,java.xml,java.desktop,java.net.http,java.security.jgss,java.scripting,java.instrument,jdk.unsupported,jdk.crypto.ec,jdk.management,jdk.zipfs
 
@@ -31,7 +31,7 @@ trap 'rm -rf "$scratch"' EXIT
 download() { # wheels for CPython 3.12 on x86-64 Linux, without their dependencies
   "$pip" download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform any -d "$@"
+    --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any -d "$@"
 }
 download "$out/part1/wheels" "${small_wheels[@]}"
 download "$out/part2/wheels" "${big_wheels[@]}"
