@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from train.cuda_graph import graph_supported
 from train.device import DeviceError, resolve_device
 
 
@@ -64,3 +65,31 @@ def test_train_cli_says_there_is_no_gpu_and_exits_nonzero():
     assert result.returncode != 0
     assert "error: --device cuda: this machine has no CUDA device" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "optimizer", "world_size", "compile_model", "reason"),
+    [
+        (torch.device("cuda", 0), "adam", 1, False, None),  # the graphed step
+        (torch.device("cpu"), "adam", 1, False, "CUDA graphs need a CUDA device"),
+        (torch.device("cuda", 0), "sgd", 1, False, "built for Adam"),
+        (torch.device("cuda", 0), "adam", 2, False, "torchrun runs the eager step"),
+        (torch.device("cuda", 0), "adam", 1, True, "--compile"),
+    ],
+)
+def test_where_the_graphed_step_runs(device, optimizer, world_size, compile_model, reason):
+    why_not = graph_supported(device, optimizer, world_size, compile_model)
+    assert why_not is None if reason is None else reason in why_not
+
+
+def test_cuda_graph_on_without_a_gpu_is_refused_with_the_reason():
+    """Refused before any data is read or anything written."""
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--device", "cpu", "--cuda-graph", "on", "--out-dir", "/nonexistent"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "error: --cuda-graph on: CUDA graphs need a CUDA device" in result.stderr

@@ -113,6 +113,12 @@ def train(cfg: Config) -> dict:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = training_device(cfg.device)
+    if cfg.cuda_graph not in ("auto", "on", "off"):
+        raise SystemExit(f"error: --cuda-graph {cfg.cuda_graph!r}: expected auto, on or off")
+    not_graphed = graph_supported(device, cfg.optimizer, world_size, cfg.compile)
+    if cfg.cuda_graph == "on" and not_graphed:
+        raise SystemExit(f"error: --cuda-graph on: {not_graphed}")
+    graph = cfg.cuda_graph != "off" and not_graphed is None
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -142,12 +148,6 @@ def train(cfg: Config) -> dict:
     steps_per_epoch = -(-per_rank // cfg.batch_size)
     if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
         steps_per_epoch -= 1
-    if cfg.cuda_graph not in ("auto", "on", "off"):
-        raise SystemExit(f"error: --cuda-graph {cfg.cuda_graph!r}: expected auto, on or off")
-    not_graphed = graph_supported(device, cfg.optimizer, world_size, cfg.compile)
-    if cfg.cuda_graph == "on" and not_graphed:
-        raise SystemExit(f"error: --cuda-graph on: {not_graphed}")
-    graph = cfg.cuda_graph != "off" and not_graphed is None
     optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch, cycle_momentum=not graph)
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
     use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
