@@ -142,7 +142,8 @@ TRAIN_RUNS = {
     # make train's default recipe: on the graphed path its one-cycle schedule leaves beta1 at 0.9
     "fast (CUDA graph)": ("fast", ["--recipe", "fast", "--device", "cuda"]),
     "gpu-large-batch": ("gpu-large-batch", ["--recipe", "gpu-large-batch", "--device", "cuda"]),
-    # the recipe's epochs were chosen without a GPU: shorter runs show the time/accuracy trade
+    # the recipe's epochs and rate were chosen without a GPU: shorter runs show the time/accuracy trade,
+    # a lower rate whether 8e-3 is too high (docs/gpu.md: a small CPU trial)
     "gpu-large-batch, 8 epochs": (
         "gpu-large-batch-8",
         ["--recipe", "gpu-large-batch", "--device", "cuda", "--epochs", "8"],
@@ -150,6 +151,10 @@ TRAIN_RUNS = {
     "gpu-large-batch, 12 epochs": (
         "gpu-large-batch-12",
         ["--recipe", "gpu-large-batch", "--device", "cuda", "--epochs", "12"],
+    ),
+    "gpu-large-batch, lr 4e-3": (
+        "gpu-large-batch-lr4e-3",
+        ["--recipe", "gpu-large-batch", "--device", "cuda", "--lr", "4e-3"],
     ),
 }
 
