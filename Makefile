@@ -45,9 +45,9 @@ models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
 model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py $(MODEL_CONFIG) | $(VENV)/.installed
-	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)
+	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)$(if $(filter gpu,$(DEVICE)), --device gpu)
 
-archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU batching config)
+archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU config sized for this machine)
 
 packages-serve: ## install what serving needs from Debian if missing (Java 17, procps)
 	@bash setup/system-packages.sh serve
@@ -143,7 +143,7 @@ FLEET_TRAIN := --epochs 1 --train-subset 5000 --test-subset 1000 $(if $(CIFAR10_
 $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt: $(FLEET_RUNS)/%/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(FLEET_TRAIN) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
 
-## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
+kubernetes-check: $(VENV)/.installed $(CHECKOV) ## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
 	$(PY) -m pytest -q tests/integration/test_kubernetes.py
 
 fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update, kill -9, scale-up: replicas behind HAProxy under Locust -> reports/fleet/
@@ -151,3 +151,17 @@ fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update
 	$(MAKE) --no-print-directory payloads
 	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
 # --- end fleet ---
+
+# --- gpu ---
+# The GPU check (docs/gpu.md). On a GPU machine: make gpu-check [GPU_STAGES=tests,train,serve]
+# [GPU_CHECK_ARGS="--copy-to DIR --workers auto 16"]; on a bare one, carry .gpu-bundle/ first.
+GPU_STAGES ?= tests,train,serve
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-bundle
+
+gpu-check: ## on a GPU machine: GPU tests, training and serving vs issue 14's targets -> reports/gpu/
+	benchmarks/gpu/check.sh --stages $(GPU_STAGES) $(GPU_CHECK_ARGS)
+
+gpu-check-bundle: ## what a bare GPU machine lacks (Java, TorchServe, wrk, data) -> .gpu-bundle/part1, part2
+	PIP=$(VENV)/bin/pip benchmarks/gpu/bundle.sh
+# --- end gpu ---

@@ -68,10 +68,24 @@ def bench_images(data: str, count: int, folder: Path) -> Path:
     return listing
 
 
-def run_wrk(url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool) -> dict:
+def run_wrk(
+    url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1
+) -> dict:
     """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core)."""
     env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", str(LUA), url]
+    threads = min(threads, concurrency)  # wrk wants at least one connection per thread
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -101,16 +115,23 @@ class System:
 
 
 def torchserve_system(
-    name: str, run_dir: Path, model_config: dict, scratch: Path, quiet_logging: bool = True
+    name: str,
+    run_dir: Path,
+    model_config: dict,
+    scratch: Path,
+    quiet_logging: bool = True,
+    port_base: int = PORT_BASE,
+    **properties: str,
 ) -> System:
-    """Our deployment: the repository's config.properties (ports moved) and an archive of `run_dir`."""
+    """Our deployment: the repository's config.properties (ports moved to port_base.., `properties`
+    set) and an archive of `run_dir`."""
     workdir = scratch / name
     store = workdir / "model-store"
     config_yaml = workdir / "model-config.yaml"
     workdir.mkdir(parents=True)
     config_yaml.write_text(yaml.safe_dump(model_config))
     build_archive(run_dir, store, model_config=config_yaml)
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE))
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base, **properties))
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
     started = time.monotonic()
     start(paths, **({} if quiet_logging else {"log_config": None}))

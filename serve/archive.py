@@ -24,6 +24,7 @@ HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
 METRICS = REPO / "handler" / "cifar10_metrics.py"
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
+GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"
 
 
 def build_archive(

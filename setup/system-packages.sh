@@ -26,6 +26,10 @@ if [ "$task" = test ]; then
 fi
 
 if [ "$task" = test ]; then
+  # The GPU check (tests/integration/test_gpu_check.py): its bundle makes a Java runtime with jlink;
+  # its serve stage drives TorchServe with wrk.
+  command -v jlink >/dev/null || missing+=(openjdk-17-jdk-headless)
+  command -v wrk >/dev/null || missing+=(wrk)
   # The pod's token gateway and the fleet drill's balancer (tests/integration/test_gateway.py,
   # tests/e2e/test_fleet_drill.py): Debian installs both under /usr/sbin.
   for tool in nginx haproxy; do

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from serve.answers import answer_problem
 
@@ -51,3 +52,17 @@ def require_tool(name: str) -> str:
     if not found:
         pytest.fail(f"{name} not found: `make packages-test` or `sudo apt-get install -y {name}` installs it")
     return found
+
+
+# GPU tests: `pytest -m gpu` selects them; on a machine without a CUDA device they are skipped.
+needs_gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)"),
+]
+
+
+def gpu_test(test):
+    """Marks one test as a GPU test (as needs_gpu does for a whole module)."""
+    for mark in needs_gpu:
+        test = mark(test)
+    return test
