@@ -11,16 +11,14 @@ import csv
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import PORT_BASE
+from helpers import PORT_BASE, REPO
 
 from benchmarks.gpu_check import GPU_TEST_FILES, TARGETS, parse_args, target_rows, write_report
 
-REPO = Path(__file__).resolve().parent.parent
 CARRY_LIMIT = 64 * 2**20
 
 

@@ -2,10 +2,10 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
 from train.cuda_graph import graph_supported
 from train.device import DeviceError, resolve_device
@@ -57,7 +57,7 @@ def test_device_error_is_a_value_error():
 def test_train_cli_says_there_is_no_gpu_and_exits_nonzero():
     result = subprocess.run(
         [sys.executable, "-m", "train", "--device", "cuda", "--epochs", "1"],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
@@ -86,7 +86,7 @@ def test_cuda_graph_on_without_a_gpu_is_refused_with_the_reason():
     """Refused before any data is read or anything written."""
     result = subprocess.run(
         [sys.executable, "-m", "train", "--device", "cpu", "--cuda-graph", "on", "--out-dir", "/nonexistent"],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -12,7 +12,7 @@ from helpers import gpu_test
 from PIL import Image
 from torchvision.io import decode_jpeg
 
-from reliability.bad_inputs import encode
+from reliability.bad_inputs import encode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its decoders
 
@@ -48,13 +48,13 @@ def test_real_cifar_jpegs_go_to_the_gpu(jpegs):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda cat: encode(cat, "PNG"),
-        lambda cat: encode(cat.resize((64, 64)), "JPEG"),  # needs a resize: the CPU does it as in training
-        lambda cat: encode(cat.convert("L"), "JPEG"),
-        lambda cat: encode(cat.convert("CMYK"), "JPEG"),  # Adobe block
+        lambda cat: encode_image(cat, "PNG"),
+        lambda cat: encode_image(cat.resize((64, 64)), "JPEG"),  # needs a resize: the CPU does it as in training
+        lambda cat: encode_image(cat.convert("L"), "JPEG"),
+        lambda cat: encode_image(cat.convert("CMYK"), "JPEG"),  # Adobe block
         lambda cat: with_exif(cat),
         lambda cat: progressive(cat),
-        lambda cat: encode(cat, "JPEG")[:300],  # truncated
+        lambda cat: encode_image(cat, "JPEG")[:300],  # truncated
         lambda cat: b"",
         lambda cat: b"\xff\xd8\xff" + b"\x00" * 40 + b"\xff\xd9",
     ],
@@ -72,13 +72,13 @@ def mixed_requests(jpegs, cat):
     """A batch as a worker sees it: JPEGs for the GPU, other formats, bad files, a request with no image."""
     payloads = [
         jpegs[0],
-        encode(cat, "PNG"),
+        encode_image(cat, "PNG"),
         jpegs[1],
         b"not an image",
         None,
         with_exif(cat),
         jpegs[2],
-        encode(cat, "JPEG")[:300],
+        encode_image(cat, "JPEG")[:300],
         jpegs[3],
     ]
     errors = [InvalidImage("no_image", "no image") if payload is None else None for payload in payloads]
@@ -143,7 +143,7 @@ def test_batches_with_fewer_gpu_jpegs_than_the_minimum_stay_on_the_cpu(jpegs, ca
 
     for payloads, expected_calls in (
         (list(jpegs[:7]), []),  # 7 JPEGs < 8
-        ([*jpegs[:7], encode(cat, "PNG")], []),  # 8 requests, 7 GPU JPEGs
+        ([*jpegs[:7], encode_image(cat, "PNG")], []),  # 8 requests, 7 GPU JPEGs
         (list(jpegs[:8]), [8]),
     ):
         calls.clear()
@@ -166,7 +166,7 @@ def test_a_failing_gpu_decoder_falls_back_to_the_cpu(jpegs, cat):
 
 
 def test_a_batch_of_bad_files_only_gives_no_batch(cat):
-    payloads = [b"", encode(cat, "JPEG")[:300]]
+    payloads = [b"", encode_image(cat, "JPEG")[:300]]
     errors = [None, None]
     assert decode_batch(payloads, errors, torch.device("cpu"), decode_jpeg) is None
     assert all(isinstance(error, InvalidImage) for error in errors)
