@@ -19,11 +19,14 @@ class Config:
     optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-3  # the peak rate when schedule is onecycle
     momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on convolution and linear weights only (not BatchNorm, not biases)
     label_smoothing: float = 0.0
     schedule: str = "constant"  # constant | onecycle
+    warmup: float = 0.25  # onecycle: the fraction of the steps spent rising to the peak rate
+    ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights
     crop_padding: int = 4
     flip: bool = True
+    flip_only_epochs: int = 0  # the last N epochs without random crops (flip only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # bf16 autocast for training steps: auto (on for CUDA) | on | off

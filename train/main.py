@@ -1,6 +1,6 @@
 """Train the SimpleCNN on CIFAR-10 and export it for TorchServe.
 
-    python -m train                                          # the baseline recipe (the Flask service's), torchvision's download
+    python -m train                                          # the baseline recipe, torchvision's download
     python -m train --data ../shared/data/cifar10-jpeg.tar.gz
     torchrun --nproc_per_node 2 -m train --data ...          # DDP: gloo on CPU, nccl on GPUs
 
@@ -25,14 +25,19 @@ from model import CLASSES, SimpleCNN
 from train.config import Config, parse_args
 from train.data import DataSourceError, load_cifar10
 from train.export import write_run
+from train.optim import RecipeError, WeightAverage, make_optimizer
 
 
-def random_crop_flip(padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop."""
+def random_crop_flip(
+    padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, crop: bool = True
+) -> torch.Tensor:
+    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop.
+    `crop` False: every image's centre (the original), mirrored or not."""
     n, _, side, _ = padded.shape
     size = side - 2 * pad
     device = padded.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator).to(device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
+    offsets = (offsets if crop else torch.full_like(offsets, pad)).to(device)
     steps = torch.arange(size, device=device)
     rows = (offsets[0] + steps)[:, None, :, None]
     cols = offsets[1] + steps
@@ -88,26 +93,6 @@ def subset(images, labels, count):
     return images[keep], labels[keep]
 
 
-def make_optimizer(cfg: Config, model, steps_per_epoch):
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
-        )
-    else:
-        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
-    if cfg.schedule == "constant":
-        scheduler = None
-    elif cfg.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
-        )
-    else:
-        raise SystemExit(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
-    return optimizer, scheduler
-
-
 def train(cfg: Config) -> dict:
     """Runs the whole job; returns the metadata written (rank 0) or {} (other ranks)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -140,7 +125,12 @@ def train(cfg: Config) -> dict:
     steps_per_epoch = -(-per_rank // cfg.batch_size)
     if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
         steps_per_epoch -= 1
-    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
+    try:
+        optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
+    except RecipeError as error:
+        raise SystemExit(f"error: {error}") from None
+    averaged = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    served = averaged.average if averaged else model  # what is evaluated and exported
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
     use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
 
@@ -149,7 +139,8 @@ def train(cfg: Config) -> dict:
         epoch_start = time.time()
         model.train()
         order = torch.randperm(len(train_images), generator=generator).to(device)
-        images = random_crop_flip(padded[order], pad, cfg.flip, generator)
+        crop = epoch <= cfg.epochs - cfg.flip_only_epochs
+        images = random_crop_flip(padded[order], pad, cfg.flip, generator, crop=crop)
         labels = train_labels[order]
         images, labels = (
             images[rank : world_size * per_rank : world_size],
@@ -173,13 +164,15 @@ def train(cfg: Config) -> dict:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if averaged is not None:
+                averaged.update()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds = time.time() - epoch_start
-        result = evaluate(model, test_images, test_labels, cfg.eval_batch_size, device)
+        result = evaluate(served, test_images, test_labels, cfg.eval_batch_size, device)
         record = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / seen,
@@ -191,6 +184,10 @@ def train(cfg: Config) -> dict:
             "eval_seconds": round(time.time() - epoch_start - train_seconds, 2),
             "images_per_second": round(seen * world_size / train_seconds, 1),
         }
+        if averaged is not None and epoch == cfg.epochs:  # what the average added, once, at the end
+            record["live_test_accuracy"] = evaluate(model, test_images, test_labels, cfg.eval_batch_size, device)[
+                "accuracy"
+            ]
         history.append(record)
         if rank == 0:
             tqdm.write(
@@ -198,7 +195,7 @@ def train(cfg: Config) -> dict:
                 f"test {record['test_accuracy']:.2%}  {train_seconds:.1f}s  {record['images_per_second']:.0f} img/s"
             )
         if best is None or result["accuracy"] > best["accuracy"]:
-            state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+            state = {name: value.detach().cpu().clone() for name, value in served.state_dict().items()}
             best = {**result, "epoch": epoch, "state_dict": state}
 
     metadata = {}
