@@ -1,6 +1,7 @@
 """Command line for the local deployment (what the Makefile calls).
 
     python -m serve archive [--run models/latest] [--model-config handler/model-config.gpu.yaml]
+                            [--format onnx]           (ONNX Runtime serves model.onnx instead of model.pt)
                                                       build model-store/cifar10.mar
     python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
     python -m serve stop
@@ -22,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve.archive import MODEL_CONFIG, REPO, build_archive
+from serve.archive import FORMATS, REPO, ArchiveError, build_archive
 from serve.client import Client, ServiceError
 from serve.server import ServerPaths, start, stop, wait_until_serving
 
@@ -43,8 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     archive.add_argument(
         "--model-config",
         type=Path,
-        default=MODEL_CONFIG,
-        help="batching/workers config packed into the archive (GPU: handler/model-config.gpu.yaml)",
+        help="batching/workers config packed into the archive (default: the format's, "
+        "handler/model-config.yaml or model-config.onnx.yaml; GPU: handler/model-config.gpu.yaml)",
+    )
+    archive.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="torchscript",
+        help="the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
     )
     launch = commands.add_parser("start")
     launch.add_argument(
@@ -76,7 +83,12 @@ def main(argv: list[str] | None = None) -> None:
 
     paths = ServerPaths(config=args.config, workdir=args.workdir)
     if args.command == "archive":
-        build_archive(args.run, args.store, name=args.model, model_config=args.model_config)
+        try:
+            build_archive(
+                args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
+            )
+        except ArchiveError as error:
+            raise SystemExit(f"error: {error}") from None
         return
     if args.command == "stop":
         stop(paths)
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"error: {error}\n--- last lines of {log} ---\n{tail}") from None
             auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
             print(
-                f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}"
+                f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); "
+                f"token auth {auth}"
             )
         elif args.command == "token":
             if args.api not in client.keys:
@@ -122,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                 ready = sum(worker["status"] == "READY" for worker in version["workers"])
                 mark = " (default)" if version["modelVersion"] == default else ""
                 print(
-                    f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
+                    f"{version['modelVersion']}{mark}: {version['modelUrl']}, "
+                    f"{ready}/{len(version['workers'])} workers ready"
                 )
         elif args.command == "retire":
             print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
