@@ -1,7 +1,8 @@
 # CIFAR-10 classification served by TorchServe. `make help` lists the targets.
-#   make serve                 venv, train if there is no model, archive if stale, start TorchServe
-#   make test                  the test suite (starts its own TorchServe on other ports)
-# CIFAR10_DATA=path selects a local copy of the data set (see README); TRAIN_ARGS passes options to
+#   make serve                 Java/procps if missing, venv, train if there is no model, archive if stale, start TorchServe
+#   make test                  the Debian tools the tests run if missing, then every test tier
+#   make test-fast             lint + the unit tier: no Java, no server, under a minute
+# CIFAR10_DATA=path selects a local copy of the data set (docs/training.md); TRAIN_ARGS passes options to
 # `python -m train` (default: --recipe fast, the better recipe; `python -m train` alone runs the
 # baseline); TOKEN_AUTH=off starts TorchServe without token authorization.
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ MODEL_CONFIG := handler/model-config$(if $(filter gpu,$(DEVICE)),.gpu).yaml
 export CIFAR10_DATA
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train archive serve stop token test clean bench-train bench-serve report
+.PHONY: help venv train archive serve stop token test test-fast test-integration packages-serve packages-test clean bench-train bench-serve report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -41,7 +42,14 @@ model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifa
 
 archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU batching config)
 
-serve: archive ## start TorchServe in the background; returns once the model answers a prediction
+packages-serve: ## install what serving needs from Debian if missing (Java 17, procps)
+	@bash setup/system-packages.sh serve
+
+packages-test: ## install what the tests run from Debian if missing (serving's, Prometheus, linters, g++)
+	@bash setup/system-packages.sh test
+
+# The prerequisites are checked first: a missing Java must not surface after minutes of training.
+serve: packages-serve archive ## start TorchServe in the background; returns once the model answers a prediction
 	$(PY) -m serve start $(if $(filter off,$(TOKEN_AUTH)),--no-token-auth)
 
 stop: ## stop TorchServe
@@ -50,8 +58,18 @@ stop: ## stop TorchServe
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(API)
 
-test: $(VENV)/.installed ## run the tests (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+test: packages-test $(VENV)/.installed ## every tier: unit, integration (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
+
+test-fast: $(VENV)/.installed ## ruff, then the unit tier: no Java, no server (tests/unit)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests/unit -q
+
+test-integration: packages-test $(VENV)/.installed ## the tier with real TorchServe, Prometheus, Locust (tests/integration)
+	$(PY) -m pytest tests/integration
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the baseline and fast recipes -> reports/bench-train.*
 	$(PY) -m benchmarks.training $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
@@ -66,7 +84,7 @@ report: $(VENV)/.installed ## curves, confusion matrix and summary of the archiv
 clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 	rm -rf model-store logs key_file.json .torchserve
 
-# --- Load tests (loadtests/, README: Load testing) ----------------------------------------------
+# --- Load tests (loadtests/, docs/load-testing.md) ----------------------------------------------
 # make loadtest [SCENARIO=steady|ramp|spike] [LOADTEST_ARGS="-u 16 -t 2m --p99-ms 500 ..."]
 SCENARIO ?= steady
 LOADTEST_ARGS ?=
@@ -81,7 +99,7 @@ loadtest: loadtests/payloads/manifest.json ## Locust, headless, against `make se
 	$(PY) -m locust --config loadtests/$(SCENARIO).conf $(LOADTEST_ARGS)
 # --- end of load tests ---------------------------------------------------------------------------
 
-# --- reliability: served = evaluated, fault drills, soak (README: Reliability) ---
+# --- reliability: served = evaluated, fault drills, soak (docs/reliability.md) ---
 RELIABILITY_PORTS ?= 18090
 DURATION ?= 600
 .PHONY: verify-served reliability soak

@@ -23,13 +23,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.alternatives import load_model
+from benchmarks.alternatives import OnnxModel, load_model
 from model import SimpleCNN
 from serve.archive import REPO
 from train.data import load_cifar10
-
-sys.path.insert(0, str(REPO / "handler"))
-from cifar10_images import OnnxModel
 
 CHECK_IMAGES = 1000
 

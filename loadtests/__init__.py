@@ -1,1 +1,1 @@
-"""Locust scenarios for the CIFAR-10 service: steady, ramp and spike (see README: Load testing)."""
+"""Locust scenarios for the CIFAR-10 service: steady, ramp and spike (see docs/load-testing.md)."""

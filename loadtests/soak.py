@@ -21,6 +21,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import gevent
 import psutil
@@ -59,9 +60,9 @@ class Soak:
 
     options = None
     client: Client | None = None
-    images: list[bytes] = []
+    images: ClassVar[list[bytes]] = []
     users = 1
-    samples: list[dict] = []
+    samples: ClassVar[list[dict]] = []
     started = 0.0
     sampler = None
 
@@ -90,7 +91,7 @@ class PredictionUser(FastHttpUser):
     wait_time = constant_throughput(1)  # replaced by configure()
 
     def on_start(self):
-        self.headers = Soak.client._headers("inference")
+        self.headers = Soak.client.auth_headers("inference")
         self.next_image = 0
         # Out of phase: users started together at a constant throughput would otherwise stay in
         # lockstep and send all at once every period, bursts bigger than TorchServe's job queue.

@@ -20,14 +20,14 @@ from locust import FastHttpUser, events, task
 from urllib3 import encode_multipart_formdata
 
 from loadtests.payloads import CONTENT_TYPES, DEFAULT_FOLDER, bad_payloads, load
-from model import CLASSES
+from serve.answers import answer_problem
 from serve.keys import read_keys
 
 # Share of the valid requests by kind: mostly CIFAR-10's own 32 px images, some larger photos.
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}
 TRANSPORTS = ("raw", "multipart")  # the raw body (curl -T) or a multipart field `image` (curl -F image=@...)
 OVERLOAD_STATUSES = {429, 503, 507}
-DEFAULT_P99_MS = 250  # set from a measured ramp: the README says how (Load testing)
+DEFAULT_P99_MS = 250  # set from a measured ramp: docs/load-testing.md says how
 GROUPS = ("predict", "bad", "manage")
 
 log = logging.getLogger("loadtests")
@@ -114,7 +114,7 @@ def add_options(parser):
         help="up (default): the operator scales up under load, then reads the description each "
         "interval, and the count is put back after the load; up-down: it alternates scaling "
         "up and back down under load, where TorchServe 0.12 fails the batch in flight on the "
-        "removed worker (README: Load testing)",
+        "removed worker (docs/load-testing.md)",
     )
     parser.add_argument(
         "--summary",
@@ -167,32 +167,6 @@ def prepare(environment, **_kwargs):
             options.key_file,
         )
     TRAFFIC = Traffic(options, payloads, bad_payloads(payloads), bearer(inference_key), bearer(management_key))
-
-
-def prediction_problem(answer) -> str | None:
-    """Why a 200 answer is not a valid classification (None when it is)."""
-    if not isinstance(answer, dict) or set(answer) != {"prediction", "confidence", "top3_predictions"}:
-        return f"unexpected JSON shape: {str(answer)[:200]}"
-    top3 = answer["top3_predictions"]
-    if (
-        not isinstance(top3, list)
-        or len(top3) != 3
-        or not all(isinstance(p, dict) and set(p) == {"class", "confidence"} for p in top3)
-    ):
-        return f"top3_predictions is not three {{class, confidence}}: {str(top3)[:200]}"
-    classes = [p["class"] for p in top3]
-    if any(c not in CLASSES for c in classes) or len(set(classes)) != 3:
-        return f"classes not three distinct CIFAR-10 names: {classes}"
-    confidences = [p["confidence"] for p in top3]
-    if not all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in confidences):
-        return f"confidences not in [0, 1]: {confidences}"
-    if confidences != sorted(confidences, reverse=True):
-        return f"confidences not in decreasing order: {confidences}"
-    if sum(round(c * 10_000) for c in confidences) > 10_000:  # in units of the 4 decimals the API rounds to
-        return f"confidences sum above 1: {confidences}"
-    if (answer["prediction"], answer["confidence"]) != (classes[0], confidences[0]):
-        return "prediction/confidence differ from the first of top3_predictions"
-    return None
 
 
 def error_problem(answer) -> str | None:
@@ -252,7 +226,7 @@ class ClassifierUser(FastHttpUser):
             kind = self.random.choices(list(MIX), weights=list(MIX.values()))[0]
             body = self.random.choice(traffic.payloads[kind])
             content_type = CONTENT_TYPES[kind.split("-")[0]]
-            self.send(f"predict {kind} {transport}", body, content_type, transport, 200, prediction_problem)
+            self.send(f"predict {kind} {transport}", body, content_type, transport, 200, answer_problem)
 
     def send(self, name: str, body: bytes, content_type: str, transport: str, expected_status: int, body_problem):
         if transport == "multipart":

@@ -179,23 +179,23 @@ def main(argv: list[str] | None = None) -> None:
         encoded_images(args.data)[0][:40] if args.data else [sample_jpeg((i * 6, 255 - i * 6, 90)) for i in range(40)]
     )
     report = {}
-    with tempfile.TemporaryDirectory(prefix="reliability-") as workdir:
-        with FaultServer(args.archive, Path(workdir), args.port_base) as server:
-            print(
-                f"TorchServe for the drills on ports {args.port_base}-{args.port_base + 4}, working directory {workdir}"
-            )
-            report["inputs"] = try_inputs(server, good_images)
-            report["broken_archive_at_start"] = broken_archive_at_start(server)
-            report["kills"] = [kill_worker_under_load(server, threads=args.threads) for _ in range(args.kills)]
-            report["queue_overflow"] = {
-                f"sleepy test model (jobQueueSize {SLEEPY_QUEUE}, 0.5 s a request)": overflow_queue(
-                    server.client, "sleepy", b"0.5", 4 * (SLEEPY_QUEUE + 1)
-                ),
-                "cifar10": overflow_queue(server.client, "cifar10", good_images[0], args.queue_burst),
-            }
-            report["response_timeout"] = outlast_response_timeout(server)
-            report["broken_archives"] = register_broken_archives(server)
-            report["restart"] = restart(server, good_images[:20])
+    with (
+        tempfile.TemporaryDirectory(prefix="reliability-") as workdir,
+        FaultServer(args.archive, Path(workdir), args.port_base) as server,
+    ):
+        print(f"TorchServe for the drills on ports {args.port_base}-{args.port_base + 4}, working directory {workdir}")
+        report["inputs"] = try_inputs(server, good_images)
+        report["broken_archive_at_start"] = broken_archive_at_start(server)
+        report["kills"] = [kill_worker_under_load(server, threads=args.threads) for _ in range(args.kills)]
+        report["queue_overflow"] = {
+            f"sleepy test model (jobQueueSize {SLEEPY_QUEUE}, 0.5 s a request)": overflow_queue(
+                server.client, "sleepy", b"0.5", 4 * (SLEEPY_QUEUE + 1)
+            ),
+            "cifar10": overflow_queue(server.client, "cifar10", good_images[0], args.queue_burst),
+        }
+        report["response_timeout"] = outlast_response_timeout(server)
+        report["broken_archives"] = register_broken_archives(server)
+        report["restart"] = restart(server, good_images[:20])
     report["problems"] = problems(report)
     print_report(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """What clients may send to /predictions/cifar10, good and bad, generated on the spot (nothing is
-committed): the tests (tests/test_bad_input.py) and the reliability report send the same corpus.
+committed): the tests (tests/integration/test_bad_input.py) and the reliability report send the same corpus.
 
 Each `Input` says what the service must answer: a prediction (200), or a 4xx whose JSON body
 names the problem (`reason` is the handler's InvalidImage label). Where TorchServe's frontend
@@ -186,7 +186,7 @@ def send(client: Client, item: Input, model: str = "cifar10", timeout: float = 1
         f"{client.inference}/predictions/{model}",
         data=item.data,
         files=item.files,
-        headers={**client._headers("inference"), **item.headers},
+        headers={**client.auth_headers("inference"), **item.headers},
         timeout=timeout,
     )
     try:

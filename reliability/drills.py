@@ -1,4 +1,4 @@
-"""Fault drills against a real TorchServe, shared by tests/test_faults.py (which asserts) and
+"""Fault drills against a real TorchServe, shared by tests/integration/test_faults.py (which asserts) and
 reliability/__main__.py (which prints figures). Each drill makes one fault happen and returns
 what clients saw and how long the service took to come back.
 
@@ -106,7 +106,7 @@ class FaultServer:
         return worker_pids(self.client, model)
 
     def model_names(self) -> list[str]:
-        listing = self.client._call("GET", f"{self.client.management}/models", "management", timeout=30).json()
+        listing = self.client.request("GET", f"{self.client.management}/models", "management", timeout=30).json()
         return sorted(model["modelName"] for model in listing["models"])
 
 
@@ -268,7 +268,7 @@ def register_broken_archives(server: FaultServer) -> dict:
         (server.store / f"{name}.mar").write_bytes(data)
         started = time.monotonic()
         try:
-            server.client._call(
+            server.client.request(
                 "POST",
                 f"{server.client.management}/models",
                 "management",

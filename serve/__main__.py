@@ -9,7 +9,7 @@
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
     python -m serve describe | scale N [--version V] | set-default VERSION
 
-Versions (README: Operations):
+Versions (docs/operations.md):
     python -m serve rollout --run models/<run>        archive the run as cifar10-<version>.mar, serve it beside
     python -m serve versions                          the versions served, which is the default
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from serve.archive import FORMATS, REPO, ArchiveError, build_archive
 from serve.client import Client, ServiceError
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.keys import MissingKeyError
+from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,73 +81,66 @@ def main(argv: list[str] | None = None) -> None:
     rotate = commands.add_parser("rotate-keys")
     rotate.add_argument("api", nargs="?", choices=["inference", "management", "both"], default="both")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ServiceError, ArchiveError, JavaMissingError, MissingKeyError, TimeoutError) as error:
+        raise SystemExit(f"error: {error}") from None
 
+
+def run(args: argparse.Namespace) -> None:
+    """Carries out one command; raises the library's errors, which `main` turns into a message."""
     paths = ServerPaths(config=args.config, workdir=args.workdir)
     if args.command == "archive":
-        try:
-            build_archive(
-                args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
-            )
-        except ArchiveError as error:
-            raise SystemExit(f"error: {error}") from None
+        build_archive(args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format)
         return
     if args.command == "stop":
         stop(paths)
         return
     client = Client.from_config(args.config, args.workdir)
-    try:
-        if args.command == "start":
-            start(paths, token_auth=not args.no_token_auth)
-            try:
-                seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)
-            except TimeoutError as error:
-                log = paths.logs / "model_log.log"
-                tail = (
-                    "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
-                )
-                stop(paths)
-                raise SystemExit(f"error: {error}\n--- last lines of {log} ---\n{tail}") from None
-            auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
+    if args.command == "start":
+        start(paths, token_auth=not args.no_token_auth)
+        try:
+            seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)
+        except TimeoutError as error:
+            log = paths.logs / "model_log.log"
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
+            stop(paths)
+            raise TimeoutError(f"{error}\n--- last lines of {log} ---\n{tail}") from None
+        auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
+        print(
+            f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}"
+        )
+    elif args.command == "token":
+        if args.api not in client.keys:
+            raise MissingKeyError(f"no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
+        print(client.keys[args.api])
+    elif args.command == "predict":
+        print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
+    elif args.command == "describe":
+        print(json.dumps(client.describe(args.model), indent=2))
+    elif args.command == "scale":
+        print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
+    elif args.command == "set-default":
+        print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
+    elif args.command == "rollout":
+        archive = build_archive(args.run, args.store, name=args.model, versioned=True)
+        print(client.register(archive.name, workers=args.workers)["status"])
+        print("served beside the default version: `python -m serve set-default VERSION` switches to it")
+    elif args.command == "versions":
+        default = client.describe(args.model)[0]["modelVersion"]
+        for version in client.describe(args.model, "all"):
+            ready = sum(worker["status"] == "READY" for worker in version["workers"])
+            mark = " (default)" if version["modelVersion"] == default else ""
             print(
-                f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); "
-                f"token auth {auth}"
+                f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
             )
-        elif args.command == "token":
-            if args.api not in client.keys:
-                raise SystemExit(
-                    f"error: no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)"
-                )
-            print(client.keys[args.api])
-        elif args.command == "predict":
-            print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
-        elif args.command == "describe":
-            print(json.dumps(client.describe(args.model), indent=2))
-        elif args.command == "scale":
-            print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
-        elif args.command == "set-default":
-            print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
-        elif args.command == "rollout":
-            archive = build_archive(args.run, args.store, name=args.model, versioned=True)
-            print(client.register(archive.name, workers=args.workers)["status"])
-            print("served beside the default version: `python -m serve set-default VERSION` switches to it")
-        elif args.command == "versions":
-            default = client.describe(args.model)[0]["modelVersion"]
-            for version in client.describe(args.model, "all"):
-                ready = sum(worker["status"] == "READY" for worker in version["workers"])
-                mark = " (default)" if version["modelVersion"] == default else ""
-                print(
-                    f"{version['modelVersion']}{mark}: {version['modelUrl']}, "
-                    f"{ready}/{len(version['workers'])} workers ready"
-                )
-        elif args.command == "retire":
-            print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
-        elif args.command == "rotate-keys":
-            apis = ["inference", "management"] if args.api == "both" else [args.api]
-            for api in apis:
-                client.renew_key(api)
-            print(f"new {' and '.join(apis)} key(s) in {client.key_file}; the old ones no longer work")
-    except ServiceError as error:
-        raise SystemExit(f"error: {error}") from None
+    elif args.command == "retire":
+        print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
+    elif args.command == "rotate-keys":
+        apis = ["inference", "management"] if args.api == "both" else [args.api]
+        for api in apis:
+            client.renew_key(api)
+        print(f"new {' and '.join(apis)} key(s) in {client.key_file}; the old ones no longer work")
 
 
 if __name__ == "__main__":

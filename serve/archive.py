@@ -15,6 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+
+class ArchiveError(Exception):
+    """The run cannot be archived (no metadata.json: not a finished training run; or no file of the
+    format asked for)."""
+
+
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
@@ -25,10 +31,6 @@ FORMATS = {
     "torchscript": ("model.pt", MODEL_CONFIG),
     "onnx": ("model.onnx", REPO / "handler" / "model-config.onnx.yaml"),
 }
-
-
-class ArchiveError(RuntimeError):
-    """The run lacks what the archive needs."""
 
 
 def build_archive(
@@ -47,7 +49,7 @@ def build_archive(
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
     if not metadata_file.exists():
-        raise SystemExit(f"error: {metadata_file} not found; train a model first (make train)")
+        raise ArchiveError(f"{metadata_file} not found; train a model first (make train)")
     metadata = json.loads(metadata_file.read_text())
     model_file, default_config = FORMATS[model_format]
     if not (run_dir / model_file).exists():

@@ -59,11 +59,13 @@ class Client:
         """Reads key_file.json; without the file, requests go without keys (token auth off)."""
         self.keys = read_keys(self.key_file) if self.key_file is not None else {}
 
-    def _headers(self, api: str) -> dict[str, str]:
+    def auth_headers(self, api: str) -> dict[str, str]:
+        """The Authorization header for `api` (inference, management or API); {} without keys."""
         return {"Authorization": f"Bearer {self.keys[api]}"} if api in self.keys else {}
 
-    def _call(self, method: str, url: str, api: str, **kwargs) -> requests.Response:
-        response = self.session.request(method, url, headers=self._headers(api), **kwargs)
+    def request(self, method: str, url: str, api: str, **kwargs) -> requests.Response:
+        """Any call to one of TorchServe's APIs with `api`'s key; raises ServiceError on a status >= 300."""
+        response = self.session.request(method, url, headers=self.auth_headers(api), **kwargs)
         if response.status_code >= 300:
             raise ServiceError(response.status_code, response.text)
         return response
@@ -79,14 +81,14 @@ class Client:
         """POSTs `image` as the raw body, or as a multipart file `field` (the Flask service's `-F image=@...`)."""
         url = f"{self.inference}/predictions/{model}" + (f"/{version}" if version else "")
         if field:
-            response = self._call("POST", url, "inference", files={field: ("image", image)}, timeout=timeout)
+            response = self.request("POST", url, "inference", files={field: ("image", image)}, timeout=timeout)
         else:
-            response = self._call("POST", url, "inference", data=image, timeout=timeout)
+            response = self.request("POST", url, "inference", data=image, timeout=timeout)
         return response.json()
 
     def describe(self, model: str = "cifar10", version: str | None = None) -> list[dict]:
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
-        return self._call("GET", url, "management", timeout=30).json()
+        return self.request("GET", url, "management", timeout=30).json()
 
     def scale(
         self,
@@ -99,10 +101,10 @@ class Client:
         """Sets the worker count (of the default version, or `version`) and waits until the workers are up."""
         params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
-        return self._call("PUT", url, "management", params=params, timeout=timeout).json()
+        return self.request("PUT", url, "management", params=params, timeout=timeout).json()
 
     def set_default(self, version: str, model: str = "cifar10") -> dict:
-        return self._call(
+        return self.request(
             "PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30
         ).json()
 
@@ -112,16 +114,18 @@ class Client:
         `batching`: batch_size and/or max_batch_delay, overriding the archive's model config (this
         is the only way to set max_batch_delay 0: a model config's 0 means "unset", 100 ms)."""
         params = {"url": archive, "initial_workers": workers, "synchronous": "true", **batching}
-        return self._call("POST", f"{self.management}/models", "management", params=params, timeout=timeout).json()
+        return self.request("POST", f"{self.management}/models", "management", params=params, timeout=timeout).json()
 
     def unregister(self, version: str, model: str = "cifar10", timeout: float = 120) -> dict:
-        return self._call("DELETE", f"{self.management}/models/{model}/{version}", "management", timeout=timeout).json()
+        return self.request(
+            "DELETE", f"{self.management}/models/{model}/{version}", "management", timeout=timeout
+        ).json()
 
     def renew_key(self, api: str) -> None:
         """Has TorchServe replace the `api` key (inference or management) with the API key; the old
         key stops working at once, and key_file.json holds the new one."""
-        self._call("POST", f"{self.management}/token", "API", params={"type": api}, timeout=30)
+        self.request("POST", f"{self.management}/token", "API", params={"type": api}, timeout=30)
         self.refresh_keys()
 
     def metrics(self) -> str:
-        return self._call("GET", f"{self.metrics_url}/metrics", "metrics", timeout=30).text
+        return self.request("GET", f"{self.metrics_url}/metrics", "metrics", timeout=30).text

@@ -53,13 +53,17 @@ def java_major_version() -> int | None:
     return int(match.group(2)) if major == 1 else major  # "1.8" is Java 8
 
 
+class JavaMissingError(RuntimeError):
+    """TorchServe's frontend needs a Java runtime this machine lacks."""
+
+
 def require_java(minimum: int = 17) -> None:
     found = java_major_version()
     if found is None or found < minimum:
         have = "no java on PATH" if found is None else f"Java {found}"
-        raise SystemExit(
-            f"error: TorchServe needs a Java {minimum}+ runtime and this machine has {have}. "
-            f"Install it, e.g. `sudo apt-get install -y openjdk-17-jre-headless`, then retry."
+        raise JavaMissingError(
+            f"TorchServe needs a Java {minimum}+ runtime and this machine has {have}. "
+            f"Install it (`make system-packages`, or `sudo apt-get install -y openjdk-17-jre-headless`), then retry."
         )
 
 

@@ -1,31 +1,23 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18084 with gRPC, or from $TEST_PORT_BASE), in a temporary working directory, so the tests neither need nor disturb a
-server that `make serve` started.
+moved (18080-18084 with gRPC, or from $TEST_PORT_BASE), in a temporary working directory, so the
+tests neither need nor disturb a server that `make serve` started. Shared helpers live in helpers.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import PORT_BASE, REPO, train_run
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "handler"))  # the handler's modules are top-level inside the .mar
-
-from serve.archive import build_archive  # noqa: E402
-from serve.client import Client  # noqa: E402
-from serve.config import config_on_ports  # noqa: E402
-from serve.server import ServerPaths, start, stop, wait_until_serving  # noqa: E402
-
-PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
-TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
+from serve.archive import build_archive
+from serve.client import Client
+from serve.config import config_on_ports
+from serve.server import ServerPaths, start, stop, wait_until_serving
 
 
 @pytest.fixture(scope="session")
@@ -50,33 +42,6 @@ def cifar_test_jpegs(data_source) -> dict[str, list[bytes]]:
             if len(per_class) == 10 and all(len(v) == 5 for v in per_class.values()):
                 break
     return per_class
-
-
-def train_run(out_dir: Path, data_source: Path, *extra: str) -> Path:
-    """A short real training run (subset, 1 epoch) through the command users run."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "train",
-            "--data",
-            str(data_source),
-            "--epochs",
-            "1",
-            "--out-dir",
-            str(out_dir),
-            "--run-name",
-            "run",
-            "--train-subset",
-            str(TRAIN_SUBSET),
-            "--test-subset",
-            str(TEST_SUBSET),
-            *extra,
-        ],
-        cwd=REPO,
-        check=True,
-    )
-    return out_dir / "run"
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +73,3 @@ def server(server_paths) -> Client:
         yield client
     finally:
         stop(server_paths)
-
-
-def metadata(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metadata.json").read_text())

@@ -8,6 +8,10 @@ import dataclasses
 from dataclasses import dataclass
 
 
+class ConfigError(ValueError):
+    """A training option has a value the job cannot use."""
+
+
 @dataclass
 class Config:
     recipe: str = "baseline"
@@ -43,7 +47,7 @@ RECIPES: dict[str, dict] = {
     "baseline": {},
     # Same network, same 10 epochs, batch 64 and Adam; a one-cycle rate peaking at 3e-3, label
     # smoothing, and a lighter crop (1 px of padding: in 10 epochs this small network underfits,
-    # and 4 px costs it more than it protects). Chosen from the runs listed in README: Training.
+    # and 4 px costs it more than it protects). Chosen from the runs listed in docs/training.md.
     "fast": {
         "lr": 3e-3,
         "schedule": "onecycle",

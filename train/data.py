@@ -62,7 +62,7 @@ def sha256_of_files(paths: list[Path], root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _decode_image(data: bytes) -> np.ndarray:
+def decode_training_image(data: bytes) -> np.ndarray:
     """Encoded image bytes -> 3 x 32 x 32 uint8 (resized if the file is not 32 x 32)."""
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB")
@@ -99,7 +99,7 @@ def _decode_all(items: list[tuple[str, int, bytes]], what: str) -> dict[str, tup
         with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
             arrays = list(
                 tqdm(
-                    pool.map(_decode_image, [data for _, data in chosen], chunksize=256),
+                    pool.map(decode_training_image, [data for _, data in chosen], chunksize=256),
                     total=len(chosen),
                     desc=f"decode {split}",
                     unit="img",

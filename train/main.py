@@ -1,6 +1,6 @@
 """Train the SimpleCNN on CIFAR-10 and export it for TorchServe.
 
-    python -m train                                          # the baseline recipe, torchvision's download
+    python -m train                                          # the baseline recipe (the Flask service's), torchvision's download
     python -m train --data ../shared/data/cifar10-jpeg.tar.gz
     torchrun --nproc_per_node 2 -m train --data ...          # DDP: gloo on CPU, nccl on GPUs
 
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import CLASSES, SimpleCNN
-from train.config import Config, parse_args
+from train.config import Config, ConfigError, parse_args
 from train.data import DataSourceError, load_cifar10
 from train.export import write_run
-from train.optim import RecipeError, WeightAverage, make_optimizer
+from train.optim import WeightAverage, make_optimizer
 
 
 def random_crop_flip(
@@ -107,10 +107,7 @@ def train(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     started = time.time()
 
-    try:
-        data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
-    except DataSourceError as error:
-        raise SystemExit(f"error: {error}") from None
+    data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
     train_images, train_labels = subset(data.train_images, data.train_labels, cfg.train_subset)
     test_images, test_labels = subset(data.test_images, data.test_labels, cfg.test_subset)
     pad = cfg.crop_padding
@@ -125,10 +122,7 @@ def train(cfg: Config) -> dict:
     steps_per_epoch = -(-per_rank // cfg.batch_size)
     if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
         steps_per_epoch -= 1
-    try:
-        optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
-    except RecipeError as error:
-        raise SystemExit(f"error: {error}") from None
+    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
     averaged = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     served = averaged.average if averaged else model  # what is evaluated and exported
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
@@ -230,7 +224,10 @@ def train(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    try:
+        train(parse_args(argv))
+    except (DataSourceError, ConfigError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

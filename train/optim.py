@@ -7,11 +7,7 @@ import copy
 
 import torch
 
-from train.config import Config
-
-
-class RecipeError(ValueError):
-    """A recipe names an optimizer or schedule that does not exist."""
+from train.config import Config, ConfigError
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -29,7 +25,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int):
     elif cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     else:
-        raise RecipeError(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
     if cfg.schedule == "constant":
         scheduler = None
     elif cfg.schedule == "onecycle":
@@ -37,7 +33,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int):
             optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup
         )
     else:
-        raise RecipeError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
     return optimizer, scheduler
 
 

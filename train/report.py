@@ -21,7 +21,7 @@ def load_metadata(archive: Path | None, run: Path | None) -> tuple[dict, str]:
     if run is not None:
         return json.loads((run / "metadata.json").read_text()), str(run)
     if not archive.exists():
-        raise SystemExit(f"error: {archive} not found; build it with `make archive` or pass --run models/<run>")
+        raise FileNotFoundError(f"{archive} not found; build it with `make archive` or pass --run models/<run>")
     with zipfile.ZipFile(archive) as mar:
         return json.loads(mar.read("metadata.json")), str(archive)
 
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/model"))
     args = parser.parse_args(argv)
-    meta, origin = load_metadata(args.archive, args.run)
+    try:
+        meta, origin = load_metadata(args.archive, args.run)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
     plot_curves(meta["history"], args.out / "curves.png", title=meta["run"])
     plot_confusion(
         meta["confusion_matrix"],

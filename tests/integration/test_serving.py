@@ -4,19 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from helpers import assert_prediction
 
-from model import CLASSES
 from serve.client import ServiceError
-
-
-def assert_prediction(answer: dict):
-    assert set(answer) == {"prediction", "confidence", "top3_predictions"}
-    top3 = answer["top3_predictions"]
-    assert len(top3) == 3 and all(set(p) == {"class", "confidence"} for p in top3)
-    assert all(p["class"] in CLASSES for p in top3) and len({p["class"] for p in top3}) == 3
-    assert (answer["prediction"], answer["confidence"]) == (top3[0]["class"], top3[0]["confidence"])
-    confidences = [p["confidence"] for p in top3]
-    assert confidences == sorted(confidences, reverse=True) and 0 <= sum(confidences) <= 1
 
 
 def test_raw_body_prediction(server, cifar_test_jpegs):
@@ -35,7 +25,7 @@ def test_curl_upload_and_content_type(server, cifar_test_jpegs):
     response = requests.put(
         f"{server.inference}/predictions/cifar10",
         data=cifar_test_jpegs["ship"][0],
-        headers=server._headers("inference"),
+        headers=server.auth_headers("inference"),
         timeout=30,
     )
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
@@ -49,7 +39,10 @@ def test_one_garbage_request_in_concurrent_batches_fails_alone(server, cifar_tes
 
     def send(payload):
         response = requests.post(
-            f"{server.inference}/predictions/cifar10", data=payload, headers=server._headers("inference"), timeout=60
+            f"{server.inference}/predictions/cifar10",
+            data=payload,
+            headers=server.auth_headers("inference"),
+            timeout=60,
         )
         return response.status_code, response.json()
 
@@ -103,7 +96,7 @@ def test_metrics_count_the_models_requests(server, cifar_test_jpegs):
 def test_gpu_configuration_serves_on_a_cpu_machine(tmp_path, trained_run, cifar_test_jpegs):
     """The GPU variant (handler/model-config.gpu.yaml: deviceType gpu, bigger batches) is the same
     handler code path; on a machine without a GPU TorchServe runs its workers on the CPU."""
-    from conftest import PORT_BASE
+    from helpers import PORT_BASE
 
     from serve.archive import REPO, build_archive
     from serve.client import Client

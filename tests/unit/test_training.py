@@ -1,7 +1,7 @@
 """A short real training run: what it writes, and that its TorchScript export is the model."""
 
 import torch
-from conftest import metadata, train_run
+from helpers import REPO, metadata, train_run
 
 from model import CLASSES, SimpleCNN
 from train.data import load_cifar10
@@ -131,7 +131,7 @@ def test_ddp_with_gloo_on_two_processes_matches_one(tmp_path, data_source):
             str(tmp_path / "ddp"),
         ],
         check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
     )
     single = train_run(
         tmp_path / "single", data_source, "--epochs", "2", "--train-subset", "4000", "--batch-size", "128"

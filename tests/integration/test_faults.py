@@ -3,7 +3,7 @@ the test run's cifar10.mar (see reliability/drills.py). `make reliability` runs 
 more load and prints the figures."""
 
 import pytest
-from conftest import PORT_BASE
+from helpers import PORT_BASE
 
 from reliability.drills import (
     BROKEN_AT_START,

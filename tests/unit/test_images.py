@@ -10,7 +10,7 @@ from PIL import Image
 
 from model import SimpleCNN
 from reliability.bad_inputs import encode
-from train.data import _decode_image as training_decode
+from train.data import decode_training_image
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def cifar_image(cifar_test_jpegs) -> Image.Image:
 
 
 def as_training_tensor(data: bytes) -> np.ndarray:
-    return training_decode(data).transpose(1, 2, 0)
+    return decode_training_image(data).transpose(1, 2, 0)
 
 
 def test_real_cifar_jpegs_decode_exactly_as_in_training(cifar_test_jpegs):
@@ -74,7 +74,7 @@ def test_handler_batch_gives_the_models_answer_on_training_tensors(cifar_test_jp
     model = SimpleCNN().eval()
     blobs = [data for images in cifar_test_jpegs.values() for data in images]
     handler_batch = torch.from_numpy(np.stack([decode_image(b) for b in blobs])).permute(0, 3, 1, 2)
-    training_batch = torch.from_numpy(np.stack([training_decode(b) for b in blobs]))
+    training_batch = torch.from_numpy(np.stack([decode_training_image(b) for b in blobs]))
     with torch.inference_mode():
         torch.testing.assert_close(model(handler_batch), model(training_batch))
 

@@ -10,7 +10,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import PORT_BASE, metadata
+from helpers import PORT_BASE, metadata
 
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError

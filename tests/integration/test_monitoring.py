@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 from cifar10_metrics import METRICS
-from conftest import REPO
+from helpers import REPO
 
 from serve.client import ServiceError
 
@@ -78,22 +78,23 @@ def prometheus(server, tmp_path):
     job["static_configs"] = [{"targets": [urlparse(server.metrics_url).netloc]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{free_port()}"
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address={urlparse(url).netloc}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "prometheus.log", "wb"),
-    )
-    try:
-        query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address={urlparse(url).netloc}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def query(url: str, expression: str, until=bool, timeout: float = 60) -> list:

@@ -8,8 +8,8 @@ import io
 import numpy as np
 import pytest
 from cifar10_images import decode_image
+from helpers import assert_prediction
 from PIL import Image
-from test_serving import assert_prediction
 
 from reliability.bad_inputs import (
     Input,

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TEST_SUBSET, metadata
+from helpers import REPO, TEST_SUBSET, metadata
 
 from serve.verify import compare
-from train.data import _decode_image, encoded_images, load_cifar10
+from train.data import decode_training_image, encoded_images, load_cifar10
 
 
 def test_offline_evaluation_command_gives_the_metadatas_accuracy(trained_run, data_source):
@@ -33,7 +33,7 @@ def test_encoded_test_images_are_the_loaded_ones_in_the_same_order(data_source):
     data = load_cifar10(str(data_source))
     assert len(files) == len(data.test_images) and labels.tolist() == data.test_labels.tolist()
     for index in np.random.default_rng(0).choice(len(files), 200, replace=False):
-        np.testing.assert_array_equal(_decode_image(files[index]), data.test_images[index].numpy())
+        np.testing.assert_array_equal(decode_training_image(files[index]), data.test_images[index].numpy())
 
 
 def test_every_served_class_is_the_offline_one(server, trained_run, data_source):

@@ -1,4 +1,4 @@
-"""The operator's commands of README (Operations), run as users run them (`python -m serve ...`)
+"""The operator's commands of docs/operations.md, run as users run them (`python -m serve ...`)
 against the session's real TorchServe: roll out a second version, switch to it and back while
 traffic flows, retire it; scale workers; rotate keys."""
 
@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 
 import requests
-from conftest import REPO, metadata, train_run
+from helpers import REPO, metadata, train_run
 
 
 def cli(server_paths, *args: str) -> str:
@@ -38,7 +38,7 @@ class Traffic:
         self.url, self.image, self.headers = (
             f"{server.inference}/predictions/cifar10",
             image,
-            server._headers("inference"),
+            server.auth_headers("inference"),
         )
         self.statuses: Counter = Counter()
         self.running = True

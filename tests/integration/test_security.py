@@ -1,4 +1,4 @@
-"""Security defaults against the session's real TorchServe (config.properties; README: Operations):
+"""Security defaults against the session's real TorchServe (config.properties; docs/operations.md):
 token authorization, no model from a URL (ShellTorch, CVE-2023-43654), a request size limit, the
 management and metrics APIs on loopback only."""
 
@@ -7,10 +7,11 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+from typing import ClassVar
 
 import pytest
 import requests
-from conftest import PORT_BASE
+from helpers import PORT_BASE
 
 from serve.config import properties
 
@@ -45,7 +46,7 @@ def test_the_inference_key_opens_neither_management_nor_key_making(server):
 
 
 class RecordingHandler(http.server.BaseHTTPRequestHandler):
-    requests_seen: list[str] = []
+    requests_seen: ClassVar[list[str]] = []
 
     def do_GET(self):
         RecordingHandler.requests_seen.append(self.path)

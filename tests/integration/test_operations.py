@@ -16,7 +16,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 COMPOSE_FILES = {  # file -> the variables it requires
     "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a task needs, only those missing, before any long work starts.
+#   setup/system-packages.sh serve   Java 17 (TorchServe's frontend) and procps (TorchServe stops
+#                                    workers by running `kill`: without it scale-down answers 500)
+#   setup/system-packages.sh test    the above, and the tools the test suite runs for real
+# As root it installs with apt-get; otherwise with `sudo -n` where that works; else it names the
+# packages to install and exits 2.
+set -euo pipefail
+
+task=${1:?usage: setup/system-packages.sh serve|test}
+missing=()
+
+java_major=$(java -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -n 1 || true)
+if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
+  missing+=(openjdk-17-jre-headless)
+fi
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
+
+if [ "$task" = test ]; then
+  # A real Prometheus for the monitoring tests; Compose's own validator, and the linters of the
+  # container and shell files; a C++ compiler for torch.compile's CPU backend (train --compile).
+  for pair in prometheus:prometheus docker-compose:docker-compose shellcheck:shellcheck \
+              yamllint:yamllint g++:g++; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "installing Debian packages for '$task': ${missing[*]}"
+if ! command -v apt-get >/dev/null; then
+  echo "error: no apt-get here; install these (or their equivalents) and retry: ${missing[*]}" >&2
+  exit 2
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "error: these packages are needed and installing them needs root:" >&2
+  echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+  exit 2
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]}"

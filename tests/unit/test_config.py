@@ -1,0 +1,78 @@
+"""Reading config.properties and the training options: the values users set reach the code."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import REPO
+
+from serve.config import api_address, config_on_ports, properties
+from train.config import RECIPES, Config, ConfigError, parse_args
+from train.main import make_optimizer
+
+
+def test_the_repositorys_config_is_read_as_torchserve_reads_it():
+    props = properties(REPO / "config.properties")
+    assert api_address(props, "inference_address") == "http://127.0.0.1:8080"
+    assert api_address(props, "management_address") == "http://127.0.0.1:8081"
+    assert api_address(props, "metrics_address") == "http://127.0.0.1:8082"
+    assert props["metrics_mode"] == "prometheus"
+
+
+def test_comments_and_blank_lines_are_not_settings(tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text("# a comment=with an equals sign\n\n  job_queue_size = 64 \n")
+    assert properties(config) == {"job_queue_size": "64"}
+
+
+def test_an_unset_address_falls_back_to_torchserves_default(tmp_path):
+    assert api_address({}, "management_address") == "http://127.0.0.1:8081"
+
+
+def test_config_on_ports_moves_every_api_and_keeps_the_rest(tmp_path):
+    moved = tmp_path / "config.properties"
+    moved.write_text(config_on_ports(REPO / "config.properties", 28000, job_queue_size="7"))
+    props, original = properties(moved), properties(REPO / "config.properties")
+    assert [api_address(props, key) for key in ("inference_address", "management_address", "metrics_address")] == [
+        "http://127.0.0.1:28000",
+        "http://127.0.0.1:28001",
+        "http://127.0.0.1:28002",
+    ]
+    assert (props["grpc_inference_port"], props["grpc_management_port"], props["job_queue_size"]) == (
+        "28003",
+        "28004",
+        "7",
+    )
+    moved_keys = {
+        "inference_address",
+        "management_address",
+        "metrics_address",
+        "job_queue_size",
+        "grpc_inference_port",
+        "grpc_management_port",
+    }
+    untouched = set(original) - moved_keys
+    assert {key: props[key] for key in untouched} == {key: original[key] for key in untouched}
+
+
+def test_defaults_are_the_flask_services_recipe():
+    cfg = parse_args([])
+    assert (cfg.recipe, cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.crop_padding, cfg.flip) == (
+        "baseline", 10, 64, "adam", 1e-3, 4, True
+    )  # fmt: skip
+
+
+def test_a_recipe_sets_defaults_and_the_command_line_wins():
+    cfg = parse_args(["--recipe", "fast", "--epochs", "3", "--no-flip"])
+    assert cfg.recipe == "fast" and cfg.lr == RECIPES["fast"]["lr"] and cfg.epochs == 3 and cfg.flip is False
+
+
+def test_the_old_recipe_name_still_works():
+    assert parse_args(["--recipe", "seed"]) == parse_args(["--recipe", "baseline"])
+
+
+@pytest.mark.parametrize("field, value", [("optimizer", "rmsprop"), ("schedule", "cosine")])
+def test_an_unknown_choice_raises_a_typed_error(field, value):
+    from model import SimpleCNN
+
+    with pytest.raises(ConfigError, match=value):
+        make_optimizer(Config(**{field: value}), SimpleCNN(), steps_per_epoch=10)

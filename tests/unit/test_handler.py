@@ -1,0 +1,128 @@
+"""The handler class itself, in this process, with TorchServe's own Context and RequestProcessor
+(the objects its worker hands a handler) over a model folder laid out as the .mar unpacks it.
+No Java, no server: what a batch of mixed requests gets back, request by request."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from cifar10_handler import Cifar10Handler
+from helpers import REPO, assert_prediction
+from PIL import Image
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from model import CLASSES, SimpleCNN
+from train.export import export_torchscript
+
+BATCH_SIZE = 8
+
+
+def jpeg(color, size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """What TorchServe unpacks a cifar10.mar into: the TorchScript file and index_to_name.json."""
+    folder = tmp_path_factory.mktemp("cifar10-mar")
+    torch.manual_seed(0)
+    model = SimpleCNN().eval()
+    export_torchscript(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), folder / "model.pt")
+    (folder / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def context(model_dir):
+    manifest = {"model": {"modelName": "cifar10", "modelVersion": "1.0", "serializedFile": "model.pt"}}
+    metrics = MetricsCacheYamlImpl(config_file_path=str(REPO / "deploy" / "torchserve" / "metrics.yaml"))
+    metrics.initialize_cache()
+    return Context(
+        "cifar10", str(model_dir), manifest, BATCH_SIZE, None, "0.12.0", metrics=metrics,
+        model_yaml_config={"handler": {"torch_threads": 1}},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def handler(context):
+    handler = Cifar10Handler()
+    handler.initialize(context)
+    return handler
+
+
+def handle(handler, context, requests: list[tuple[dict, dict]]) -> list[tuple[int, dict]]:
+    """Sends one batch as TorchServe's worker does: each request a row of fields and its headers.
+    Returns (status, JSON body) per request, in order."""
+    context.request_processor = [RequestProcessor(headers) for _, headers in requests]
+    bodies = handler.handle([row for row, _ in requests], context)
+    assert len(bodies) == len(requests)
+    return [(context.get_response_status(i)[0], json.loads(body)) for i, body in enumerate(bodies)]
+
+
+def raw_body(data: bytes) -> tuple[dict, dict]:
+    return {"body": bytearray(data)}, {"body": {"content-type": "image/jpeg"}}
+
+
+def form(**fields) -> tuple[dict, dict]:
+    """A multipart form: bytes values are files (they carry a content type), str values are text fields."""
+    row = {name: bytearray(value) if isinstance(value, bytes) else value for name, value in fields.items()}
+    headers = {
+        name: {"content-type": "image/jpeg" if isinstance(value, bytes) else None} for name, value in fields.items()
+    }
+    return row, headers
+
+
+def test_a_good_batch_gets_one_answer_per_request(handler, context):
+    answers = handle(handler, context, [raw_body(jpeg((i * 30, 90, 200 - i * 20))) for i in range(BATCH_SIZE)])
+    for status, body in answers:
+        assert status == 200
+        assert_prediction(body)
+
+
+def test_bad_requests_fail_alone_and_the_rest_of_the_batch_answers(handler, context):
+    good = jpeg((200, 120, 40))
+    large = jpeg((90, 20, 240), size=256)
+    answers = handle(
+        handler,
+        context,
+        [
+            raw_body(good),
+            raw_body(b""),
+            form(image=good),
+            raw_body(b"definitely not an image"),
+            form(note="hello"),
+            raw_body(large[: len(large) // 2]),
+            raw_body(good),
+        ],
+    )
+    statuses = [status for status, _ in answers]
+    assert statuses == [200, 400, 200, 400, 400, 400, 200]
+    reasons = [body.get("reason") for status, body in answers if status == 400]
+    assert reasons == ["empty", "not_an_image", "no_file", "corrupt"]
+    for status, body in answers:
+        if status == 400:
+            assert body["code"] == 400 and body["type"] == "InvalidImage" and body["message"]
+        else:
+            assert_prediction(body)
+    assert answers[0][1] == answers[2][1] == answers[6][1]  # the same image, raw or in a form: the same answer
+
+
+def test_a_batch_of_only_bad_requests_answers_each_with_400(handler, context):
+    answers = handle(handler, context, [raw_body(b""), raw_body(b"GIF89a broken")])
+    assert [status for status, _ in answers] == [400, 400]
+
+
+def test_the_answer_is_the_models(handler, context, model_dir):
+    """The handler's top class is the TorchScript model's own argmax on the same pixels."""
+    image = jpeg((10, 200, 60))
+    [(status, body)] = handle(handler, context, [raw_body(image)])
+    pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image)).convert("RGB")).copy())
+    logits = torch.jit.load(str(model_dir / "model.pt"))(pixels.permute(2, 0, 1).unsqueeze(0))
+    assert status == 200 and body["prediction"] == CLASSES[int(logits.argmax())]
