@@ -1,7 +1,7 @@
 """The ONNX export served by ONNX Runtime through a real TorchServe gives TorchScript's answers.
 
 The TorchScript side is conftest's `server` (the test run's cifar10.mar); the ONNX side is an
-archive of the same run built with `--format onnx`, on its own TorchServe (ports TEST_PORT_BASE+20..24).
+archive of the same run built with `--format onnx`, on its own TorchServe (ports TEST_PORT_BASE+30..34).
 """
 
 import json
@@ -26,7 +26,7 @@ def onnx_archive(tmp_path_factory, trained_run):
 @pytest.fixture(scope="module")
 def onnx_server(tmp_path_factory, onnx_archive):
     workdir = tmp_path_factory.mktemp("onnx-torchserve")
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 20))
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 30))
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=onnx_archive.parent)
     start(paths)
     try:
