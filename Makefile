@@ -114,3 +114,17 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 # --- end reliability ---
+
+# --- model: recipes, portable exports (docs/training.md, docs/portability.md) ---
+RUNS ?= models/trials/*
+.PHONY: recipes aot bench-portability
+
+recipes: $(VENV)/.installed ## recipe runs side by side: markdown table + docs/recipes.png (RUNS="models/trials/*")
+	$(PY) -m train.compare $(RUNS) --plot docs/recipes.png
+
+aot: $(VENV)/.installed ## add model.so (torch.export + AOTInductor, needs g++) to $(RUN); then: python -m serve archive --format aotinductor
+	$(PY) -m train.aot --run $(RUN)
+
+bench-portability: $(VENV)/.installed ## TorchScript, ONNX Runtime, AOTInductor side by side: size, build time, answers, speed -> reports/portability.*
+	$(PY) -m benchmarks.portability $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
+# --- end model ---

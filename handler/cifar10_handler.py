@@ -25,7 +25,17 @@ from cifar10_metrics import BatchMetrics, timed
 from ts.torch_handler.base_handler import BaseHandler
 
 # model-config `handler: runtime:` -> the model file it serves
-RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx"}
+RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx", "aotinductor": ".so"}
+
+
+def aot_inductor_model(runner):
+    """An AOTInductor library's runner called like the TorchScript module: it wants contiguous
+    (N x C x H x W) pixels, and answers a list of outputs."""
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        return runner(pixels.contiguous())[0]
+
+    return forward
 
 
 class Cifar10Handler(BaseHandler):
@@ -35,8 +45,8 @@ class Cifar10Handler(BaseHandler):
         # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
         # small CPU the Java frontend needs a core too, and oversubscribed threads spin); ONNX Runtime
         # gets as many. freeze: serve the frozen module (default), or the export as it is (to measure
-        # what freezing buys). runtime: torchscript (default, model.pt) or onnxruntime (model.onnx,
-        # `python -m serve archive --format onnx`).
+        # what freezing buys). runtime: torchscript (default, model.pt), onnxruntime (model.onnx,
+        # `python -m serve archive --format onnx`) or aotinductor (model.so, --format aotinductor).
         options = (context.model_yaml_config or {}).get("handler", {})
         threads = int(options.get("torch_threads") or 0)
         if threads:
@@ -56,6 +66,8 @@ class Cifar10Handler(BaseHandler):
         self.batch_metrics = BatchMetrics(context, self.classes)
         if runtime == "onnxruntime":  # replaces BaseHandler's session, which takes a thread per core
             self.model = OnnxModel(self.model_pt_path, threads=threads or 1)
+        elif runtime == "aotinductor":  # BaseHandler loaded the library (model-config pt2.export.aot_compile)
+            self.model = aot_inductor_model(self.model)
         else:
             self.model = inference_model(self.model, freeze=options.get("freeze", True))
         # The first calls build and optimize the execution plan: pay for them here, not on a request.

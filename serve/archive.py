@@ -30,6 +30,7 @@ MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 FORMATS = {
     "torchscript": ("model.pt", MODEL_CONFIG),
     "onnx": ("model.onnx", REPO / "handler" / "model-config.onnx.yaml"),
+    "aotinductor": ("model.so", REPO / "handler" / "model-config.aotinductor.yaml"),  # python -m train.aot first
 }
 
 

@@ -15,7 +15,9 @@ models/latest is then pointed at the run, last, so it never names a half-written
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,20 +94,49 @@ def export_onnx(model: SimpleCNN, test_images: torch.Tensor, path: Path) -> dict
         got = torch.from_numpy(session.run(None, {"pixels": images.numpy()})[0])
         with torch.inference_mode():
             expected = model(images)
-        difference = (got - expected).abs().max().item()
-        same_top1 = int((got.argmax(1) == expected.argmax(1)).sum())
-        if same_top1 != len(images) or difference > ONNX_LOGIT_TOLERANCE:
-            raise ExportMismatch(
-                f"ONNX Runtime differs from the eager model: top-1 equal on {same_top1}/{len(images)} images, "
-                f"largest logit difference {difference:.3g} (allowed {ONNX_LOGIT_TOLERANCE})"
-            )
-    return {
-        "opset": ONNX_OPSET,
-        "onnxruntime_version": onnxruntime.__version__,
-        "checked_images": len(images),
-        "top1_identical": same_top1,
-        "max_logit_difference": difference,
-    }
+        check = compare_with_eager("ONNX Runtime", got, expected)
+    return {"opset": ONNX_OPSET, "onnxruntime_version": onnxruntime.__version__, **check}
+
+
+def compare_with_eager(name: str, got: torch.Tensor, expected: torch.Tensor) -> dict:
+    """Raises ExportMismatch unless every image's top-1 class is the eager model's and every logit
+    within ONNX_LOGIT_TOLERANCE of it; returns what was measured."""
+    difference = (got - expected).abs().max().item()
+    same_top1 = int((got.argmax(1) == expected.argmax(1)).sum())
+    if same_top1 != len(expected) or difference > ONNX_LOGIT_TOLERANCE:
+        raise ExportMismatch(
+            f"{name} differs from the eager model: top-1 equal on {same_top1}/{len(expected)} images, "
+            f"largest logit difference {difference:.3g} (allowed {ONNX_LOGIT_TOLERANCE})"
+        )
+    return {"checked_images": len(expected), "top1_identical": same_top1, "max_logit_difference": difference}
+
+
+def export_aot_inductor(model: SimpleCNN, test_images: torch.Tensor, path: Path) -> dict:
+    """torch.export + AOTInductor, in the form TorchServe 0.12's BaseHandler loads: a shared library
+    from torch._export.aot_compile (deprecated in torch 2.14 for .pt2 packages, which TorchServe
+    0.12 cannot load). Compiles C++ with the machine's compiler; the library runs only with this
+    torch version on this CPU architecture. Checked like the ONNX export; returns the check."""
+    model = model.eval().cpu()
+    images = test_images[:ONNX_CHECK_IMAGES].contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with (
+        atomic_path(path) as tmp,
+        tempfile.TemporaryDirectory(dir=path.parent) as scratch,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        built = torch._export.aot_compile(  # wants a .so name of its own to write to
+            model,
+            (images[:2],),
+            dynamic_shapes={"pixels": {0: batch}},
+            options={"aot_inductor.output_path": str(Path(scratch) / "model.so")},
+        )
+        os.replace(built, tmp)
+        runner = torch._export.aot_load(str(tmp), "cpu")
+        with torch.inference_mode():
+            got, expected = runner(images), model(images)
+        check = compare_with_eager("AOTInductor", got[0] if isinstance(got, (list, tuple)) else got, expected)
+    return {"torch_version": torch.__version__, **check}
 
 
 def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: torch.Tensor, run_info: dict) -> dict:
