@@ -28,6 +28,7 @@ class Config:
     schedule: str = "constant"  # constant | onecycle
     warmup: float = 0.25  # onecycle: the fraction of the steps spent rising to the peak rate
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights
+    dropout: float = 0.5  # the classifier's dropout rate while training (the network's own: 0.5; none at serving)
     crop_padding: int = 4
     flip: bool = True
     flip_only_epochs: int = 0  # the last N epochs without random crops (flip only)

@@ -25,7 +25,7 @@ from model import CLASSES, SimpleCNN
 from train.config import Config, ConfigError, parse_args
 from train.data import DataSourceError, load_cifar10
 from train.export import write_run
-from train.optim import WeightAverage, make_optimizer
+from train.optim import WeightAverage, make_optimizer, set_dropout
 
 
 def random_crop_flip(
@@ -115,6 +115,7 @@ def train(cfg: Config) -> dict:
     train_labels = train_labels.to(device)
 
     model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    set_dropout(model, cfg.dropout)
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     if cfg.compile:
         step_model = torch.compile(step_model)

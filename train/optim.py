@@ -1,5 +1,6 @@
 """What a training step updates besides the network's own layers: the optimizer (with weight decay on
-the weights only), its learning-rate schedule, and an exponential moving average of the weights."""
+the weights only), its learning-rate schedule, the dropout rate, and an exponential moving average
+of the weights."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int):
     else:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
     return optimizer, scheduler
+
+
+def set_dropout(model: torch.nn.Module, rate: float) -> None:
+    """Sets every Dropout layer's training-time rate. Dropout has no weights and does nothing in
+    eval mode, so the network trained, exported and served is the same whatever the rate."""
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = rate
 
 
 class WeightAverage:
