@@ -30,10 +30,11 @@ RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx", "aotinductor": ".
 
 def aot_inductor_model(runner):
     """An AOTInductor library's runner called like the TorchScript module: it wants contiguous
-    (N x C x H x W) pixels, and answers a list of outputs."""
+    (N x C x H x W) pixels, and may answer a list of outputs."""
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
-        return runner(pixels.contiguous())[0]
+        logits = runner(pixels.contiguous())
+        return logits[0] if isinstance(logits, (list, tuple)) else logits
 
     return forward
 
