@@ -126,5 +126,5 @@ aot: $(VENV)/.installed ## add model.so (torch.export + AOTInductor, needs g++) 
 	$(PY) -m train.aot --run $(RUN)
 
 bench-portability: $(VENV)/.installed ## TorchScript, ONNX Runtime, AOTInductor side by side: size, build time, answers, speed -> reports/portability.*
-	$(PY) -m benchmarks.portability $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.portability $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
 # --- end model ---

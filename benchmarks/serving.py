@@ -375,7 +375,7 @@ def lone_request_verdict(rows: list[dict]) -> list[str]:
 # Configurations proposed for a lone request. The no-wait ones are registered through the
 # management API with max_batch_delay 0: a worker takes what is queued when it is free and waits
 # for nothing more (a model config cannot say 0: TorchServe reads it as unset, 100 ms).
-CANDIDATES = ("torchserve-onnx", "torchserve-nowait", "torchserve-onnx-nowait")
+CANDIDATES = ("torchserve-onnx", "torchserve-nowait", "torchserve-onnx-nowait", "torchserve-onnx-nowait-1x2")
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}
 
 
@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
             "torchserve-onnx",
             "torchserve-nowait",
             "torchserve-onnx-nowait",
+            "torchserve-onnx-nowait-1x2",
             "torchserve-batch1",
             "flask",
             "litserve",
@@ -472,6 +473,17 @@ def main(argv: list[str] | None = None) -> None:
             "torchserve-nowait": torchserve("torchserve-nowait", users_config, register=NO_WAIT),
             "torchserve-onnx-nowait": torchserve(
                 "torchserve-onnx-nowait", onnx_config, model_format="onnx", register=NO_WAIT
+            ),
+            "torchserve-onnx-nowait-1x2": torchserve(
+                "torchserve-onnx-nowait-1x2",
+                {
+                    **onnx_config,
+                    "minWorkers": 1,
+                    "maxWorkers": 1,
+                    "handler": {**onnx_config["handler"], "torch_threads": 2},
+                },
+                model_format="onnx",
+                register=NO_WAIT,
             ),
             "torchserve-batch1": torchserve("torchserve-batch1", {**users_config, "batchSize": 1}),
             "flask": lambda scratch: process_system(
