@@ -3,14 +3,14 @@
 #   make test                  the Debian tools the tests run if missing, then every test tier
 #   make test-fast             lint + the unit tier: no Java, no server, under a minute
 # CIFAR10_DATA=path selects a local copy of the data set (docs/training.md); TRAIN_ARGS passes options to
-# `python -m train` (default: --recipe fast, the better recipe; `python -m train` alone runs the
+# `python -m train` (default: --recipe nesterov, the best recipe, 82 %; `python -m train` alone runs the
 # baseline); TOKEN_AUTH=off starts TorchServe without token authorization.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN ?= models/latest
-TRAIN_ARGS ?= --recipe fast
+TRAIN_ARGS ?= --recipe nesterov
 TOKEN_AUTH ?= on
 API ?= inference
 DEVICE ?= cpu
