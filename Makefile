@@ -23,6 +23,13 @@ export CIFAR10_DATA
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
+# checkov (the Kubernetes manifests' security scan) in a venv of its own: its pins would change .venv's.
+CHECKOV := .tools/checkov/bin/checkov
+$(CHECKOV): deploy/k8s/requirements-checkov.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet -r deploy/k8s/requirements-checkov.txt
+	touch $@
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -38,9 +45,9 @@ models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
 model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py $(MODEL_CONFIG) | $(VENV)/.installed
-	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)
+	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)$(if $(filter gpu,$(DEVICE)), --device gpu)
 
-archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU batching config)
+archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU config sized for this machine)
 
 packages-serve: ## install what serving needs from Debian if missing (Java 17, procps)
 	@bash setup/system-packages.sh serve
@@ -58,7 +65,7 @@ stop: ## stop TorchServe
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(API)
 
-test: packages-test $(VENV)/.installed ## every tier: unit, integration (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
+test: packages-test $(VENV)/.installed $(CHECKOV) ## every tier: unit, integration, end to end (data: CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
@@ -68,7 +75,7 @@ test-fast: $(VENV)/.installed ## ruff, then the unit tier: no Java, no server (t
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests/unit -q
 
-test-integration: packages-test $(VENV)/.installed ## the tier with real TorchServe, Prometheus, Locust (tests/integration)
+test-integration: packages-test $(VENV)/.installed $(CHECKOV) ## the tier with real TorchServe, Prometheus, Locust (tests/integration)
 	$(PY) -m pytest tests/integration
 
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the baseline and fast recipes -> reports/bench-train.*
@@ -114,6 +121,50 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 	@test -n "$(CAPACITY)" || { echo "usage: make soak CAPACITY=<req/s the service sustains> [DURATION=600]" >&2; exit 2; }
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(DURATION) $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 # --- end reliability ---
+
+# --- containers ---
+# make images: deploy/docker/build.sh (docker, else podman; a local Debian base where nothing can be
+# pulled). docs/containers.md: what was built and run, sizes and times.
+.PHONY: images test-images
+
+images: ## build the serving and training images (tags <version>-<commit> and :local, what Compose runs)
+	deploy/docker/build.sh
+
+test-images: packages-test $(VENV)/.installed ## build both images, run them as Compose wires them, and the Compose chain
+	$(PY) -m pytest tests/e2e/test_containers.py -rP
+# --- end containers ---
+
+# --- fleet ---
+# Kubernetes (deploy/k8s) and the fleet drill (fleet/): docs/kubernetes.md.
+FLEET_RUNS := models/fleet
+FLEET_TRAIN := --epochs 1 --train-subset 5000 --test-subset 1000 $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+.PHONY: kubernetes-check fleet-drill
+
+$(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt: $(FLEET_RUNS)/%/model.pt: | $(VENV)/.installed
+	$(PY) -m train $(FLEET_TRAIN) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
+
+kubernetes-check: $(VENV)/.installed $(CHECKOV) ## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
+	$(PY) -m pytest -q tests/integration/test_kubernetes.py
+
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update, kill -9, scale-up: replicas behind HAProxy under Locust -> reports/fleet/
+	@command -v haproxy >/dev/null && command -v nginx >/dev/null || { echo "fleet-drill needs haproxy and nginx: sudo apt-get install -y haproxy nginx" >&2; exit 2; }
+	$(MAKE) --no-print-directory payloads
+	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
+# --- end fleet ---
+
+# --- gpu ---
+# The GPU check (docs/gpu.md). On a GPU machine: make gpu-check [GPU_STAGES=tests,train,serve]
+# [GPU_CHECK_ARGS="--copy-to DIR --workers auto 16"]; on a bare one, carry .gpu-bundle/ first.
+GPU_STAGES ?= tests,train,serve
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check gpu-check-bundle
+
+gpu-check: ## on a GPU machine: GPU tests, training and serving vs issue 14's targets -> reports/gpu/
+	benchmarks/gpu/check.sh --stages $(GPU_STAGES) $(GPU_CHECK_ARGS)
+
+gpu-check-bundle: ## what a bare GPU machine lacks (Java, TorchServe, wrk, data) -> .gpu-bundle/part1, part2
+	PIP=$(VENV)/bin/pip benchmarks/gpu/bundle.sh
+# --- end gpu ---
 
 # --- model: recipes, portable exports (docs/training.md, docs/portability.md) ---
 RUNS ?= models/trials/*

@@ -73,10 +73,24 @@ def bench_images(data: str, count: int, folder: Path) -> Path:
     return listing
 
 
-def run_wrk(url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool) -> dict:
+def run_wrk(
+    url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1
+) -> dict:
     """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core)."""
     env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", str(LUA), url]
+    threads = min(threads, concurrency)  # wrk wants at least one connection per thread
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -122,12 +136,14 @@ def torchserve_system(
     run_dir: Path,
     model_config: dict,
     scratch: Path,
-    port_base: int,
     quiet_logging: bool = True,
+    port_base: int = PORT_BASE,
     model_format: str = "torchscript",
     register: dict | None = None,
+    **properties: str,
 ) -> System:
-    """Our deployment: the repository's config.properties (ports moved) and an archive of `run_dir`.
+    """Our deployment: the repository's config.properties (ports moved to port_base.., `properties`
+    set) and an archive of `run_dir`.
 
     `register`: instead of loading the archive at start (config.properties' load_models), register
     it through the management API with these batching settings (batch_size, max_batch_delay):
@@ -139,8 +155,9 @@ def torchserve_system(
     workdir.mkdir(parents=True)
     config_yaml.write_text(yaml.safe_dump(model_config))
     build_archive(run_dir, store, model_config=config_yaml, model_format=model_format)
-    settings = {"load_models": ""} if register else {}
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base, **settings))
+    if register:
+        properties = {"load_models": "", **properties}
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base, **properties))
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=store)
     started = time.monotonic()
     start(paths, **({} if quiet_logging else {"log_config": None}))
@@ -459,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     ports = args.port_base
 
     def torchserve(name, config, quiet=True, **options):
-        return lambda scratch: torchserve_system(name, run_dir, config, scratch, ports, quiet, **options)
+        return lambda scratch: torchserve_system(name, run_dir, config, scratch, quiet, ports, **options)
 
     if args.levers:
         systems = {

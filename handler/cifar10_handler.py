@@ -15,10 +15,10 @@ from cifar10_images import (
     InvalidImage,
     OnnxModel,
     answer_bodies,
-    decode_image,
+    decode_batch,
     error_body,
+    gpu_jpeg_decoder,
     inference_model,
-    pixel_batch,
     request_payload,
 )
 from cifar10_metrics import BatchMetrics, timed
@@ -39,6 +39,9 @@ def aot_inductor_model(runner):
     return forward
 
 
+GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
+
+
 class Cifar10Handler(BaseHandler):
     """preprocess (decode a batch) -> inference (one forward pass) -> postprocess (JSON per request)."""
 
@@ -47,7 +50,10 @@ class Cifar10Handler(BaseHandler):
         # small CPU the Java frontend needs a core too, and oversubscribed threads spin); ONNX Runtime
         # gets as many. freeze: serve the frozen module (default), or the export as it is (to measure
         # what freezing buys). runtime: torchscript (default, model.pt), onnxruntime (model.onnx,
-        # `python -m serve archive --format onnx`) or aotinductor (model.so, --format aotinductor).
+        # `python -m serve archive --format onnx`; CPU only) or aotinductor (model.so, --format
+        # aotinductor). gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other
+        # files on the CPU; gpu_decode_min_batch: only batches with at least this many such JPEGs
+        # (smaller ones: the CPU).
         options = (context.model_yaml_config or {}).get("handler", {})
         threads = int(options.get("torch_threads") or 0)
         if threads:
@@ -72,26 +78,35 @@ class Cifar10Handler(BaseHandler):
         else:
             self.model = inference_model(self.model, freeze=options.get("freeze", True))
         # The first calls build and optimize the execution plan: pay for them here, not on a request.
+        # A GPU runs a forward pass in well under a millisecond: there every batch size is met once here
+        # (a new shape's first call on a GPU picks kernels), so that a worker just scaled up answers at once.
         largest = int(context.system_properties.get("batch_size") or 1)
+        sizes = (1, 1, *range(1, largest + 1), largest) if self.device.type == "cuda" else (1, 1, largest, largest)
         with torch.inference_mode():
-            for size in (1, 1, largest, largest):
+            for size in sizes:
                 self.model(torch.zeros(size, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
+        self.jpeg_decoder = gpu_jpeg_decoder(self.device) if options.get("gpu_decode", True) else None
+        self.gpu_decode_min_batch = int(options.get("gpu_decode_min_batch", 1))
+        self.batches = 0
+        self.record_gpu_memory()
+
+    def record_gpu_memory(self):
+        """This worker's GPU memory (what its CUDA caching allocator holds), as cifar10_gpu_memory_bytes."""
+        if self.device.type == "cuda":
+            self.batch_metrics.gpu_memory(torch.cuda.memory_reserved(self.device))
 
     @timed("cifar10_decode_seconds")
     def preprocess(self, requests):
         """Decodes each request; returns the batch of good images and one error (or None) per request."""
-        images, errors = [], []
+        payloads, errors = [], []
         for index, row in enumerate(requests):
             try:
-                images.append(decode_image(request_payload(row, self._text_fields(index, row))))
+                payloads.append(request_payload(row, self._text_fields(index, row)))
                 errors.append(None)
             except InvalidImage as error:
+                payloads.append(None)
                 errors.append(error)
-        if not images:
-            return None, errors
-        batch = pixel_batch(images)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        batch = decode_batch(payloads, errors, self.device, self.jpeg_decoder, self.gpu_decode_min_batch)
         return batch, errors
 
     def _text_fields(self, index, row) -> set:
@@ -115,6 +130,9 @@ class Cifar10Handler(BaseHandler):
     def postprocess(self, data):
         """One JSON body per request, in request order: an answer, or the error with HTTP 400."""
         logits, errors = data
+        self.batches += 1
+        if self.batches % GPU_MEMORY_EVERY == 0:
+            self.record_gpu_memory()
         self.batch_metrics.count(errors, logits.argmax(1).tolist() if logits is not None else [])
         answers = iter(answer_bodies(logits, self.classes) if logits is not None else ())
         responses = []

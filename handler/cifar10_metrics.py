@@ -3,7 +3,8 @@
 Each value becomes one `[METRICS]` line on the worker's stdout, which the frontend adds to its
 Prometheus registry if deploy/torchserve/metrics.yaml declares the metric (its `model_metrics`). Counts are
 aggregated per batch, so a batch costs one line per predicted class and per rejection reason
-present, plus three: batch size, decode time, inference time.
+present, plus three: batch size, decode time, inference time. A GPU worker also reports the GPU
+memory it holds (at start, then every GPU_MEMORY_EVERY batches).
 """
 
 import functools
@@ -21,6 +22,7 @@ METRICS = {
     "cifar10_batch_size": (MetricTypes.HISTOGRAM, "requests", ["worker"]),
     "cifar10_decode_seconds": (MetricTypes.HISTOGRAM, "s", []),
     "cifar10_inference_seconds": (MetricTypes.HISTOGRAM, "s", []),
+    "cifar10_gpu_memory_bytes": (MetricTypes.GAUGE, "bytes", ["worker"]),
 }
 
 
@@ -39,6 +41,9 @@ class BatchMetrics:
             self.metrics["cifar10_predictions_total"].add_or_update(count, [*self.labels, self.classes[index]])
         for reason, count in Counter(error.reason for error in errors if error is not None).items():
             self.metrics["cifar10_rejected_total"].add_or_update(count, [*self.labels, reason])
+
+    def gpu_memory(self, reserved_bytes: int) -> None:
+        self.metrics["cifar10_gpu_memory_bytes"].add_or_update(reserved_bytes, [*self.labels, self.worker])
 
     def observe_seconds(self, name: str, seconds: float) -> None:
         self.metrics[name].add_or_update(seconds, self.labels)

@@ -35,7 +35,7 @@ class MissingPayloads(Exception):
     pass
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode_payload(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "jpeg":
         image.save(buffer, format="JPEG", quality=75 if image.size[0] == 32 else 90)
@@ -60,14 +60,14 @@ def build(source: str | None, out: Path, per_class: int, enlarged_per_class: int
         for rank, index in enumerate(indices):
             image = Image.fromarray(data.test_images[index].permute(1, 2, 0).numpy(), "RGB")
             stem = f"{name}-{index:05d}"
-            (staging / "jpeg-32" / f"{stem}.jpg").write_bytes(encode(image, "jpeg"))
+            (staging / "jpeg-32" / f"{stem}.jpg").write_bytes(encode_payload(image, "jpeg"))
             counts["jpeg-32"] += 1
             if rank >= enlarged_per_class:
                 continue
             for size in ENLARGED_SIZES:
                 enlarged = image.resize((size, size), Image.BICUBIC)
                 for fmt, suffix in (("jpeg", "jpg"), ("png", "png")):
-                    (staging / f"{fmt}-{size}" / f"{stem}.{suffix}").write_bytes(encode(enlarged, fmt))
+                    (staging / f"{fmt}-{size}" / f"{stem}.{suffix}").write_bytes(encode_payload(enlarged, fmt))
                     counts[f"{fmt}-{size}"] += 1
     manifest = {
         "source": data.source,

@@ -7,6 +7,6 @@ levels: at least the first step held, and no answer broke the API's contract in 
 answers such as 503 in the breaking step are the finding, not a breach).
 """
 
-from loadtests import report  # noqa: F401  (registers the end-of-run check)
+from loadtests import service_levels  # noqa: F401  (registers the end-of-run check)
 from loadtests.shapes import RampShape  # noqa: F401  (Locust finds users and shapes by name here)
 from loadtests.users import ClassifierUser  # noqa: F401

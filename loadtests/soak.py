@@ -104,7 +104,7 @@ class PredictionUser(FastHttpUser):
         self.client.post(f"/predictions/{Soak.options.model}", data=image, headers=self.headers, name="/predictions")
 
 
-class SteadyLoad(LoadTestShape):
+class SoakShape(LoadTestShape):
     """All users at once, held for --duration seconds, then stop."""
 
     def tick(self):
@@ -200,7 +200,7 @@ def plot(samples: list[dict], warmup: float, path: Path, title: str) -> None:
 
 
 @events.quitting.add_listener
-def report(environment, **_):
+def write_soak_report(environment, **_):
     options = Soak.options
     if options is None or not Soak.samples:
         return

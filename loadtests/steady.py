@@ -8,6 +8,6 @@ Service levels: no request fails, every bad payload gets its 400, p99 of valid p
 --p99-ms. See loadtests/shapes.py for the options of every scenario.
 """
 
-from loadtests import report  # noqa: F401  (registers the end-of-run check)
+from loadtests import service_levels  # noqa: F401  (registers the end-of-run check)
 from loadtests.shapes import SteadyShape  # noqa: F401  (Locust finds users and shapes by name here)
 from loadtests.users import ClassifierUser, OperatorUser  # noqa: F401

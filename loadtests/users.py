@@ -137,7 +137,7 @@ def management_url(options, inference_host: str) -> str:
 
 
 @dataclass
-class Traffic:
+class SharedSetup:
     """What every user of this process shares: payloads, keys and options (set up once, at init)."""
 
     options: object
@@ -147,14 +147,14 @@ class Traffic:
     management_headers: dict[str, str]
 
 
-TRAFFIC: Traffic | None = None
+SHARED: SharedSetup | None = None
 
 
 @events.init.add_listener
 def prepare(environment, **_kwargs):
-    global TRAFFIC
+    global SHARED
     options = environment.parsed_options
-    if options is None:  # Locust used as a library: the caller sets TRAFFIC
+    if options is None:  # Locust used as a library: the caller sets SHARED
         return
     payloads = load(Path(options.payloads))
     keys = read_keys(Path(options.key_file))
@@ -166,7 +166,7 @@ def prepare(environment, **_kwargs):
             "inference" if not inference_key else "management",
             options.key_file,
         )
-    TRAFFIC = Traffic(options, payloads, bad_payloads(payloads), bearer(inference_key), bearer(management_key))
+    SHARED = SharedSetup(options, payloads, bad_payloads(payloads), bearer(inference_key), bearer(management_key))
 
 
 def error_problem(answer) -> str | None:
@@ -212,11 +212,11 @@ class ClassifierUser(FastHttpUser):
 
     def on_start(self):
         self.random = random.Random()
-        self.path = f"/predictions/{TRAFFIC.options.model}"
+        self.path = f"/predictions/{SHARED.options.model}"
 
     @task
     def classify(self):
-        traffic = TRAFFIC
+        traffic = SHARED
         transport = self.random.choice(TRANSPORTS)
         if self.random.random() < traffic.options.bad_share:
             what = self.random.choice(list(traffic.bad))
@@ -231,7 +231,7 @@ class ClassifierUser(FastHttpUser):
     def send(self, name: str, body: bytes, content_type: str, transport: str, expected_status: int, body_problem):
         if transport == "multipart":
             body, content_type = encode_multipart_formdata({"image": ("image", body, content_type)})
-        headers = {"Content-Type": content_type, **TRAFFIC.inference_headers}
+        headers = {"Content-Type": content_type, **SHARED.inference_headers}
         with self.client.post(self.path, data=body, headers=headers, name=name, catch_response=True) as response:
             judge(response, expected_status, body_problem)
 
@@ -248,29 +248,29 @@ class OperatorUser(FastHttpUser):
     url = ""
 
     def wait_time(self):
-        return TRAFFIC.options.operator_interval
+        return SHARED.options.operator_interval
 
     def on_start(self):
-        OperatorUser.url = f"{management_url(TRAFFIC.options, self.host)}/models/{TRAFFIC.options.model}"
-        description = self.describe(expected_workers=None)
+        OperatorUser.url = f"{management_url(SHARED.options, self.host)}/models/{SHARED.options.model}"
+        description = self.describe_model(expected_workers=None)
         if description is None:
             raise RuntimeError(f"the operator cannot describe the model at {OperatorUser.url}")
         if OperatorUser.found_workers is None:
             OperatorUser.found_workers = len(description["workers"])
         self.workers = len(description["workers"])
-        self.scaled_workers = TRAFFIC.options.operator_workers or OperatorUser.found_workers + 1
+        self.scaled_workers = SHARED.options.operator_workers or OperatorUser.found_workers + 1
         self.wait()  # the first change comes one interval into the load, not before it
 
     @task
     def change_workers(self):
-        if self.workers != OperatorUser.found_workers and TRAFFIC.options.operator_mode == "up":
-            self.describe(expected_workers=self.workers)
+        if self.workers != OperatorUser.found_workers and SHARED.options.operator_mode == "up":
+            self.describe_model(expected_workers=self.workers)
             return
         target = self.scaled_workers if self.workers == OperatorUser.found_workers else OperatorUser.found_workers
         params = f"min_worker={target}&max_worker={target}&synchronous=true"
         with self.client.put(
             f"{self.url}?{params}",
-            headers=TRAFFIC.management_headers,
+            headers=SHARED.management_headers,
             name=f"manage scale to {target}",
             catch_response=True,
         ) as response:
@@ -282,15 +282,15 @@ class OperatorUser(FastHttpUser):
                 ),
             )
         self.workers = target
-        self.describe(expected_workers=target)
+        self.describe_model(expected_workers=target)
 
-    def describe(self, expected_workers: int | None) -> dict | None:
+    def describe_model(self, expected_workers: int | None) -> dict | None:
         def description_problem(answer):
             if not (
                 isinstance(answer, list)
                 and answer
                 and isinstance(answer[0], dict)
-                and answer[0].get("modelName") == TRAFFIC.options.model
+                and answer[0].get("modelName") == SHARED.options.model
                 and isinstance(answer[0].get("workers"), list)
             ):
                 return f"unexpected description: {str(answer)[:200]}"
@@ -300,7 +300,7 @@ class OperatorUser(FastHttpUser):
             return None
 
         with self.client.get(
-            self.url, headers=TRAFFIC.management_headers, name="manage describe", catch_response=True
+            self.url, headers=SHARED.management_headers, name="manage describe", catch_response=True
         ) as response:
             answer = judge(response, 200, description_problem)
         return answer[0] if answer else None
@@ -326,7 +326,7 @@ def restore_workers(environment, **_kwargs):
         response = requests.put(
             OperatorUser.url,
             params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-            headers=TRAFFIC.management_headers,
+            headers=SHARED.management_headers,
             timeout=120,
         )
         error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"

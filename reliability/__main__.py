@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from reliability.bad_inputs import Input, corpus, describe, keeps_the_rule, max_request_size, send, send_mixed
+from reliability.bad_inputs import Input, corpus, keeps_the_rule, max_request_size, send, send_mixed, summarize_answer
 from reliability.drills import (
     SLEEPY_QUEUE,
     FaultServer,
@@ -45,7 +45,7 @@ def try_inputs(server: FaultServer, good_images: list[bytes], rounds: int = 2) -
                 "input": item.name,
                 "expected": item.status,
                 "reason": item.reason,
-                "answer": describe(answer),
+                "answer": summarize_answer(answer),
                 "keeps_the_rule": keeps_the_rule(item, answer),
                 "frontend_gap": item.frontend_gap,
             }

@@ -43,7 +43,7 @@ class Answer:
     text: str
 
 
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
+def encode_image(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
@@ -85,12 +85,14 @@ def exif_rotated_jpeg(upright: Image.Image) -> bytes:
     """The upright image stored turned a quarter left, with the EXIF tag that says 'turn it right'."""
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6  # viewers rotate 90 degrees clockwise to display
-    return encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0, exif=exif.tobytes())
+    return encode_image(
+        upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0, exif=exif.tobytes()
+    )
 
 
 def large_photo(source: Image.Image, size=(6000, 4000)) -> bytes:
     """A photo-sized JPEG (smooth, so it stays a few MB: under TorchServe's request size limit)."""
-    return encode(source.convert("RGB").resize(size, Image.BICUBIC), "JPEG", quality=80)
+    return encode_image(source.convert("RGB").resize(size, Image.BICUBIC), "JPEG", quality=80)
 
 
 def frames(source: Image.Image, count: int = 3) -> list[Image.Image]:
@@ -103,8 +105,8 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
     photo = Image.open(io.BytesIO(photo_jpeg)).convert("RGB")
     big = photo.resize((96, 80), Image.BICUBIC)
     gray16 = Image.fromarray(np.asarray(big.convert("L"), dtype=np.uint16) * 257)
-    png = encode(big, "PNG")
-    jpeg = encode(big.resize((256, 256)), "JPEG", quality=90)
+    png = encode_image(big, "PNG")
+    jpeg = encode_image(big.resize((256, 256)), "JPEG", quality=90)
     animated = frames(big)
     pages = frames(big)
     form_type = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -147,23 +149,27 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
         ),
         # valid images of any size, mode or container: a prediction
         Input("large photo 6000x4000 JPEG", 200, data=large_photo(photo)),
-        Input("1x1 PNG", 200, data=encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")),
-        Input("3000x2 PNG (extreme aspect ratio)", 200, data=encode(photo.resize((3000, 2)), "PNG")),
-        Input("16-bit grayscale PNG", 200, data=encode(gray16, "PNG")),
-        Input("grayscale JPEG", 200, data=encode(big.convert("L"), "JPEG")),
-        Input("1-bit PNG", 200, data=encode(big.convert("1"), "PNG")),
-        Input("palette PNG", 200, data=encode(big.convert("P", palette=Image.Palette.ADAPTIVE), "PNG")),
-        Input("RGBA PNG", 200, data=encode(big.convert("RGBA"), "PNG")),
-        Input("CMYK JPEG", 200, data=encode(big.convert("CMYK"), "JPEG")),
-        Input("CMYK TIFF", 200, data=encode(big.convert("CMYK"), "TIFF")),
-        Input("BMP", 200, data=encode(big, "BMP")),
-        Input("WebP", 200, data=encode(big, "WEBP")),
+        Input("1x1 PNG", 200, data=encode_image(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")),
+        Input("3000x2 PNG (extreme aspect ratio)", 200, data=encode_image(photo.resize((3000, 2)), "PNG")),
+        Input("16-bit grayscale PNG", 200, data=encode_image(gray16, "PNG")),
+        Input("grayscale JPEG", 200, data=encode_image(big.convert("L"), "JPEG")),
+        Input("1-bit PNG", 200, data=encode_image(big.convert("1"), "PNG")),
+        Input("palette PNG", 200, data=encode_image(big.convert("P", palette=Image.Palette.ADAPTIVE), "PNG")),
+        Input("RGBA PNG", 200, data=encode_image(big.convert("RGBA"), "PNG")),
+        Input("CMYK JPEG", 200, data=encode_image(big.convert("CMYK"), "JPEG")),
+        Input("CMYK TIFF", 200, data=encode_image(big.convert("CMYK"), "TIFF")),
+        Input("BMP", 200, data=encode_image(big, "BMP")),
+        Input("WebP", 200, data=encode_image(big, "WEBP")),
         Input(
             "animated GIF (3 frames)",
             200,
-            data=encode(animated[0], "GIF", save_all=True, append_images=animated[1:], duration=100, loop=0),
+            data=encode_image(animated[0], "GIF", save_all=True, append_images=animated[1:], duration=100, loop=0),
         ),
-        Input("multi-page TIFF (3 pages)", 200, data=encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])),
+        Input(
+            "multi-page TIFF (3 pages)",
+            200,
+            data=encode_image(pages[0], "TIFF", save_all=True, append_images=pages[1:]),
+        ),
         Input("EXIF-rotated JPEG", 200, data=exif_rotated_jpeg(block_image(photo))),
         # the same image, however the request declares it
         Input("JPEG, no Content-Type", 200, data=jpeg),
@@ -217,7 +223,7 @@ def keeps_the_rule(item: Input, answer: Answer) -> bool:
     )
 
 
-def describe(answer: Answer) -> str:
+def summarize_answer(answer: Answer) -> str:
     """One line for a report: the status and the prediction or the error."""
     if answer.body is None:
         return f"{answer.status} (no JSON body)"

@@ -153,7 +153,7 @@ class Call:
     body: str
 
 
-class SteadyLoad:
+class BackgroundPredictions:
     """Threads that each post `payload` back to back until the block ends; every call recorded."""
 
     def __init__(self, client: Client, model: str, payload: bytes, threads: int):
@@ -169,7 +169,7 @@ class SteadyLoad:
             status, body = call(client, self.payload, self.model)
             self.calls.append(Call(started, time.monotonic(), status, body))
 
-    def __enter__(self) -> SteadyLoad:
+    def __enter__(self) -> BackgroundPredictions:
         for worker in self._workers:
             worker.start()
         return self
@@ -192,7 +192,7 @@ def wait_for(condition, timeout: float = 120, interval: float = 0.05) -> float:
 def kill_worker_under_load(server: FaultServer, threads: int = 8, before: float = 1.0, after: float = 2.0) -> dict:
     """kill -9 a cifar10 worker while `threads` clients post back to back."""
     old = server.worker_pids()
-    with SteadyLoad(server.client, "cifar10", sample_jpeg(), threads) as load:
+    with BackgroundPredictions(server.client, "cifar10", sample_jpeg(), threads) as load:
         time.sleep(before)
         killed_at = time.monotonic()
         os.kill(old[0], signal.SIGKILL)

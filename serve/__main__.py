@@ -3,6 +3,8 @@
     python -m serve archive [--run models/latest] [--model-config handler/model-config.gpu.yaml]
                             [--format onnx]           (ONNX Runtime serves model.onnx instead of model.pt)
                                                       build model-store/cifar10.mar
+    python -m serve archive --device gpu [--workers N]  ... with the GPU config, workers and queue sized
+                                                      for this machine's cores and GPU memory
     python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
-from serve.archive import FORMATS, REPO, ArchiveError, build_archive
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
 from serve.client import Client, ServiceError
+from serve.gpu_sizing import NoGpu, sized_config, this_machine
 from serve.keys import MissingKeyError
 from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
 
@@ -54,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         default="torchscript",
         help="the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
     )
+    archive.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="gpu: the GPU config (default handler/model-config.gpu.yaml), workers and queue sized for this machine",
+    )
+    archive.add_argument("--workers", type=int, help="with --device gpu: this many workers instead of the sized count")
     launch = commands.add_parser("start")
     launch.add_argument(
         "--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)"
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ServiceError, ArchiveError, JavaMissingError, MissingKeyError, TimeoutError) as error:
+    except (ServiceError, ArchiveError, JavaMissingError, MissingKeyError, NoGpu, TimeoutError) as error:
         raise SystemExit(f"error: {error}") from None
 
 
@@ -91,7 +102,12 @@ def run(args: argparse.Namespace) -> None:
     """Carries out one command; raises the library's errors, which `main` turns into a message."""
     paths = ServerPaths(config=args.config, workdir=args.workdir)
     if args.command == "archive":
-        build_archive(args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format)
+        if args.device == "gpu":
+            archive_for_this_gpu(args)
+        else:
+            build_archive(
+                args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
+            )
         return
     if args.command == "stop":
         stop(paths)
@@ -141,6 +157,25 @@ def run(args: argparse.Namespace) -> None:
         for api in apis:
             client.renew_key(api)
         print(f"new {' and '.join(apis)} key(s) in {client.key_file}; the old ones no longer work")
+
+
+def archive_for_this_gpu(args) -> None:
+    """`archive --device gpu`: size the GPU config for this machine, pack it, say what was chosen."""
+    import yaml
+
+    config_file = args.model_config or GPU_MODEL_CONFIG
+    machine = this_machine()
+    config = sized_config(yaml.safe_load(config_file.read_text()), machine, args.workers)
+    with tempfile.TemporaryDirectory() as scratch:
+        sized = Path(scratch) / "model-config.yaml"
+        sized.write_text(f"# {config_file.name} sized for {machine} by python -m serve archive --device gpu\n")
+        with sized.open("a") as handle:
+            yaml.safe_dump(config, handle, sort_keys=False)
+        build_archive(args.run, args.store, name=args.model, model_config=sized, model_format=args.format)
+    print(
+        f"GPU config for {machine.gpus} x {machine.gpu_name} ({machine.gpu_free_mib} MiB free), {machine.cpus} cores: "
+        f"{config['minWorkers']} workers, batch {config['batchSize']}, job queue {config['jobQueueSize']}"
+    )
 
 
 if __name__ == "__main__":

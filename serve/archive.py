@@ -26,6 +26,7 @@ HANDLER = REPO / "handler" / "cifar10_handler.py"
 IMAGES = REPO / "handler" / "cifar10_images.py"
 METRICS = REPO / "handler" / "cifar10_metrics.py"
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
+GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"
 # --format -> (the run's model file, the model config that serves it by default)
 FORMATS = {
     "torchscript": ("model.pt", MODEL_CONFIG),
@@ -45,7 +46,7 @@ def build_archive(
     """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
     the archive already there; TorchServe knows both as model <name>, by their versions).
     `model_config` defaults to the one that serves `model_format` (FORMATS)."""
-    from model import CLASSES  # imports torch (2 s): here, so that `serve start` does not pay it
+    from model import CLASSES  # imports torch (slow): here, so that `serve start` does not pay for it
 
     run_dir = run_dir.resolve()
     metadata_file = run_dir / "metadata.json"
@@ -81,6 +82,9 @@ def build_archive(
                 str(scratch),
             ],
             check=True,
+            # The archiver stages files in $TMPDIR/<model name>: a scratch of its own, else two archives
+            # built at once on one machine (tests, the fleet drill) overwrite each other's files.
+            env={**os.environ, "TMPDIR": str(scratch)},
         )
         os.replace(scratch / f"{name}.mar", target)
     print(

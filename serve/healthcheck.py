@@ -1,29 +1,57 @@
-"""Container health check: exit 0 when the model has a READY worker, as TorchServe's describe says.
+"""Health checks: exit 0 when the model has a READY worker, as TorchServe's describe says, and (with
+--predict) a prediction of a small image answers; exit 1 otherwise.
 
     python -m serve.healthcheck [--management http://127.0.0.1:8081] [--model cifar10] [--key-file key_file.json]
+                                [--predict [--inference http://127.0.0.1:8080]] [--drain-file PATH]
 
-Standard library only: the serve image runs it every 30 s with serve/ and nothing else of this
-repository. It sends the management key from key_file.json. TorchServe wrote that file, so a
-refused key is an expired one: the check then has TorchServe make a new management key with the
-API key and asks again, which keeps a working management key in key_file.json for operators too.
+Three callers, one meaning: the serve image's HEALTHCHECK, the Kubernetes probes (deploy/k8s) and
+the fleet drill's load balancer (fleet/). /ping alone is not enough: TorchServe answers Healthy
+while every worker is dead. With --drain-file, the check fails while that file exists: `python -m
+serve.drain` writes it, so that the readiness probe (and the balancer) stop sending traffic.
+
+Standard library only: the serve image runs it with serve/ and nothing else of this repository.
+It sends the management key from key_file.json. TorchServe wrote that file, so a refused key is an
+expired one: the check then has TorchServe make a new management key with the API key and asks
+again, which keeps a working management key in key_file.json for operators too. Without the file
+(token authorization off, as in the Kubernetes pod) it sends no key.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 from serve.keys import read_keys
 
+# TorchServe's APIs as config.properties puts them (the pod's too: deploy/k8s/base/config.properties).
+INFERENCE = "http://127.0.0.1:8080"
+MANAGEMENT = "http://127.0.0.1:8081"
 
-def call(url: str, key: str | None, method: str = "GET") -> bytes:
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+def call(url: str, key: str | None, method: str = "GET", body: bytes | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is not None:  # else urllib sends a form's content type, and TorchServe parses the image as a form
+        headers["Content-Type"] = "image/png"
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.read()
+
+
+def probe_png(size: int = 32) -> bytes:
+    """A size x size grey PNG, made with zlib alone (the image has no imaging library on this path)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * (3 * size) for _ in range(size))  # filter 0, then RGB pixels
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def ready_workers(args) -> int:
@@ -31,12 +59,24 @@ def ready_workers(args) -> int:
     return sum(worker["status"] == "READY" for version in answer for worker in version["workers"])
 
 
+def predicted_class(args) -> str:
+    url = f"{args.inference}/predictions/{args.model}"
+    answer = json.loads(call(url, read_keys(args.key_file).get("inference"), method="POST", body=probe_png()))
+    return answer["prediction"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--management", default="http://127.0.0.1:8081")
+    parser.add_argument("--management", default=MANAGEMENT)
+    parser.add_argument("--inference", default=INFERENCE)
     parser.add_argument("--model", default="cifar10")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"))
+    parser.add_argument("--predict", action="store_true", help="also require a prediction of a small image")
+    parser.add_argument("--drain-file", type=Path, help="fail while this file exists (the replica is draining)")
     args = parser.parse_args(argv)
+    if args.drain_file is not None and args.drain_file.exists():
+        print(f"draining: {args.drain_file} exists")
+        return 1
     try:
         try:
             ready = ready_workers(args)
@@ -46,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             call(f"{args.management}/token?type=management", api_key, method="POST")
             ready = ready_workers(args)
-    except (OSError, ValueError, KeyError) as error:  # no answer, an HTTP error, or an unexpected body
+        prediction = predicted_class(args) if ready and args.predict else None
+    except (OSError, ValueError, KeyError, TypeError) as error:  # no answer, an HTTP error, or an unexpected body
         print(f"unhealthy: {error}")
         return 1
-    print(f"{args.model}: {ready} READY worker(s)")
+    print(f"{args.model}: {ready} READY worker(s)" + (f", predicts {prediction!r}" if prediction else ""))
     return 0 if ready else 1
 
 

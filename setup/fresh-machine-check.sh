@@ -2,6 +2,9 @@
 # Plays a newcomer on a bare Debian 12: a podman container with only python3 (+venv), make, git,
 # curl and sudo, a user with sudo rights, a clone of this repository's HEAD, the README's two
 # commands and nothing else. Prints how long each took; the container's output goes to $LOG.
+# One tier cannot run there: podman does not nest inside this unprivileged container, so
+# `make test` runs with the container tier (tests/e2e/test_containers.py) left out, and says so;
+# that tier runs on the host (`make test-images`, and in CI).
 #   CIFAR10_DATA=../shared/data/cifar10-jpeg.tar.gz setup/fresh-machine-check.sh
 # Needs podman and debootstrap on the host (Debian packages). Only HEAD is cloned: commit first.
 set -euo pipefail
@@ -14,16 +17,7 @@ LOG=${LOG:-$repo/reports/fresh-machine.log}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# podman without systemd: cgroupfs, runc, a file event log, ulimits under the host's hard limits.
-cat > "$work/containers.conf" <<'CONF'
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-export CONTAINERS_CONF="$work/containers.conf"
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$repo/deploy/docker/containers.conf}  # podman without systemd
 
 if ! podman image exists "$image"; then
   echo "making $image with debootstrap from $mirror"
@@ -38,20 +32,22 @@ ca=/etc/ssl/certs/ca-certificates.crt
 mkdir -p "$(dirname "$LOG")"
 echo "clone of $(git -C "$repo" rev-parse --short HEAD) in a fresh $image; output in $LOG"
 podman run --rm --network host \
-  -v "$repo:/src:ro" -v "$data:/home/newcomer/shared/data/cifar10-jpeg.tar.gz:ro" -v "$ca:$ca:ro" \
+  -v "$repo:/src:ro" -v "$data:/srv/shared/data/cifar10-jpeg.tar.gz:ro" -v "$ca:$ca:ro" \
   -e PIP_CERT="$ca" -e SSL_CERT_FILE="$ca" -e REQUESTS_CA_BUNDLE="$ca" \
   "$image" bash -euo pipefail -c '
     useradd --create-home --shell /bin/bash newcomer
+    ln -s /srv/shared /home/newcomer/shared  # the data copy beside the clone, as on the project machines
+    git clone -q --bare /src /srv/cifar10.git && chown -R newcomer /srv/cifar10.git  # the "remote"
     echo "newcomer ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/newcomer
     su newcomer -c "
       set -euo pipefail
-      cd ~ && git clone -q /src cifar10 && cd cifar10
+      cd ~ && git clone -q /srv/cifar10.git cifar10 && cd cifar10
       start=\$(date +%s)
       make serve CIFAR10_DATA=../shared/data/cifar10-jpeg.tar.gz
       echo \"FRESH-MACHINE make serve: \$(( \$(date +%s) - start )) s\"
       make stop
       start=\$(date +%s)
-      make test
+      PYTEST_ADDOPTS=--ignore=tests/e2e/test_containers.py make test
       echo \"FRESH-MACHINE make test: \$(( \$(date +%s) - start )) s\"
     "
   ' 2>&1 | tee "$LOG" | grep -E "^FRESH-MACHINE|error|passed|failed" || true

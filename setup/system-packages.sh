@@ -25,6 +25,25 @@ if [ "$task" = test ]; then
   done
 fi
 
+if [ "$task" = test ]; then
+  # The GPU check (tests/integration/test_gpu_check.py): its bundle makes a Java runtime with jlink;
+  # its serve stage drives TorchServe with wrk.
+  command -v jlink >/dev/null || missing+=(openjdk-17-jdk-headless)
+  command -v wrk >/dev/null || missing+=(wrk)
+  # The pod's token gateway and the fleet drill's balancer (tests/integration/test_gateway.py,
+  # tests/e2e/test_fleet_drill.py): Debian installs both under /usr/sbin.
+  for tool in nginx haproxy; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+  done
+  # The container tier (tests/e2e/test_containers.py) builds and runs the images with podman where
+  # no Docker daemon answers; debootstrap makes the local base image; catatonit is podman's --init.
+  if ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; }; then
+    for package in podman buildah runc fuse-overlayfs uidmap slirp4netns debootstrap catatonit curl; do
+      dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+  fi
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

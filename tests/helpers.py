@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 from serve.answers import answer_problem
 
@@ -39,3 +43,26 @@ def assert_prediction(answer) -> None:
     """The answer keeps the Flask service's shape: prediction, confidence, top3_predictions."""
     problem = answer_problem(answer)
     assert problem is None, problem
+
+
+def require_tool(name: str) -> str:
+    """A checker from Debian (`make packages-test` installs them) or from the venv (requirements.txt);
+    a missing one fails the test with what to install."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} not found: `make packages-test` or `sudo apt-get install -y {name}` installs it")
+    return found
+
+
+# GPU tests: `pytest -m gpu` selects them; on a machine without a CUDA device they are skipped.
+needs_gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)"),
+]
+
+
+def gpu_test(test):
+    """Marks one test as a GPU test (as needs_gpu does for a whole module)."""
+    for mark in needs_gpu:
+        test = mark(test)
+    return test

@@ -36,6 +36,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # bf16 autocast for training steps: auto (on for CUDA) | on | off
     compile: bool = False  # torch.compile the training step's model
+    cuda_graph: str = "auto"  # the whole step as one CUDA graph: auto (CUDA, Adam, one process) | on | off
     eval_batch_size: int = 1000
     train_subset: int = 0  # 0: all 50,000 training images
     test_subset: int = 0  # 0: all 10,000 test images
@@ -69,6 +70,17 @@ RECIPES: dict[str, dict] = {
         "crop_padding": 1,
         "flip_only_epochs": 2,
         "dropout": 0.1,
+    },
+    # For a GPU: batch 512 (a batch 64 step leaves a large GPU idle), a one-cycle rate scaled up
+    # for the larger batch, more epochs of fewer steps. See docs/gpu.md; measured by make gpu-check.
+    "gpu-large-batch": {
+        "batch_size": 512,
+        "epochs": 16,
+        "lr": 8e-3,
+        "schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "crop_padding": 1,
+        "eval_batch_size": 10_000,
     },
 }
 

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from model import CLASSES, SimpleCNN
 from train.config import Config, ConfigError, parse_args
+from train.cuda_graph import GraphedTrainStep, graph_supported
 from train.data import DataSourceError, load_cifar10
+from train.device import DeviceError, training_device
 from train.export import write_run
 from train.optim import WeightAverage, make_optimizer, set_dropout
 
@@ -58,8 +60,8 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, devic
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
-        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(outputs)
+        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float())
+    return torch.cat(outputs).cpu()  # one copy back (one synchronization on a GPU)
 
 
 def evaluate(model, images, labels, batch_size, device) -> dict:
@@ -79,12 +81,6 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     }
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def subset(images, labels, count):
     """The first `count` images of a fixed shuffle (the same subset whatever the seed)."""
     if not count or count >= len(images):
@@ -97,11 +93,19 @@ def train(cfg: Config) -> dict:
     """Runs the whole job; returns the metadata written (rank 0) or {} (other ranks)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = training_device(cfg.device)
+    if cfg.cuda_graph not in ("auto", "on", "off"):
+        raise ConfigError(f"--cuda-graph {cfg.cuda_graph!r}: expected auto, on or off")
+    not_graphed = graph_supported(device, cfg.optimizer, world_size, cfg.compile)
+    if cfg.cuda_graph == "on" and not_graphed:
+        raise ConfigError(f"--cuda-graph on: {not_graphed}")
+    graph = cfg.cuda_graph != "off" and not_graphed is None
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.deterministic = True  # same seed, same GPU: same weights
+        torch.backends.cudnn.benchmark = False
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -123,11 +127,13 @@ def train(cfg: Config) -> dict:
     steps_per_epoch = -(-per_rank // cfg.batch_size)
     if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
         steps_per_epoch -= 1
-    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
+    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch, cycle_momentum=not graph)
     averaged = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     served = averaged.average if averaged else model  # what is evaluated and exported
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
     use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    graphed = GraphedTrainStep(model, optimizer, cfg.batch_size, use_amp, cfg.label_smoothing) if graph else None
+    eval_images = test_images.to(device)  # evaluated each epoch: copied to the GPU once (on the CPU: the same tensor)
 
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
@@ -145,12 +151,23 @@ def train(cfg: Config) -> dict:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
+        if graphed is not None:
+            graphed.start_epoch()
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0, leave=False
         )
         for step in bar:
             x = images[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = labels[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            seen += len(y)
+            if graphed is not None:  # CUDA: one graph replay, no host synchronization
+                graphed.run(x, y)
+                if scheduler is not None:
+                    scheduler.step()
+                    graphed.follow_schedule()
+                if averaged is not None:
+                    averaged.update()
+                continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -163,24 +180,26 @@ def train(cfg: Config) -> dict:
                 averaged.update()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the steps run asynchronously: time them to their end
         train_seconds = time.time() - epoch_start
-        result = evaluate(served, test_images, test_labels, cfg.eval_batch_size, device)
+        epoch_loss, epoch_correct = graphed.sums() if graphed is not None else (loss_sum.item(), correct.item())
+        result = evaluate(served, eval_images, test_labels, cfg.eval_batch_size, device)
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / seen,
-            "train_accuracy": correct.item() / seen,
+            "train_loss": epoch_loss / seen,
+            "train_accuracy": epoch_correct / seen,
             "test_loss": result["loss"],
             "test_accuracy": result["accuracy"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": float(optimizer.param_groups[0]["lr"]),
             "train_seconds": round(train_seconds, 2),
             "eval_seconds": round(time.time() - epoch_start - train_seconds, 2),
             "images_per_second": round(seen * world_size / train_seconds, 1),
         }
         if averaged is not None and epoch == cfg.epochs:  # what the average added, once, at the end
-            record["live_test_accuracy"] = evaluate(model, test_images, test_labels, cfg.eval_batch_size, device)[
+            record["live_test_accuracy"] = evaluate(model, eval_images, test_labels, cfg.eval_batch_size, device)[
                 "accuracy"
             ]
         history.append(record)
@@ -213,6 +232,7 @@ def train(cfg: Config) -> dict:
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "world_size": world_size,
                 "threads": torch.get_num_threads(),
+                "cuda_graph": graph,
                 "total_seconds": round(time.time() - started, 1),
                 "peak_memory_mb": round(peak_mb, 1),
                 "config": asdict(cfg),
@@ -227,7 +247,7 @@ def train(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> None:
     try:
         train(parse_args(argv))
-    except (DataSourceError, ConfigError) as error:
+    except (DataSourceError, ConfigError, DeviceError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -19,7 +19,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
 
 
-def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int):
+def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, cycle_momentum: bool = True):
+    """`cycle_momentum` False: the one-cycle schedule leaves the momentum alone (the CUDA-graph step
+    captures it once)."""
     groups = parameter_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=cfg.lr)
@@ -31,7 +33,11 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int):
         scheduler = None
     elif cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=cfg.epochs * steps_per_epoch,
+            pct_start=cfg.warmup,
+            cycle_momentum=cycle_momentum,
         )
     else:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")

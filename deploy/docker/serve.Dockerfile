@@ -12,9 +12,11 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
 # Java 17 runs TorchServe's frontend (slim images lack the man folder its installer writes to).
+# procps: TorchServe stops a worker (scale down, rollout, unregister) by running `kill -9 PID`;
+# without /bin/kill those management calls answer 500.
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
  && rm -rf /var/lib/apt/lists/*
 
 # Versions from requirements.txt, read as constraints: only what serving needs is installed.
@@ -30,7 +32,9 @@ WORKDIR /home/model-server
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file is
 # named by its path here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
-COPY serve/__init__.py serve/keys.py serve/healthcheck.py ./serve/
+# serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
+# probes; serve.drain: the Kubernetes preStop hook.
+COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' config.properties \
  && mkdir -p model-store run logs \
@@ -45,5 +49,6 @@ EXPOSE 8080 8081 8082
 # Healthy once the model has a READY worker, not merely when /ping answers (serve/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
   CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", "--key-file", "/home/model-server/run/key_file.json"]
-CMD ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/home/model-server/config.properties", \
-     "--model-store", "/home/model-server/model-store"]
+# TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (serve/entrypoint.py).
+CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
+     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]

@@ -15,13 +15,13 @@ from reliability.bad_inputs import (
     Input,
     block_image,
     corpus,
-    describe,
-    encode,
+    encode_image,
     exif_rotated_jpeg,
     keeps_the_rule,
     max_request_size,
     send,
     send_mixed,
+    summarize_answer,
 )
 from reliability.drills import worker_pids
 from serve.client import sample_jpeg
@@ -42,7 +42,7 @@ def inputs(server_paths, cifar_test_jpegs) -> dict[str, Input]:
 
 
 def assert_answer_keeps_the_rule(item: Input, answer):
-    assert keeps_the_rule(item, answer), f"{item.name}: {describe(answer)}"
+    assert keeps_the_rule(item, answer), f"{item.name}: {summarize_answer(answer)}"
     if item.status == 200:
         assert_prediction(answer.body)
 
@@ -85,9 +85,9 @@ def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cif
 def test_exif_rotation_is_honoured(server, cifar_test_jpegs):
     """A photo stored sideways with its EXIF orientation tag is classified as the upright photo."""
     upright = block_image(Image.open(io.BytesIO(cifar_test_jpegs["horse"][0])))
-    upright_jpeg = encode(upright, "JPEG", quality=100, subsampling=0)
+    upright_jpeg = encode_image(upright, "JPEG", quality=100, subsampling=0)
     rotated = exif_rotated_jpeg(upright)
-    sideways = encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0)
+    sideways = encode_image(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0)
     np.testing.assert_array_equal(decode_image(rotated), decode_image(upright_jpeg))
     assert np.abs(decode_image(sideways).astype(int) - decode_image(upright_jpeg)).mean() > 10  # the tag matters
     assert server.predict(rotated) == server.predict(upright_jpeg)

@@ -71,7 +71,7 @@ def prometheus(server, tmp_path):
     """Prometheus 2 (Debian's package) with deploy/monitoring/prometheus.yml pointed at the session's TorchServe."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (bash .ci/run installs it)")
+        pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (`make packages-test` installs it)")
     config = yaml.safe_load((REPO / "deploy" / "monitoring" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     (job,) = config["scrape_configs"]

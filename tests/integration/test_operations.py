@@ -16,7 +16,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, require_tool
 
 COMPOSE_FILES = {  # file -> the variables it requires
     "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},
@@ -26,19 +26,11 @@ COMPOSE_FILES = {  # file -> the variables it requires
 DOCKERFILES = ["deploy/docker/serve.Dockerfile", "deploy/docker/train.Dockerfile"]
 
 
-def tool(name: str) -> str:
-    """A checker from Debian (bash .ci/run installs them) or from the venv (requirements.txt)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if not found:
-        pytest.fail(f"{name} not found: `sudo apt-get install -y {name}` (bash .ci/run installs it)")
-    return found
-
-
 def compose_config(*overrides: str, data_source: Path) -> dict:
     """`docker-compose config` of docker-compose.yml plus `overrides`: parsed and normalized by Compose."""
     files = ["docker-compose.yml", *overrides]
     env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "test-only", "CIFAR10_DATA": str(data_source)}
-    command = [tool("docker-compose")] + [arg for name in files for arg in ("-f", name)] + ["config"]
+    command = [require_tool("docker-compose")] + [arg for name in files for arg in ("-f", name)] + ["config"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -53,7 +45,7 @@ def test_compose_needs_the_grafana_password_and_keeps_none(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "GRAFANA_ADMIN_PASSWORD"}
     (tmp_path / "empty.env").write_text("")  # not a developer's .env either
     command = [
-        tool("docker-compose"),
+        require_tool("docker-compose"),
         "--env-file",
         str(tmp_path / "empty.env"),
         "-f",
@@ -146,7 +138,7 @@ def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfiles_pass_hadolint(name):
-    result = subprocess.run([tool("hadolint"), name], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([require_tool("hadolint"), name], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -162,7 +154,7 @@ def test_shell_scripts_pass_shellcheck():
         )
     ]
     assert ".ci/run" in scripts
-    result = subprocess.run([tool("shellcheck"), *scripts], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([require_tool("shellcheck"), *scripts], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
@@ -175,7 +167,9 @@ def test_operations_yaml_passes_yamllint():
         *(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "monitoring" / "grafana").rglob("*.yml")),
     ]
     config = "{extends: default, rules: {line-length: {max: 130}, document-start: disable}}"
-    result = subprocess.run([tool("yamllint"), "-s", "-d", config, *files], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [require_tool("yamllint"), "-s", "-d", config, *files], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 

@@ -31,7 +31,7 @@ def cli(server_paths, *args: str) -> str:
     return result.stdout
 
 
-class Traffic:
+class PredictionStream:
     """Predictions sent one after another from a thread, every status code counted."""
 
     def __init__(self, server, image: bytes):
@@ -70,7 +70,7 @@ def test_roll_out_switch_and_roll_back_a_version_while_requests_flow(
     def answers() -> tuple[dict, dict, dict]:
         return server.predict(image), server.predict(image, version=old), server.predict(image, version=new)
 
-    traffic = Traffic(server, image)
+    traffic = PredictionStream(server, image)
     try:
         cli(server_paths, "rollout", "--run", str(second_run), "--store", str(model_store))
         assert (model_store / f"cifar10-{new}.mar").exists()

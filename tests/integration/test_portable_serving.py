@@ -3,7 +3,7 @@ by ONNX Runtime, and model.so (torch.export + AOTInductor, the form TorchServe 0
 
 The TorchScript side is conftest's `server` (the test run's cifar10.mar); each other format is an
 archive of the same run built with `python -m serve archive --format ...`, on its own TorchServe
-(ports TEST_PORT_BASE+30..34, one at a time). The AOTInductor case compiles C++ first
+(ports TEST_PORT_BASE+40..44, one at a time). The AOTInductor case compiles C++ first
 (`python -m train.aot`): about 3 minutes on 2 busy cores.
 """
 
@@ -32,7 +32,7 @@ def portable(request, tmp_path_factory, trained_run):
         subprocess.run([sys.executable, "-m", "train.aot", "--run", str(trained_run)], cwd=REPO, check=True)
     archive = build_archive(trained_run, tmp_path_factory.mktemp(f"{model_format}-store"), model_format=model_format)
     workdir = tmp_path_factory.mktemp(f"{model_format}-torchserve")
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 30))
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 40))
     paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=archive.parent)
     start(paths)
     try:

@@ -50,7 +50,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def site():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     Recorder.seen.clear()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from reliability.bad_inputs import encode, exif_rotated_jpeg, frames
+from reliability.bad_inputs import encode_image, exif_rotated_jpeg, frames
 
 
 def base_images() -> list[bytes]:
@@ -18,18 +18,18 @@ def base_images() -> list[bytes]:
     image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     animated = frames(image)
     return [
-        encode(image, "JPEG"),
-        encode(image, "JPEG", progressive=True),
-        encode(image.convert("CMYK"), "JPEG"),
+        encode_image(image, "JPEG"),
+        encode_image(image, "JPEG", progressive=True),
+        encode_image(image.convert("CMYK"), "JPEG"),
         exif_rotated_jpeg(image),
-        encode(image, "PNG"),
-        encode(Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)), "PNG"),
-        encode(image.convert("P"), "PNG", transparency=0),
-        encode(image, "GIF", save_all=True, append_images=animated[1:]),
-        encode(image, "BMP"),
-        encode(image, "WEBP"),
-        encode(image, "TIFF", save_all=True, append_images=animated[1:]),
-        encode(image, "TIFF", compression="tiff_lzw"),
+        encode_image(image, "PNG"),
+        encode_image(Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)), "PNG"),
+        encode_image(image.convert("P"), "PNG", transparency=0),
+        encode_image(image, "GIF", save_all=True, append_images=animated[1:]),
+        encode_image(image, "BMP"),
+        encode_image(image, "WEBP"),
+        encode_image(image, "TIFF", save_all=True, append_images=animated[1:]),
+        encode_image(image, "TIFF", compression="tiff_lzw"),
     ]
 
 

@@ -9,7 +9,7 @@ from cifar10_images import InvalidImage, decode_image, request_payload
 from PIL import Image
 
 from model import SimpleCNN
-from reliability.bad_inputs import encode
+from reliability.bad_inputs import encode_image
 from train.data import decode_training_image
 
 
@@ -30,14 +30,14 @@ def test_real_cifar_jpegs_decode_exactly_as_in_training(cifar_test_jpegs):
 
 @pytest.mark.parametrize("size", [32, 64, 100, 224, 640, 1600])
 def test_png_of_any_size_decodes_exactly_as_in_training(cifar_image, size):
-    data = encode(cifar_image.resize((size, size), Image.BICUBIC), "PNG")
+    data = encode_image(cifar_image.resize((size, size), Image.BICUBIC), "PNG")
     np.testing.assert_array_equal(decode_image(data), as_training_tensor(data))
 
 
 @pytest.mark.parametrize("size", [64, 100, 224, 640, 1600])
 def test_large_jpegs_decode_close_to_training(cifar_image, size):
     """The handler decodes big JPEGs at reduced DCT scale (draft): within a few levels of a full decode."""
-    data = encode(cifar_image.resize((size, size), Image.BICUBIC), "JPEG", quality=90)
+    data = encode_image(cifar_image.resize((size, size), Image.BICUBIC), "JPEG", quality=90)
     difference = np.abs(decode_image(data).astype(int) - as_training_tensor(data).astype(int))
     assert difference.mean() < 3.0
 
@@ -49,24 +49,24 @@ def test_every_mode_becomes_rgb_32(cifar_image, mode):
     else:
         image = cifar_image.resize((48, 40)).convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    pixels = decode_image(encode(image, fmt))
+    pixels = decode_image(encode_image(image, fmt))
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
 def test_sixteen_bit_png_keeps_its_brightness(cifar_image):
     gray = np.asarray(cifar_image.convert("L"), dtype=np.uint16)
-    pixels = decode_image(encode(Image.fromarray(gray * 257), "PNG"))
+    pixels = decode_image(encode_image(Image.fromarray(gray * 257), "PNG"))
     np.testing.assert_allclose(pixels[..., 0], gray, atol=1)
 
 
 def test_transparent_pixels_become_white():
-    pixels = decode_image(encode(Image.new("RGBA", (32, 32), (10, 200, 30, 0)), "PNG"))
+    pixels = decode_image(encode_image(Image.new("RGBA", (32, 32), (10, 200, 30, 0)), "PNG"))
     assert (pixels == 255).all()
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "WEBP", "TIFF"])
 def test_other_formats(cifar_image, fmt):
-    assert decode_image(encode(cifar_image, fmt)).shape == (32, 32, 3)
+    assert decode_image(encode_image(cifar_image, fmt)).shape == (32, 32, 3)
 
 
 def test_handler_batch_gives_the_models_answer_on_training_tensors(cifar_test_jpegs):
@@ -123,7 +123,7 @@ def test_garbage_is_refused(data, reason):
 
 
 def test_truncated_jpeg_is_refused(cifar_image):
-    data = encode(cifar_image.resize((256, 256)), "JPEG")
+    data = encode_image(cifar_image.resize((256, 256)), "JPEG")
     with pytest.raises(InvalidImage) as error:
         decode_image(data[: len(data) // 2])
     assert error.value.reason == "corrupt"

@@ -1,0 +1,84 @@
+"""GPU serving config (serve/gpu_sizing.py, `python -m serve archive --device gpu`): the sizing
+rule on described machines, the sized config served by a real TorchServe (on this CPU), and the
+command's answer on a machine without a GPU."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import PORT_BASE
+
+from serve.archive import GPU_MODEL_CONFIG, REPO, build_archive
+from serve.client import Client
+from serve.config import config_on_ports
+from serve.gpu_sizing import MAX_QUEUE, MIN_QUEUE, Machine, sized_config
+from serve.server import ServerPaths, start, stop, wait_until_serving
+
+TEMPLATE = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
+
+
+@pytest.mark.parametrize(
+    ("machine", "workers"),
+    [
+        (
+            Machine(cpus=16, gpus=1, gpu_free_mib=140_000, gpu_name="H200"),
+            12,
+        ),  # a quarter of the cores for the frontend
+        (Machine(cpus=16, gpus=1, gpu_free_mib=80_000, gpu_name="H100"), 12),
+        (Machine(cpus=64, gpus=1, gpu_free_mib=10_000, gpu_name="small"), 7),  # bound by GPU memory
+        (Machine(cpus=64, gpus=2, gpu_free_mib=10_000, gpu_name="small"), 14),
+        (Machine(cpus=2, gpus=1, gpu_free_mib=24_000, gpu_name="L4"), 2),
+        (Machine(cpus=16, gpus=1, gpu_free_mib=500, gpu_name="busy"), 1),  # never fewer than one
+    ],
+)
+def test_workers_follow_cores_and_gpu_memory(machine, workers):
+    config = sized_config(TEMPLATE, machine)
+    assert config["minWorkers"] == config["maxWorkers"] == workers
+    assert config["jobQueueSize"] == min(MAX_QUEUE, max(MIN_QUEUE, 2 * workers * TEMPLATE["batchSize"]))
+    assert {key: config[key] for key in TEMPLATE if key not in ("minWorkers", "maxWorkers")} == {
+        key: TEMPLATE[key] for key in TEMPLATE if key not in ("minWorkers", "maxWorkers")
+    }
+
+
+def test_workers_can_be_named():
+    config = sized_config(TEMPLATE, Machine(16, 1, 140_000, "H200"), workers=5)
+    assert config["minWorkers"] == config["maxWorkers"] == 5 and config["jobQueueSize"] == 1280
+
+
+def test_gpu_config_decodes_jpegs_on_the_gpu_with_one_thread_per_worker():
+    assert TEMPLATE["deviceType"] == "gpu"
+    assert TEMPLATE["handler"] == {"torch_threads": 1, "gpu_decode": True, "gpu_decode_min_batch": 8}
+
+
+def test_sized_config_is_served_by_torchserve(tmp_path, trained_run, cifar_test_jpegs):
+    """TorchServe takes the sized keys (jobQueueSize included); on this CPU machine its workers run on the CPU."""
+    config = sized_config(TEMPLATE, Machine(cpus=2, gpus=1, gpu_free_mib=24_000, gpu_name="test"))
+    (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(config))
+    build_archive(trained_run, tmp_path / "store", model_config=tmp_path / "model-config.yaml")
+    (tmp_path / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 20))
+    paths = ServerPaths(config=tmp_path / "config.properties", workdir=tmp_path, model_store=tmp_path / "store")
+    start(paths)
+    try:
+        client = Client.from_config(paths.config, tmp_path)
+        wait_until_serving(client, "cifar10", paths)
+        described = client.describe()[0]
+        assert described["minWorkers"] == described["maxWorkers"] == 2 and described["batchSize"] == 128
+        assert client.predict(cifar_test_jpegs["ship"][0])["prediction"]
+    finally:
+        stop(paths)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
+def test_archive_for_a_gpu_says_there_is_none_and_exits_nonzero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "serve", "archive", "--device", "gpu", "--store", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "torch sees no CUDA device" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
