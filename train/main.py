@@ -26,7 +26,7 @@ from train.config import Config, ConfigError, parse_args
 from train.cuda_graph import GraphedTrainStep, graph_supported
 from train.data import DataSourceError, load_cifar10
 from train.device import DeviceError, training_device
-from train.export import write_run
+from train.export import ExportMismatch, write_run
 from train.optim import WeightAverage, make_optimizer, set_dropout
 
 
@@ -247,7 +247,7 @@ def train(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> None:
     try:
         train(parse_args(argv))
-    except (DataSourceError, ConfigError, DeviceError) as error:
+    except (DataSourceError, ConfigError, DeviceError, ExportMismatch) as error:
         raise SystemExit(f"error: {error}") from None
 
 
