@@ -167,10 +167,10 @@ gpu-check-bundle: ## what a bare GPU machine lacks (Java, TorchServe, wrk, data)
 # --- end gpu ---
 
 # --- model: recipes, portable exports (docs/training.md, docs/portability.md) ---
-RUNS ?= models/trials/*
+RUNS ?= reports/recipes/*
 .PHONY: recipes aot bench-portability
 
-recipes: $(VENV)/.installed ## recipe runs side by side: markdown table + docs/recipes.png (RUNS="models/trials/*")
+recipes: $(VENV)/.installed ## recipe runs side by side: markdown table + docs/recipes.png (RUNS="reports/recipes/*" or your runs)
 	$(PY) -m train.compare $(RUNS) --plot docs/recipes.png
 
 aot: $(VENV)/.installed ## add model.so (torch.export + AOTInductor, needs g++) to $(RUN); then: python -m serve archive --format aotinductor
