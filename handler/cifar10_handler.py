@@ -1,8 +1,9 @@
 """TorchServe handler for the CIFAR-10 SimpleCNN: image bytes in, the Flask service's JSON answer out.
 
 Self-contained on purpose: it runs inside the TorchServe worker, which has this file,
-cifar10_images.py, the TorchScript model and index_to_name.json from the .mar, and nothing of
-this repository. The model normalizes pixels itself, so the handler only decodes images.
+cifar10_images.py, the model (TorchScript model.pt, or model.onnx run by ONNX Runtime) and
+index_to_name.json from the .mar, and nothing of this repository. The model normalizes pixels
+itself, so the handler only decodes images.
 
 Each request of a batch stands alone: one that is not a decodable image gets HTTP 400 and a JSON
 error naming the problem, the others of its batch get their predictions, the worker stays up.
@@ -12,6 +13,7 @@ import torch
 from cifar10_images import (
     IMAGE_SIZE,
     InvalidImage,
+    OnnxModel,
     answer_bodies,
     decode_batch,
     error_body,
@@ -22,6 +24,21 @@ from cifar10_images import (
 from cifar10_metrics import BatchMetrics, timed
 from ts.torch_handler.base_handler import BaseHandler
 
+# model-config `handler: runtime:` -> the model file it serves
+RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx", "aotinductor": ".so"}
+
+
+def aot_inductor_model(runner):
+    """An AOTInductor library's runner called like the TorchScript module: it wants contiguous
+    (N x C x H x W) pixels, and may answer a list of outputs."""
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        logits = runner(pixels.contiguous())
+        return logits[0] if isinstance(logits, (list, tuple)) else logits
+
+    return forward
+
+
 GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
 
 
@@ -30,20 +47,37 @@ class Cifar10Handler(BaseHandler):
 
     def initialize(self, context):
         # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
-        # small CPU the Java frontend needs a core too, and oversubscribed threads spin). freeze:
-        # serve the frozen module (default), or the export as it is (to measure what freezing buys).
-        # gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other files on the CPU;
-        # gpu_decode_min_batch: only batches with at least this many such JPEGs (smaller ones: the CPU).
+        # small CPU the Java frontend needs a core too, and oversubscribed threads spin); ONNX Runtime
+        # gets as many. freeze: serve the frozen module (default), or the export as it is (to measure
+        # what freezing buys). runtime: torchscript (default, model.pt), onnxruntime (model.onnx,
+        # `python -m serve archive --format onnx`; CPU only) or aotinductor (model.so, --format
+        # aotinductor). gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other
+        # files on the CPU; gpu_decode_min_batch: only batches with at least this many such JPEGs
+        # (smaller ones: the CPU).
         options = (context.model_yaml_config or {}).get("handler", {})
-        if options.get("torch_threads"):
-            torch.set_num_threads(int(options["torch_threads"]))
-        super().initialize(context)  # loads the TorchScript model onto self.device, reads index_to_name.json
+        threads = int(options.get("torch_threads") or 0)
+        if threads:
+            torch.set_num_threads(threads)
+        runtime = options.get("runtime", "torchscript")
+        expected_suffix = RUNTIME_FILES.get(runtime)
+        serialized = context.manifest["model"].get("serializedFile", "")
+        if expected_suffix is None or not serialized.endswith(expected_suffix):
+            raise RuntimeError(
+                f"model-config runtime {runtime!r} cannot serve {serialized!r}: expected one of "
+                + ", ".join(f"{name} with a {suffix} file" for name, suffix in RUNTIME_FILES.items())
+            )
+        super().initialize(context)  # loads the model file, reads index_to_name.json
         if not self.mapping:
             raise RuntimeError("index_to_name.json is missing from the model archive")
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
         self.batch_metrics = BatchMetrics(context, self.classes)
-        self.model = inference_model(self.model, freeze=options.get("freeze", True))
-        # The first calls build and optimize TorchScript's execution plan: pay for them here, not on a request.
+        if runtime == "onnxruntime":  # replaces BaseHandler's session, which takes a thread per core
+            self.model = OnnxModel(self.model_pt_path, threads=threads or 1)
+        elif runtime == "aotinductor":  # BaseHandler loaded the library (model-config pt2.export.aot_compile)
+            self.model = aot_inductor_model(self.model)
+        else:
+            self.model = inference_model(self.model, freeze=options.get("freeze", True))
+        # The first calls build and optimize the execution plan: pay for them here, not on a request.
         # A GPU runs a forward pass in well under a millisecond: there every batch size is met once here
         # (a new shape's first call on a GPU picks kernels), so that a worker just scaled up answers at once.
         largest = int(context.system_properties.get("batch_size") or 1)

@@ -52,7 +52,8 @@ def request_payload(row, text_fields=frozenset()) -> bytes:
     if row.keys() & set(text_fields):
         raise InvalidImage(
             "no_file",
-            f"no file in the form, only text fields ({', '.join(sorted(row))}): send the image as a file field, e.g. curl -F image=@cat.jpg",
+            f"no file in the form, only text fields ({', '.join(sorted(row))}): "
+            "send the image as a file field, e.g. curl -F image=@cat.jpg",
         )
     raise InvalidImage(
         "no_image",
@@ -125,6 +126,29 @@ def inference_model(scripted: torch.jit.ScriptModule, freeze: bool = True) -> to
     the module to its device."""
     model = scripted.eval().to(memory_format=torch.channels_last)
     return torch.jit.freeze(model) if freeze else model
+
+
+class OnnxModel:
+    """An ONNX Runtime session called like the TorchScript module: N x 3 x 32 x 32 uint8 pixels in
+    (a tensor, any memory layout), float32 logits out (a tensor). CPU only.
+
+    onnxruntime is imported here and only here: archives that serve TorchScript do not need it.
+    """
+
+    def __init__(self, path: str, threads: int = 1):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: np.ascontiguousarray(pixels.cpu().numpy())}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 # Start-of-frame markers of baseline and extended sequential Huffman JPEGs (what nvJPEG's batched

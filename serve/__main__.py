@@ -1,6 +1,7 @@
 """Command line for the local deployment (what the Makefile calls).
 
     python -m serve archive [--run models/latest] [--model-config handler/model-config.gpu.yaml]
+                            [--format onnx]           (ONNX Runtime serves model.onnx instead of model.pt)
                                                       build model-store/cifar10.mar
     python -m serve archive --device gpu [--workers N]  ... with the GPU config, workers and queue sized
                                                       for this machine's cores and GPU memory
@@ -25,7 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from serve.archive import GPU_MODEL_CONFIG, MODEL_CONFIG, REPO, ArchiveError, build_archive
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
 from serve.client import Client, ServiceError
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
 from serve.keys import MissingKeyError
@@ -48,8 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     archive.add_argument(
         "--model-config",
         type=Path,
-        default=MODEL_CONFIG,
-        help="batching/workers config packed into the archive (GPU: handler/model-config.gpu.yaml)",
+        help="batching/workers config packed into the archive (default: the format's, "
+        "handler/model-config.yaml or model-config.onnx.yaml; GPU: handler/model-config.gpu.yaml)",
+    )
+    archive.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="torchscript",
+        help="the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
     )
     archive.add_argument(
         "--device",
@@ -98,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
         if args.device == "gpu":
             archive_for_this_gpu(args)
         else:
-            build_archive(args.run, args.store, name=args.model, model_config=args.model_config)
+            build_archive(
+                args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
+            )
         return
     if args.command == "stop":
         stop(paths)
@@ -154,7 +163,7 @@ def archive_for_this_gpu(args) -> None:
     """`archive --device gpu`: size the GPU config for this machine, pack it, say what was chosen."""
     import yaml
 
-    config_file = GPU_MODEL_CONFIG if args.model_config == MODEL_CONFIG else args.model_config
+    config_file = args.model_config or GPU_MODEL_CONFIG
     machine = this_machine()
     config = sized_config(yaml.safe_load(config_file.read_text()), machine, args.workers)
     with tempfile.TemporaryDirectory() as scratch:
@@ -162,7 +171,7 @@ def archive_for_this_gpu(args) -> None:
         sized.write_text(f"# {config_file.name} sized for {machine} by python -m serve archive --device gpu\n")
         with sized.open("a") as handle:
             yaml.safe_dump(config, handle, sort_keys=False)
-        build_archive(args.run, args.store, name=args.model, model_config=sized)
+        build_archive(args.run, args.store, name=args.model, model_config=sized, model_format=args.format)
     print(
         f"GPU config for {machine.gpus} x {machine.gpu_name} ({machine.gpu_free_mib} MiB free), {machine.cpus} cores: "
         f"{config['minWorkers']} workers, batch {config['batchSize']}, job queue {config['jobQueueSize']}"

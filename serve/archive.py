@@ -1,6 +1,7 @@
 """Package a training run into model-store/<name>.mar with torch-model-archiver.
 
-The archive holds the TorchScript export, our handler, the model config (batching, workers) and
+The archive holds the model (the TorchScript export by default; with model_format "onnx" the ONNX
+export, run by ONNX Runtime), our handler, the model config (batching, workers) and
 index_to_name.json made from model.CLASSES; its version is the run's `version` from metadata.json.
 It is built in a temporary folder and renamed into the store, so a server never sees half of it.
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 
 
 class ArchiveError(Exception):
-    """The run cannot be archived (no metadata.json: not a finished training run)."""
+    """The run cannot be archived (no metadata.json: not a finished training run; or no file of the
+    format asked for)."""
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,13 +27,25 @@ IMAGES = REPO / "handler" / "cifar10_images.py"
 METRICS = REPO / "handler" / "cifar10_metrics.py"
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"
+# --format -> (the run's model file, the model config that serves it by default)
+FORMATS = {
+    "torchscript": ("model.pt", MODEL_CONFIG),
+    "onnx": ("model.onnx", REPO / "handler" / "model-config.onnx.yaml"),
+    "aotinductor": ("model.so", REPO / "handler" / "model-config.aotinductor.yaml"),  # python -m train.aot first
+}
 
 
 def build_archive(
-    run_dir: Path, model_store: Path, name: str = "cifar10", model_config: Path = MODEL_CONFIG, versioned: bool = False
+    run_dir: Path,
+    model_store: Path,
+    name: str = "cifar10",
+    model_config: Path | None = None,
+    versioned: bool = False,
+    model_format: str = "torchscript",
 ) -> Path:
     """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
-    the archive already there; TorchServe knows both as model <name>, by their versions)."""
+    the archive already there; TorchServe knows both as model <name>, by their versions).
+    `model_config` defaults to the one that serves `model_format` (FORMATS)."""
     from model import CLASSES  # imports torch (slow): here, so that `serve start` does not pay for it
 
     run_dir = run_dir.resolve()
@@ -39,6 +53,10 @@ def build_archive(
     if not metadata_file.exists():
         raise ArchiveError(f"{metadata_file} not found; train a model first (make train)")
     metadata = json.loads(metadata_file.read_text())
+    model_file, default_config = FORMATS[model_format]
+    if not (run_dir / model_file).exists():
+        raise ArchiveError(f"{run_dir / model_file} not found: the run predates that export; train again")
+    model_config = model_config or default_config
     model_store.mkdir(parents=True, exist_ok=True)
     target = model_store / (f"{name}-{metadata['version']}.mar" if versioned else f"{name}.mar")
     with tempfile.TemporaryDirectory(dir=model_store) as scratch:
@@ -53,7 +71,7 @@ def build_archive(
                 "--version",
                 metadata["version"],
                 "--serialized-file",
-                str(run_dir / "model.pt"),
+                str(run_dir / model_file),
                 "--handler",
                 str(HANDLER),
                 "--config-file",
@@ -69,5 +87,7 @@ def build_archive(
             env={**os.environ, "TMPDIR": str(scratch)},
         )
         os.replace(scratch / f"{name}.mar", target)
-    print(f"wrote {target} (version {metadata['version']}, test accuracy {metadata['test_accuracy']:.2%})")
+    print(
+        f"wrote {target} ({model_file}, version {metadata['version']}, test accuracy {metadata['test_accuracy']:.2%})"
+    )
     return target

@@ -108,10 +108,12 @@ class Client:
             "PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30
         ).json()
 
-    def register(self, archive: str, workers: int = 1, timeout: float = 180) -> dict:
+    def register(self, archive: str, workers: int = 1, timeout: float = 180, **batching: int) -> dict:
         """Registers `archive`, a file name in the server's model store, and waits for its workers.
-        An archive of a model already served becomes another version of it (not the default)."""
-        params = {"url": archive, "initial_workers": workers, "synchronous": "true"}
+        An archive of a model already served becomes another version of it (not the default).
+        `batching`: batch_size and/or max_batch_delay, overriding the archive's model config (this
+        is the only way to set max_batch_delay 0: a model config's 0 means "unset", 100 ms)."""
+        params = {"url": archive, "initial_workers": workers, "synchronous": "true", **batching}
         return self.request("POST", f"{self.management}/models", "management", params=params, timeout=timeout).json()
 
     def unregister(self, version: str, model: str = "cifar10", timeout: float = 120) -> dict:

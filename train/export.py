@@ -2,6 +2,8 @@
 
     checkpoint.pt    best epoch's state_dict (+ epoch, accuracy, config), for further training
     model.pt         TorchScript export of that epoch, checked against the eager model first
+    model.onnx       ONNX export of the same weights (torch.export -> ONNX, dynamic batch size), checked
+                     with ONNX Runtime against the eager model on 1,000 real test images first
     metadata.json    accuracy (overall and per class), hyperparameters, data source and checksum,
                      git commit, date, versions, history per epoch, the archive version
     curves.png       loss and accuracy per epoch
@@ -13,7 +15,10 @@ models/latest is then pointed at the run, last, so it never names a half-written
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +41,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+class ExportMismatch(RuntimeError):
+    """An exported model does not give the eager model's outputs."""
+
+
+ONNX_OPSET = 18
+ONNX_CHECK_IMAGES = 1000
+ONNX_LOGIT_TOLERANCE = 1e-4
+
+
 def export_torchscript(model: SimpleCNN, sample: torch.Tensor, path: Path) -> None:
     """Scripts `model`, checks the script and its saved copy against eager outputs, then writes it."""
     model = model.eval().cpu()
@@ -48,9 +62,81 @@ def export_torchscript(model: SimpleCNN, sample: torch.Tensor, path: Path) -> No
             for name, candidate in (("scripted", scripted), ("saved", reloaded)):
                 got = candidate(sample)
                 if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-                    raise RuntimeError(
+                    raise ExportMismatch(
                         f"{name} TorchScript differs from the eager model by {(got - expected).abs().max():.3g}"
                     )
+
+
+def export_onnx(model: SimpleCNN, test_images: torch.Tensor, path: Path) -> dict:
+    """Exports `model` to ONNX (input `pixels`: N x 3 x 32 x 32 uint8, output `logits`), then runs the
+    written file with ONNX Runtime on up to 1,000 test images: the top-1 class must be the eager
+    model's for every image and every logit within 1e-4. Returns what the check measured."""
+    import onnxruntime
+
+    model = model.eval().cpu()
+    images = test_images[:ONNX_CHECK_IMAGES].contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():  # the exporter's own progress lines and deprecation notes
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (images[:2],),
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_shapes={"pixels": {0: batch}},
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"pixels": images.numpy()})[0])
+        with torch.inference_mode():
+            expected = model(images)
+        check = compare_with_eager("ONNX Runtime", got, expected)
+    return {"opset": ONNX_OPSET, "onnxruntime_version": onnxruntime.__version__, **check}
+
+
+def compare_with_eager(name: str, got: torch.Tensor, expected: torch.Tensor) -> dict:
+    """Raises ExportMismatch unless every image's top-1 class is the eager model's and every logit
+    within ONNX_LOGIT_TOLERANCE of it; returns what was measured."""
+    difference = (got - expected).abs().max().item()
+    same_top1 = int((got.argmax(1) == expected.argmax(1)).sum())
+    if same_top1 != len(expected) or difference > ONNX_LOGIT_TOLERANCE:
+        raise ExportMismatch(
+            f"{name} differs from the eager model: top-1 equal on {same_top1}/{len(expected)} images, "
+            f"largest logit difference {difference:.3g} (allowed {ONNX_LOGIT_TOLERANCE})"
+        )
+    return {"checked_images": len(expected), "top1_identical": same_top1, "max_logit_difference": difference}
+
+
+def export_aot_inductor(model: SimpleCNN, test_images: torch.Tensor, path: Path) -> dict:
+    """torch.export + AOTInductor, in the form TorchServe 0.12's BaseHandler loads: a shared library
+    from torch._export.aot_compile (deprecated in torch 2.14 for .pt2 packages, which TorchServe
+    0.12 cannot load). Compiles C++ with the machine's compiler; the library runs only with this
+    torch version on this CPU architecture. Checked like the ONNX export; returns the check."""
+    model = model.eval().cpu()
+    images = test_images[:ONNX_CHECK_IMAGES].contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with (
+        atomic_path(path) as tmp,
+        tempfile.TemporaryDirectory(dir=path.parent) as scratch,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        built = torch._export.aot_compile(  # wants a .so name of its own to write to
+            model,
+            (images[:2],),
+            dynamic_shapes={"pixels": {0: batch}},
+            options={"aot_inductor.output_path": str(Path(scratch) / "model.so")},
+        )
+        os.replace(built, tmp)
+        runner = torch._export.aot_load(str(tmp), "cpu")
+        with torch.inference_mode():
+            got, expected = runner(images), model(images)
+        check = compare_with_eager("AOTInductor", got[0] if isinstance(got, (list, tuple)) else got, expected)
+    return {"torch_version": torch.__version__, **check}
 
 
 def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: torch.Tensor, run_info: dict) -> dict:
@@ -72,6 +158,7 @@ def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: tor
             tmp,
         )
     export_torchscript(model, test_images[:256], out / "model.pt")
+    onnx_check = export_onnx(model, test_images, out / "model.onnx")
 
     metadata = {
         "run": run_name,
@@ -90,11 +177,13 @@ def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: tor
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
+        "onnx_check": onnx_check,
         **run_info,
         "history": history,
         "files": {
             "checkpoint": "checkpoint.pt",
             "torchscript": "model.pt",
+            "onnx": "model.onnx",
             "curves": "curves.png",
             "confusion": "confusion.png",
         },

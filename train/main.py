@@ -26,15 +26,20 @@ from train.config import Config, ConfigError, parse_args
 from train.cuda_graph import GraphedTrainStep, graph_supported
 from train.data import DataSourceError, load_cifar10
 from train.device import DeviceError, training_device
-from train.export import write_run
+from train.export import ExportMismatch, write_run
+from train.optim import WeightAverage, make_optimizer, set_dropout
 
 
-def random_crop_flip(padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop."""
+def random_crop_flip(
+    padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, crop: bool = True
+) -> torch.Tensor:
+    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop.
+    `crop` False: every image's centre (the original), mirrored or not."""
     n, _, side, _ = padded.shape
     size = side - 2 * pad
     device = padded.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator).to(device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
+    offsets = (offsets if crop else torch.full_like(offsets, pad)).to(device)
     steps = torch.arange(size, device=device)
     rows = (offsets[0] + steps)[:, None, :, None]
     cols = offsets[1] + steps
@@ -84,30 +89,6 @@ def subset(images, labels, count):
     return images[keep], labels[keep]
 
 
-def make_optimizer(cfg: Config, model, steps_per_epoch, cycle_momentum: bool = True):
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
-        )
-    else:
-        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
-    if cfg.schedule == "constant":
-        scheduler = None
-    elif cfg.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=cfg.lr,
-            total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=0.25,
-            cycle_momentum=cycle_momentum,
-        )
-    else:
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
-    return optimizer, scheduler
-
-
 def train(cfg: Config) -> dict:
     """Runs the whole job; returns the metadata written (rank 0) or {} (other ranks)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -138,6 +119,7 @@ def train(cfg: Config) -> dict:
     train_labels = train_labels.to(device)
 
     model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    set_dropout(model, cfg.dropout)
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     if cfg.compile:
         step_model = torch.compile(step_model)
@@ -146,6 +128,8 @@ def train(cfg: Config) -> dict:
     if per_rank % cfg.batch_size == 1:  # BatchNorm cannot train on a batch of one
         steps_per_epoch -= 1
     optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch, cycle_momentum=not graph)
+    averaged = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    served = averaged.average if averaged else model  # what is evaluated and exported
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
     use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
     graphed = GraphedTrainStep(model, optimizer, cfg.batch_size, use_amp, cfg.label_smoothing) if graph else None
@@ -156,7 +140,8 @@ def train(cfg: Config) -> dict:
         epoch_start = time.time()
         model.train()
         order = torch.randperm(len(train_images), generator=generator).to(device)
-        images = random_crop_flip(padded[order], pad, cfg.flip, generator)
+        crop = epoch <= cfg.epochs - cfg.flip_only_epochs
+        images = random_crop_flip(padded[order], pad, cfg.flip, generator, crop=crop)
         labels = train_labels[order]
         images, labels = (
             images[rank : world_size * per_rank : world_size],
@@ -180,6 +165,8 @@ def train(cfg: Config) -> dict:
                 if scheduler is not None:
                     scheduler.step()
                     graphed.follow_schedule()
+                if averaged is not None:
+                    averaged.update()
                 continue
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = step_model(x)
@@ -189,6 +176,8 @@ def train(cfg: Config) -> dict:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if averaged is not None:
+                averaged.update()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 0:
@@ -197,7 +186,7 @@ def train(cfg: Config) -> dict:
             torch.cuda.synchronize(device)  # the steps run asynchronously: time them to their end
         train_seconds = time.time() - epoch_start
         epoch_loss, epoch_correct = graphed.sums() if graphed is not None else (loss_sum.item(), correct.item())
-        result = evaluate(model, eval_images, test_labels, cfg.eval_batch_size, device)
+        result = evaluate(served, eval_images, test_labels, cfg.eval_batch_size, device)
         record = {
             "epoch": epoch,
             "train_loss": epoch_loss / seen,
@@ -209,6 +198,10 @@ def train(cfg: Config) -> dict:
             "eval_seconds": round(time.time() - epoch_start - train_seconds, 2),
             "images_per_second": round(seen * world_size / train_seconds, 1),
         }
+        if averaged is not None and epoch == cfg.epochs:  # what the average added, once, at the end
+            record["live_test_accuracy"] = evaluate(model, eval_images, test_labels, cfg.eval_batch_size, device)[
+                "accuracy"
+            ]
         history.append(record)
         if rank == 0:
             tqdm.write(
@@ -216,7 +209,7 @@ def train(cfg: Config) -> dict:
                 f"test {record['test_accuracy']:.2%}  {train_seconds:.1f}s  {record['images_per_second']:.0f} img/s"
             )
         if best is None or result["accuracy"] > best["accuracy"]:
-            state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+            state = {name: value.detach().cpu().clone() for name, value in served.state_dict().items()}
             best = {**result, "epoch": epoch, "state_dict": state}
 
     metadata = {}
@@ -254,7 +247,7 @@ def train(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> None:
     try:
         train(parse_args(argv))
-    except (DataSourceError, ConfigError, DeviceError) as error:
+    except (DataSourceError, ConfigError, DeviceError, ExportMismatch) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -1,5 +1,6 @@
 """Servers the serving benchmark compares ours against; each uses handler/cifar10_images.py so that
-all of them decode and answer exactly as our TorchServe handler does."""
+all of them decode and answer exactly as our TorchServe handler does. Importing this package puts
+handler/ on the path; the benchmarks take the handler's helpers from here."""
 
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "handler"))
 
-from cifar10_images import inference_model
+from cifar10_images import OnnxModel, decode_image, inference_model, pixel_batch
 
 from model import CLASSES
 
@@ -18,4 +19,4 @@ def load_model(path: str) -> torch.jit.ScriptModule:
     return inference_model(torch.jit.load(path, map_location="cpu"))
 
 
-__all__ = ["CLASSES", "load_model"]
+__all__ = ["CLASSES", "OnnxModel", "decode_image", "load_model", "pixel_batch"]

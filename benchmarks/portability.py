@@ -1,0 +1,152 @@
+"""The trained model in each portable form: what it takes to make, what it weighs, whether it gives
+the eager model's answers, and how fast it runs a batch of 1 and of 64 on one CPU thread.
+
+    python -m benchmarks.portability --data ../shared/data/cifar10-jpeg.tar.gz [--run models/latest]
+
+Run it with OMP_NUM_THREADS=1 (as `make bench-portability` does): an AOTInductor library runs
+its own OpenMP threads and does not follow torch.set_num_threads.
+
+Forms: TorchScript (model.pt, frozen as the handler serves it), ONNX (model.onnx, run by ONNX
+Runtime), and torch.export + AOTInductor, twice: the shared library that TorchServe 0.12's
+BaseHandler loads (torch._export.aot_compile -> .so, loaded with torch._export.aot_load), and the
+package format torch has moved to (torch._inductor.aoti_compile_and_package -> .pt2). Both
+AOTInductor forms compile C++ with the machine's compiler (g++). Writes reports/portability.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from benchmarks.alternatives import OnnxModel, load_model
+from model import SimpleCNN
+from serve.archive import REPO
+from train.data import load_cifar10
+
+CHECK_IMAGES = 1000
+
+
+def per_call_ms(model, batch: torch.Tensor, rounds: int = 7, seconds: float = 0.5) -> float:
+    """Milliseconds per call: the best of `rounds` rounds (on a shared machine the best round is
+    the one least disturbed by other work)."""
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(5):
+            model(batch)
+        for _ in range(rounds):
+            calls, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                model(batch)
+                calls += 1
+            best = min(best, (time.perf_counter() - started) / calls)
+    return 1e3 * best
+
+
+def aot_so(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
+    """TorchServe 0.12's form: a shared library, loaded by torch._export.aot_load."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    path = torch._export.aot_compile(
+        eager,
+        (sample,),
+        dynamic_shapes={"pixels": {0: batch}},
+        options={"aot_inductor.output_path": str(folder / "model.so")},
+    )
+    runner = torch._export.aot_load(path, "cpu")
+    return Path(path), runner
+
+
+def aot_package(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
+    """torch's current form: torch.export, then an AOTInductor package (.pt2)."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(eager, (sample,), dynamic_shapes={"pixels": {0: batch}})
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "model.pt2"))
+    return Path(path), torch._inductor.aoti_load_package(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.portability", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"))
+    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest")
+    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    args = parser.parse_args(argv)
+    if not args.data:
+        raise SystemExit("error: name the CIFAR-10 copy with --data or CIFAR10_DATA")
+    torch.set_num_threads(1)
+    run = args.run.resolve()
+    eager = SimpleCNN().eval()
+    eager.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"])
+    images = load_cifar10(args.data).test_images[:CHECK_IMAGES].contiguous()
+    with torch.inference_mode():
+        expected = eager(images)
+
+    rows = []
+
+    def measure(name: str, runner, file: Path, build_seconds: float | None, loader: str):
+        with torch.inference_mode():
+            got = runner(images)
+        got = got[0] if isinstance(got, (list, tuple)) else got
+        rows.append(
+            {
+                "form": name,
+                "file": file.name,
+                "megabytes": round(file.stat().st_size / 2**20, 2),
+                "build_seconds": None if build_seconds is None else round(build_seconds, 1),
+                "top1_identical": int((got.argmax(1) == expected.argmax(1)).sum()),
+                "max_logit_difference": float((got - expected).abs().max()),
+                "batch1_ms": round(per_call_ms(runner, images[:1]), 3),
+                "batch64_ms": round(per_call_ms(runner, images[:64]), 3),
+                "loaded_by": loader,
+            }
+        )
+        print(rows[-1], flush=True)
+
+    measure("TorchScript, frozen", load_model(str(run / "model.pt")), run / "model.pt", None, "BaseHandler (.pt)")
+    measure("ONNX, ONNX Runtime", OnnxModel(str(run / "model.onnx")), run / "model.onnx", None, "our handler (.onnx)")
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, build, loader in (
+            ("torch.export + AOTInductor, .so", aot_so, "BaseHandler (.so, pt2.export.aot_compile)"),
+            ("torch.export + AOTInductor, .pt2 package", aot_package, "neither: TorchServe 0.12 predates .pt2"),
+        ):
+            started = time.monotonic()
+            try:
+                file, runner = build(eager, images[:2], Path(scratch))
+            except Exception as error:  # report what fails, whatever it is, and go on with the others
+                rows.append({"form": name, "loaded_by": f"FAILED: {type(error).__name__}: {str(error)[:200]}"})
+                print(rows[-1], flush=True)
+                continue
+            measure(name, runner, file, time.monotonic() - started, loader)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0])
+    with open(args.out / "portability.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    command = "python -m benchmarks.portability " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "# Portable forms of the model",
+        "",
+        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {os.cpu_count()} cores "
+        f"(shared: timings noisy, best of 7 rounds), 1 thread (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
+        f"checked on the first {CHECK_IMAGES} test images against the eager model. build_seconds: with "
+        "TorchInductor's compile cache as found (a first build on a fresh machine takes longer).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows),
+    ]
+    (args.out / "portability.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

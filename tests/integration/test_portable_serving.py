@@ -1,0 +1,88 @@
+"""The portable exports served through a real TorchServe give TorchScript's answers: model.onnx run
+by ONNX Runtime, and model.so (torch.export + AOTInductor, the form TorchServe 0.12 loads).
+
+The TorchScript side is conftest's `server` (the test run's cifar10.mar); each other format is an
+archive of the same run built with `python -m serve archive --format ...`, on its own TorchServe
+(ports TEST_PORT_BASE+40..44, one at a time). The AOTInductor case compiles C++ first
+(`python -m train.aot`): about 3 minutes on 2 busy cores.
+"""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from helpers import PORT_BASE, metadata
+
+from serve.archive import REPO, build_archive
+from serve.client import Client, ServiceError
+from serve.config import config_on_ports
+from serve.server import ServerPaths, start, stop, wait_until_serving
+
+# --format -> (the file the archive must carry, the handler runtime its model config names)
+FORMATS = {"onnx": ("model.onnx", "onnxruntime"), "aotinductor": ("model.so", "aotinductor")}
+
+
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def portable(request, tmp_path_factory, trained_run):
+    """(format, archive, client of a TorchServe serving it)."""
+    model_format = request.param
+    if model_format == "aotinductor" and not (trained_run / "model.so").exists():
+        subprocess.run([sys.executable, "-m", "train.aot", "--run", str(trained_run)], cwd=REPO, check=True)
+    archive = build_archive(trained_run, tmp_path_factory.mktemp(f"{model_format}-store"), model_format=model_format)
+    workdir = tmp_path_factory.mktemp(f"{model_format}-torchserve")
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 40))
+    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=archive.parent)
+    start(paths)
+    try:
+        client = Client.from_config(paths.config, workdir)
+        wait_until_serving(client, "cifar10", paths)
+        yield model_format, archive, client
+    finally:
+        stop(paths)
+
+
+def test_training_exports_a_checked_onnx_model(trained_run):
+    check = metadata(trained_run)["onnx_check"]
+    assert (trained_run / "model.onnx").stat().st_size > 0
+    assert check["checked_images"] == 1000 and check["top1_identical"] == 1000
+    assert check["max_logit_difference"] <= 1e-4
+
+
+def test_archive_carries_the_format_and_its_runtime(portable):
+    model_format, archive, _ = portable
+    model_file, runtime = FORMATS[model_format]
+    with zipfile.ZipFile(archive) as packed:
+        names = set(packed.namelist())
+        manifest = json.loads(packed.read("MAR-INF/MANIFEST.json"))
+        config = packed.read(manifest["model"]["configFile"]).decode()
+    assert model_file in names and "model.pt" not in names
+    assert manifest["model"]["serializedFile"] == model_file
+    assert f"runtime: {runtime}" in config
+
+
+def test_answers_are_torchscripts_through_torchserve(server, portable, cifar_test_jpegs):
+    """Same classes in the same order for every image; each confidence is rounded down to 4 decimals
+    from probabilities that differ by ~1e-7, so it may differ by at most one unit of the 4th decimal."""
+    _, _, client = portable
+    images = [image for per_class in cifar_test_jpegs.values() for image in per_class]
+    assert client.describe()[0]["batchSize"] == server.describe()[0]["batchSize"]
+    for image in images:
+        expected, got = server.predict(image), client.predict(image)
+        assert [p["class"] for p in got["top3_predictions"]] == [p["class"] for p in expected["top3_predictions"]]
+        for mine, theirs in zip(got["top3_predictions"], expected["top3_predictions"]):
+            assert abs(mine["confidence"] - theirs["confidence"]) <= 1.5e-4
+
+
+def test_bad_input_gets_400(portable):
+    _, _, client = portable
+    with pytest.raises(ServiceError) as error:
+        client.predict(b"not an image")
+    assert error.value.status == 400 and json.loads(error.value.body)["reason"] == "not_an_image"
+
+
+def test_handler_modules_import_without_onnxruntime():
+    """onnxruntime is needed only by ONNX archives: the handler's image module imports without it."""
+    blocked = "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, 'handler'); import cifar10_images"
+    subprocess.run([sys.executable, "-c", blocked], cwd=REPO, check=True)

@@ -1,0 +1,101 @@
+"""Recipes side by side, from the runs' metadata.json: a markdown table (every run given, with the
+command that reproduces it) and test accuracy against training time as a PNG. On a shared machine
+wall times mostly measure the neighbours; the fastest epoch's images/s is the least disturbed
+figure of a run's speed.
+
+    python -m train.compare models/trials/* --plot docs/recipes.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from train.atomic import atomic_path
+from train.config import RECIPES, Config
+
+TARGET_ACCURACY = 0.82
+# Options that say where a run reads and writes, not how it trains: left out of its command.
+NOT_RECIPE = {"data", "out_dir", "run_name", "recipe"}
+
+
+def command(meta: dict) -> str:
+    """The `python -m train` command that gives this run's hyperparameters: its recipe, plus each
+    option whose value differs from the recipe's."""
+    recipe = {**dataclasses.asdict(Config()), **RECIPES.get(meta["recipe"], {})}
+    options = [f"--recipe {meta['recipe']}"]
+    for name, value in meta["hyperparameters"].items():
+        if name in NOT_RECIPE or recipe.get(name) == value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else "--no-" + flag[2:])
+        else:
+            options.append(f"{flag} {value}")
+    return "python -m train --data $CIFAR10_DATA " + " ".join(options)
+
+
+def table(runs: list[dict]) -> str:
+    lines = [
+        "| run | best test accuracy (epoch) | final epoch | live weights, final | wall time | fastest epoch | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for meta in runs:
+        live = meta["history"][-1].get("live_test_accuracy")
+        lines.append(
+            f"| {meta['run']} | {meta['test_accuracy']:.2%} ({meta['epoch']}) | {meta['final_test_accuracy']:.2%} "
+            f"| {f'{live:.2%}' if live is not None else '—'} | {meta['total_seconds']:.0f} s "
+            f"| {max(r['images_per_second'] for r in meta['history']):,.0f} images/s | `{command(meta)}` |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for meta in runs:
+        elapsed, points = 0.0, []
+        for record in meta["history"]:
+            elapsed += record["train_seconds"] + record["eval_seconds"]
+            points.append((elapsed, 100 * record["test_accuracy"]))
+        axis.plot(*zip(*points), "o-", markersize=3, label=f"{meta['run']} ({meta['test_accuracy']:.2%})")
+    axis.axhline(100 * TARGET_ACCURACY, color="gray", linestyle=":", label="target 82 %")
+    axis.set(
+        xlabel="training + evaluation time (s, wall clock, each run as measured)",
+        ylabel="test accuracy (%)",
+        title="CIFAR-10 SimpleCNN, 10 epochs: test accuracy against training time",
+        ylim=(60, 84),
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with metadata.json)")
+    parser.add_argument("--plot", type=Path, help="write the accuracy-against-time PNG here")
+    args = parser.parse_args(argv)
+    runs = []
+    for run in args.runs:
+        if (run / "metadata.json").exists() and not run.is_symlink():
+            runs.append(json.loads((run / "metadata.json").read_text()))
+    if not runs:
+        raise SystemExit("error: none of the folders given holds a metadata.json")
+    runs.sort(key=lambda meta: meta["created"])
+    print(table(runs))
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
