@@ -5,17 +5,23 @@ Tests import from here, never from another test module or from conftest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from serve.answers import answer_problem
+from serve.client import Client
+from serve.config import config_on_ports
+from serve.server import ServerPaths, start, stop, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
@@ -37,6 +43,30 @@ def train_run(out_dir: Path, data_source: Path, *extra: str) -> Path:
 
 def metadata(run_dir: Path) -> dict:
     return json.loads((run_dir / "metadata.json").read_text())
+
+
+def weights_digest(run_dir: Path) -> str:
+    """A digest of a run's trained weights: equal digests, bit-identical weights."""
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def torchserve(model_store: Path, workdir: Path, port_base: int) -> Iterator[Client]:
+    """A real TorchServe from the repository's config.properties with its APIs on port_base..+4,
+    serving `model_store` from `workdir`, once the model answers a prediction; stopped on exit."""
+    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base))
+    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
+    start(paths)
+    try:
+        client = Client.from_config(paths.config, workdir)
+        wait_until_serving(client, "cifar10", paths)
+        yield client
+    finally:
+        stop(paths)
 
 
 def assert_prediction(answer) -> None:

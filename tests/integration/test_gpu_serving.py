@@ -8,13 +8,10 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import PORT_BASE
+from helpers import PORT_BASE, torchserve
 
 from serve.archive import GPU_MODEL_CONFIG, REPO, build_archive
-from serve.client import Client
-from serve.config import config_on_ports
 from serve.gpu_sizing import MAX_QUEUE, MIN_QUEUE, Machine, sized_config
-from serve.server import ServerPaths, start, stop, wait_until_serving
 
 TEMPLATE = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
 
@@ -57,17 +54,10 @@ def test_sized_config_is_served_by_torchserve(tmp_path, trained_run, cifar_test_
     config = sized_config(TEMPLATE, Machine(cpus=2, gpus=1, gpu_free_mib=24_000, gpu_name="test"))
     (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(config))
     build_archive(trained_run, tmp_path / "store", model_config=tmp_path / "model-config.yaml")
-    (tmp_path / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 20))
-    paths = ServerPaths(config=tmp_path / "config.properties", workdir=tmp_path, model_store=tmp_path / "store")
-    start(paths)
-    try:
-        client = Client.from_config(paths.config, tmp_path)
-        wait_until_serving(client, "cifar10", paths)
+    with torchserve(tmp_path / "store", tmp_path, PORT_BASE + 20) as client:
         described = client.describe()[0]
         assert described["minWorkers"] == described["maxWorkers"] == 2 and described["batchSize"] == 128
         assert client.predict(cifar_test_jpegs["ship"][0])["prediction"]
-    finally:
-        stop(paths)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")

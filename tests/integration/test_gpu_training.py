@@ -1,13 +1,11 @@
 """The GPU training path (train/cuda_graph.py, --device cuda): runs where a CUDA device exists,
 skipped elsewhere. `make gpu-check` runs these on a GPU machine."""
 
-import hashlib
 import json
 
 import pytest
 import torch
-from conftest import train_run
-from helpers import needs_gpu
+from helpers import needs_gpu, train_run, weights_digest
 
 from model import SimpleCNN
 from train.config import Config
@@ -17,14 +15,6 @@ from train.main import make_optimizer
 pytestmark = needs_gpu
 
 SMALL = ("--train-subset", "3000", "--test-subset", "1000")
-
-
-def weights_digest(run_dir) -> str:
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode() + state[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "auto"])

@@ -13,12 +13,10 @@ import sys
 import zipfile
 
 import pytest
-from helpers import PORT_BASE, metadata
+from helpers import PORT_BASE, metadata, torchserve
 
 from serve.archive import REPO, build_archive
-from serve.client import Client, ServiceError
-from serve.config import config_on_ports
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.client import ServiceError
 
 # --format -> (the file the archive must carry, the handler runtime its model config names)
 FORMATS = {"onnx": ("model.onnx", "onnxruntime"), "aotinductor": ("model.so", "aotinductor")}
@@ -32,15 +30,8 @@ def portable(request, tmp_path_factory, trained_run):
         subprocess.run([sys.executable, "-m", "train.aot", "--run", str(trained_run)], cwd=REPO, check=True)
     archive = build_archive(trained_run, tmp_path_factory.mktemp(f"{model_format}-store"), model_format=model_format)
     workdir = tmp_path_factory.mktemp(f"{model_format}-torchserve")
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 40))
-    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=archive.parent)
-    start(paths)
-    try:
-        client = Client.from_config(paths.config, workdir)
-        wait_until_serving(client, "cifar10", paths)
+    with torchserve(archive.parent, workdir, PORT_BASE + 40) as client:
         yield model_format, archive, client
-    finally:
-        stop(paths)
 
 
 def test_training_exports_a_checked_onnx_model(trained_run):

@@ -96,21 +96,11 @@ def test_metrics_count_the_models_requests(server, cifar_test_jpegs):
 def test_gpu_configuration_serves_on_a_cpu_machine(tmp_path, trained_run, cifar_test_jpegs):
     """The GPU variant (handler/model-config.gpu.yaml: deviceType gpu, bigger batches) is the same
     handler code path; on a machine without a GPU TorchServe runs its workers on the CPU."""
-    from helpers import PORT_BASE
+    from helpers import PORT_BASE, REPO, torchserve
 
-    from serve.archive import REPO, build_archive
-    from serve.client import Client
-    from serve.config import config_on_ports
-    from serve.server import ServerPaths, start, stop, wait_until_serving
+    from serve.archive import build_archive
 
     build_archive(trained_run, tmp_path / "store", model_config=REPO / "handler" / "model-config.gpu.yaml")
-    (tmp_path / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE + 10))
-    paths = ServerPaths(config=tmp_path / "config.properties", workdir=tmp_path, model_store=tmp_path / "store")
-    start(paths)
-    try:
-        client = Client.from_config(paths.config, tmp_path)
-        wait_until_serving(client, "cifar10", paths)
+    with torchserve(tmp_path / "store", tmp_path, PORT_BASE + 10) as client:
         assert client.describe()[0]["batchSize"] == 128
         assert_prediction(client.predict(cifar_test_jpegs["horse"][0]))
-    finally:
-        stop(paths)

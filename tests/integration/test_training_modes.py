@@ -1,22 +1,12 @@
 """Training modes that each take whole training runs: bit-identical reruns for a seed, the GPU
 path's options on the CPU, and two DDP processes against one."""
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from helpers import REPO, metadata, train_run
-
-
-def weights_digest(run_dir) -> str:
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode() + state[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
+from helpers import REPO, metadata, train_run, weights_digest
 
 SMALL = ("--train-subset", "2000", "--test-subset", "500")
 
