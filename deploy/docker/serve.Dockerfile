@@ -25,6 +25,10 @@ RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.or
         -c /tmp/requirements.txt torch \
  && pip install -c /tmp/requirements.txt torchserve PyYAML pillow numpy psutil \
  && rm /tmp/requirements.txt
+# ONNX Runtime, for archives built with `python -m serve archive --format onnx` (docs/portability.md).
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install -c /tmp/requirements.txt onnxruntime \
+ && rm /tmp/requirements.txt
 
 RUN useradd --create-home --uid 1000 model-server
 WORKDIR /home/model-server
