@@ -26,9 +26,13 @@ if [ "$task" = test ]; then
 fi
 
 if [ "$task" = test ]; then
-  # The GPU check (tests/integration/test_gpu_check.py): its bundle makes a Java runtime with jlink;
-  # its serve stage drives TorchServe with wrk.
+  # torch.compile's CPU backend builds C++ against Python's headers (train --compile).
+  include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [ -f "$include/Python.h" ] || missing+=(python3-dev)
+  # The GPU check (tests/integration/test_gpu_check.py): its bundle makes a Java runtime with jlink
+  # and packs it with xz; its serve stage drives TorchServe with wrk.
   command -v jlink >/dev/null || missing+=(openjdk-17-jdk-headless)
+  command -v xz >/dev/null || missing+=(xz-utils)
   command -v wrk >/dev/null || missing+=(wrk)
   # The pod's token gateway and the fleet drill's balancer (tests/integration/test_gateway.py,
   # tests/e2e/test_fleet_drill.py): Debian installs both under /usr/sbin.
