@@ -7,6 +7,7 @@ and the benchmarks all go through here, with different paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,9 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.config import properties
+from serve.config import config_on_ports, properties
 
 LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
 
@@ -63,7 +66,7 @@ def require_java(minimum: int = 17) -> None:
         have = "no java on PATH" if found is None else f"Java {found}"
         raise JavaMissingError(
             f"TorchServe needs a Java {minimum}+ runtime and this machine has {have}. "
-            f"Install it (`make system-packages`, or `sudo apt-get install -y openjdk-17-jre-headless`), then retry."
+            f"Install it (`make serve` does, or `sudo apt-get install -y openjdk-17-jre-headless`), then retry."
         )
 
 
@@ -165,3 +168,92 @@ def _read_from(log: Path, offset: int) -> str:
             offset = 0
         handle.seek(offset)
         return handle.read().decode(errors="replace")
+
+
+class LocalServer:
+    """A TorchServe of our own: `template` (a config.properties) with its APIs moved to
+    port_base..+4 and `settings` set, run from the scratch folder `workdir` (its keys, logs, pid
+    file and unpacked archives stay there), serving `model_store`.
+
+    Tests, drills, benchmarks and the fleet's replicas all run theirs through this class, beside
+    (never instead of) the one `make serve` started. `with LocalServer(...) as server:` starts it
+    and waits until each of `models` answered a real prediction; leaving the block stops it.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        model_store: Path,
+        port_base: int,
+        *,
+        template: Path = REPO / "config.properties",
+        settings: dict[str, str] | None = None,
+        token_auth: bool = True,
+        extra_args: tuple[str, ...] = (),
+        log_config: Path | None = LOG_CONFIG,
+        models: tuple[str, ...] = ("cifar10",),
+        timeout: float = 120.0,
+    ):
+        self.port_base = port_base
+        self.template = template
+        self.settings = settings or {}
+        self.token_auth = token_auth
+        self.extra_args = extra_args
+        self.log_config = log_config
+        self.models = models
+        self.timeout = timeout
+        self.paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
+        self.client = Client(
+            f"http://127.0.0.1:{port_base}",
+            f"http://127.0.0.1:{port_base + 1}",
+            f"http://127.0.0.1:{port_base + 2}",
+            key_file=workdir / "key_file.json",
+        )
+
+    def __enter__(self) -> LocalServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> float:
+        """Starts TorchServe; returns the seconds until every model in `models` answered."""
+        self.paths.workdir.mkdir(parents=True, exist_ok=True)
+        self.paths.config.write_text(config_on_ports(self.template, self.port_base, **self.settings))
+        started = time.monotonic()
+        start(self.paths, self.token_auth, self.extra_args, self.log_config)
+        for model in self.models:
+            wait_until_serving(self.client, model, self.paths, self.timeout)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        stop(self.paths)
+
+    def pid(self) -> int | None:
+        """The frontend's (Java) process id while it runs."""
+        try:
+            return int((self.paths.runtime / ".model_server.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def processes(self) -> list[psutil.Process]:
+        """The frontend and its workers."""
+        try:
+            frontend = psutil.Process(self.pid())
+            return [frontend, *frontend.children(recursive=True)]
+        except (TypeError, ValueError, psutil.NoSuchProcess):
+            return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the frontend and its workers."""
+        total = 0.0
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total

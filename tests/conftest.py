@@ -1,8 +1,8 @@
 """Shared fixtures: the data copy, a small trained run, its .mar, and a real TorchServe.
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
-moved (18080-18084 with gRPC, or from $TEST_PORT_BASE), in a temporary working directory, so the
-tests neither need nor disturb a server that `make serve` started. Shared helpers live in helpers.py.
+moved (18080-18084 with gRPC, or from $TEST_PORT_BASE) in a temporary working directory
+(serve.server.LocalServer), so the tests neither need nor disturb a server that `make serve` started. Shared helpers live in helpers.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from helpers import PORT_BASE, REPO, train_run
 
 from serve.archive import build_archive
 from serve.client import Client
-from serve.config import config_on_ports
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.server import LocalServer, ServerPaths
 
 
 @pytest.fixture(scope="session")
@@ -57,19 +56,17 @@ def model_store(tmp_path_factory, trained_run) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_paths(tmp_path_factory, model_store) -> ServerPaths:
-    workdir = tmp_path_factory.mktemp("torchserve")
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", PORT_BASE))
-    return ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
+def local_server(tmp_path_factory, model_store) -> LocalServer:
+    """A real TorchServe serving the test run's cifar10.mar; always stopped at the end."""
+    with LocalServer(tmp_path_factory.mktemp("torchserve"), model_store, PORT_BASE) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
-def server(server_paths) -> Client:
-    """A real TorchServe serving the test run's cifar10.mar; always stopped at the end."""
-    start(server_paths)
-    try:
-        client = Client.from_config(server_paths.config, server_paths.workdir)
-        wait_until_serving(client, "cifar10", server_paths)
-        yield client
-    finally:
-        stop(server_paths)
+def server(local_server) -> Client:
+    return local_server.client
+
+
+@pytest.fixture(scope="session")
+def server_paths(local_server) -> ServerPaths:
+    return local_server.paths

@@ -20,8 +20,7 @@ import torch
 
 from serve.answers import answer_problem
 from serve.client import Client
-from serve.config import config_on_ports
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.server import LocalServer
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
@@ -58,15 +57,8 @@ def weights_digest(run_dir: Path) -> str:
 def torchserve(model_store: Path, workdir: Path, port_base: int) -> Iterator[Client]:
     """A real TorchServe from the repository's config.properties with its APIs on port_base..+4,
     serving `model_store` from `workdir`, once the model answers a prediction; stopped on exit."""
-    (workdir / "config.properties").write_text(config_on_ports(REPO / "config.properties", port_base))
-    paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
-    start(paths)
-    try:
-        client = Client.from_config(paths.config, workdir)
-        wait_until_serving(client, "cifar10", paths)
-        yield client
-    finally:
-        stop(paths)
+    with LocalServer(workdir, model_store, port_base) as server:
+        yield server.client
 
 
 def assert_prediction(answer) -> None:
