@@ -160,21 +160,23 @@ def run(args: argparse.Namespace) -> None:
 
 
 def archive_for_this_gpu(args) -> None:
-    """`archive --device gpu`: size the GPU config for this machine, pack it, say what was chosen."""
+    """`archive --device gpu`: the GPU config, sized for this machine (or for --workers, which needs
+    no GPU here: an archive made on a build machine for a known GPU), packed; says what was chosen."""
     import yaml
 
     config_file = args.model_config or GPU_MODEL_CONFIG
-    machine = this_machine()
+    machine = this_machine() if args.workers is None else None
     config = sized_config(yaml.safe_load(config_file.read_text()), machine, args.workers)
+    sized_for = machine or f"{args.workers} workers"
     with tempfile.TemporaryDirectory() as scratch:
         sized = Path(scratch) / "model-config.yaml"
-        sized.write_text(f"# {config_file.name} sized for {machine} by python -m serve archive --device gpu\n")
+        sized.write_text(f"# {config_file.name} sized for {sized_for} by python -m serve archive --device gpu\n")
         with sized.open("a") as handle:
             yaml.safe_dump(config, handle, sort_keys=False)
         build_archive(args.run, args.store, name=args.model, model_config=sized, model_format=args.format)
     print(
-        f"GPU config for {machine.gpus} x {machine.gpu_name} ({machine.gpu_free_mib} MiB free), {machine.cpus} cores: "
-        f"{config['minWorkers']} workers, batch {config['batchSize']}, job queue {config['jobQueueSize']}"
+        f"GPU config for {sized_for}: {config['minWorkers']} workers, batch {config['batchSize']}, "
+        f"job queue {config['jobQueueSize']}"
     )
 
 
