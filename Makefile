@@ -97,4 +97,4 @@ recipes: .venv/.installed ## recipe runs side by side: a table and docs/recipes.
 aot: .venv/.installed ## add model.so (AOTInductor, needs g++) to RUN
 	$(PY) -m train.aot --run $(RUN)
 gpu-check: ## on a GPU machine with the project installed: the GPU path against its targets -> reports/gpu/
-	$(or $(GPU_PYTHON),$(PY)) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	$(or $(GPU_PYTHON),$(PY)) -m benchmarks.gpu_check $(if $(GPU_STAGES),--stages $(GPU_STAGES)) $(GPU_CHECK_ARGS)
