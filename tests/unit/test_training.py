@@ -4,8 +4,7 @@ import torch
 from helpers import metadata
 
 from model import CLASSES, SimpleCNN
-from train.data import load_cifar10
-from train.main import random_crop_flip, subset
+from train.data import load_cifar10, random_crop_flip, subset
 
 
 def test_run_writes_checkpoint_torchscript_metadata_and_plots(trained_run):

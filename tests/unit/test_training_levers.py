@@ -5,7 +5,7 @@ import torch
 
 from model import SimpleCNN
 from train.config import parse_args
-from train.main import random_crop_flip
+from train.data import random_crop_flip
 from train.optim import WeightAverage, make_optimizer, parameter_groups, set_dropout
 
 
