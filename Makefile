@@ -81,7 +81,7 @@ test-integration: packages-test $(VENV)/.installed $(CHECKOV) ## the tier with r
 bench-train: $(VENV)/.installed ## training benchmark: naive pipeline vs the baseline and fast recipes -> reports/bench-train.*
 	$(PY) -m benchmarks.training $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
 
-bench-serve: $(VENV)/.installed ## serving benchmark: our TorchServe vs batchSize 1, Flask, LitServe, the ceiling -> reports/bench-serve.*
+bench-serve: $(VENV)/.installed ## serving benchmark: shipped TorchServe vs its own batching, ONNX Runtime, Flask, LitServe -> reports/bench-serve.*
 	@command -v wrk >/dev/null || { echo "bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 2; }
 	$(PY) -m benchmarks.serving $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA)) --run $(RUN)
 

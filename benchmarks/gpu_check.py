@@ -186,7 +186,7 @@ def stage_train(python: str, data: str) -> dict:
             "cuda_graph": meta.get("cuda_graph"),
             "device": meta["device"],
         }
-    from benchmarks.serving import bench_images
+    from benchmarks.load import bench_images
 
     bench_images(data, BENCH_IMAGES, REPO / "data" / "bench-images")  # for the serve stage, which may lack the data
     return results
@@ -361,7 +361,8 @@ def serve_one(
     config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
 ) -> dict:
     """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
-    from benchmarks.serving import run_wrk, torchserve_system
+    from benchmarks.load import run_wrk
+    from benchmarks.servers import torchserve_system
     from serve.client import Client
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:

@@ -290,9 +290,14 @@ class LocalServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the frontend and its workers."""
-        total = 0.0
-        for process in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return cpu_seconds(self.processes())
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time used so far by `processes` (those gone meanwhile count as 0)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
