@@ -85,7 +85,7 @@ soak: .venv/.installed ## 70% of CAPACITY req/s against `make serve` for DURATIO
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(or $(DURATION),600) $(DATA_ARG)
 reliability: archive ## bad inputs and fault drills on a TorchServe of their own -> reports/reliability.*
 	$(PY) -m reliability
-bench-serve: .venv/.installed ## serving benchmark: TorchServe and the alternatives side by side -> reports/bench-serve.*
+bench-serve: .venv/.installed ## serving benchmark: shipped TorchServe vs its own batching, ONNX Runtime, Flask, LitServe -> reports/bench-serve.*
 	@bash setup/system-packages.sh test
 	$(PY) -m benchmarks.serving $(DATA_ARG) --run $(RUN)
 bench-train: .venv/.installed ## training benchmark: the naive pipeline against the recipes -> reports/bench-train.*

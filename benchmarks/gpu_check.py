@@ -180,7 +180,7 @@ def stage_train(python: str, data: str) -> dict:
             "cuda_graph": meta.get("cuda_graph"),
             "device": meta["device"],
         }
-    from benchmarks.serving import bench_images
+    from benchmarks.load import bench_images
 
     bench_images(data, BENCH_IMAGES, REPO / "data" / "bench-images")  # for the serve stage, which may lack the data
     return results

@@ -198,7 +198,7 @@ def serve_one(
     """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
     import yaml
 
-    from benchmarks.serving import run_wrk
+    from benchmarks.load import run_wrk
     from serve.archive import build_archive
     from serve.server import LocalServer
 

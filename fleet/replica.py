@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from fleet.gateway import Gateway
+from frontend import JAR as AGENT_JAR
 from serve.archive import REPO
 from serve.client import Client
 from serve.config import config_on_ports
@@ -98,6 +99,7 @@ class Replica:
                 self.port_base,
                 metrics_address=f"http://127.0.0.1:{self.port_base + 2}",
                 metrics_config=str(METRICS_CONFIG),
+                vmargs=f"-javaagent:{AGENT_JAR}",  # the pod's names the image's path
             )
         )
         start(self.paths, token_auth=False)

@@ -26,6 +26,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from frontend import AgentBuildError
 from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
 from serve.client import Client, ServiceError
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
@@ -94,7 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ServiceError, ArchiveError, JavaMissingError, MissingKeyError, NoGpu, TimeoutError) as error:
+    except (
+        ServiceError,
+        ArchiveError,
+        JavaMissingError,
+        AgentBuildError,
+        MissingKeyError,
+        NoGpu,
+        TimeoutError,
+    ) as error:
         raise SystemExit(f"error: {error}") from None
 
 

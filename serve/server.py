@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from frontend import JAR as AGENT_JAR
+from frontend import agent_jar
 from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.config import config_on_ports, properties
@@ -56,6 +58,10 @@ def java_major_version() -> int | None:
     return int(match.group(2)) if major == 1 else major  # "1.8" is Java 8
 
 
+class FrontendExited(TimeoutError):
+    """TorchServe's frontend (the JVM) exited before the model answered: it never will."""
+
+
 class JavaMissingError(RuntimeError):
     """TorchServe's frontend needs a Java runtime this machine lacks."""
 
@@ -83,16 +89,32 @@ def _env(paths: ServerPaths) -> dict[str, str]:
 
 
 def _launch_config(paths: ServerPaths) -> Path:
-    """paths.config, with a relative metrics_config made absolute (relative to the repository):
-    TorchServe would resolve it against its working directory, which tests move elsewhere."""
+    """paths.config, with a relative metrics_config and -javaagent jar made absolute (relative to
+    the repository): TorchServe and its JVM would resolve them against the working directory,
+    which tests move elsewhere. The repository's batching agent is built first if it is stale."""
     text = paths.config.read_text()
-    metrics_config = properties(paths.config).get("metrics_config")
+    settings = properties(paths.config)
+    metrics_config = settings.get("metrics_config")
     if metrics_config and not Path(metrics_config).is_absolute():
         text = re.sub(r"(?m)^metrics_config=.*$", f"metrics_config={REPO / metrics_config}", text)
+    if settings.get("vmargs"):
+        vmargs = " ".join(_absolute_agent(arg) for arg in settings["vmargs"].split())
+        text = re.sub(r"(?m)^vmargs=.*$", lambda _: f"vmargs={vmargs}", text)
     paths.runtime.mkdir(parents=True, exist_ok=True)
     launch = paths.runtime / "config.properties"
     launch.write_text(text)
     return launch
+
+
+def _absolute_agent(jvm_arg: str) -> str:
+    """`-javaagent:JAR[=options]` with a relative JAR made absolute; the repository's agent built."""
+    if not jvm_arg.startswith("-javaagent:"):
+        return jvm_arg
+    jar, separator, options = jvm_arg.removeprefix("-javaagent:").partition("=")
+    path = Path(jar) if Path(jar).is_absolute() else REPO / jar
+    if path.resolve() == AGENT_JAR:
+        agent_jar()
+    return f"-javaagent:{path}{separator}{options}"
 
 
 def _torchserve() -> str:
@@ -152,6 +174,7 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
     while time.monotonic() - started < timeout:
         if log.exists() and "Backend worker process died" in _read_from(log, offset):
             raise TimeoutError(f"a {model} worker died while loading the model")
+        _check_frontend_alive(paths)
         try:
             client.refresh_keys()
             client.predict(image, model=model, timeout=10)
@@ -160,6 +183,22 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
             last_error = str(error)
         time.sleep(0.25)
     raise TimeoutError(f"{model} did not answer a prediction within {timeout:.0f}s (last: {last_error})")
+
+
+def _check_frontend_alive(paths: ServerPaths) -> None:
+    """Raises FrontendExited, with the end of the frontend's own output, once its process is gone."""
+    try:
+        pid = int((paths.runtime / ".model_server.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return  # not started yet, or started elsewhere (make serve's pid file)
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        alive = False
+    if not alive:
+        output = paths.logs / "torchserve.out"
+        tail = output.read_text(errors="replace").splitlines()[-8:] if output.exists() else []
+        raise FrontendExited("TorchServe's frontend exited before serving:\n" + "\n".join(tail))
 
 
 def _read_from(log: Path, offset: int) -> str:
@@ -253,9 +292,14 @@ class LocalServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the frontend and its workers."""
-        total = 0.0
-        for process in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return cpu_seconds(self.processes())
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time used so far by `processes` (those gone meanwhile count as 0)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a task needs, only those missing, before any long work starts.
-#   setup/system-packages.sh serve   Java 17 (TorchServe's frontend) and procps (TorchServe stops
+#   setup/system-packages.sh serve   Java 17 (TorchServe's frontend), a JDK and ASM (libasm-java) to
+#                                    build the batching agent (frontend/), and procps (TorchServe stops
 #                                    workers by running `kill`: without it scale-down answers 500)
 #   setup/system-packages.sh test    the above, and the tools the test suite runs for real
 # As root it installs with apt-get; otherwise with `sudo -n` where that works; else it names the
@@ -15,6 +16,8 @@ if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
   missing+=(openjdk-17-jre-headless)
 fi
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+[ -f /usr/share/java/asm-tree.jar ] || missing+=(libasm-java)
 
 if [ "$task" = test ]; then
   # A real Prometheus for the monitoring tests; Compose's own validator, and the linters of the

@@ -5,6 +5,18 @@
 #   docker build -f deploy/docker/serve.Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t cifar10-serve .   (GPU)
 # No model and no key inside: model-store/ is mounted, and TorchServe makes its keys at start.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+# The drain-the-queue batching agent (frontend/), built from source with a JDK and ASM that stay
+# in this stage; the image below carries only the jar.
+FROM ${PYTHON_IMAGE} AS frontend
+RUN mkdir -p /usr/share/man/man1 \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jdk-headless libasm-java \
+ && rm -rf /var/lib/apt/lists/*
+COPY frontend/build.sh /build/frontend/
+COPY frontend/src /build/frontend/src
+RUN bash /build/frontend/build.sh /build/drain-batching.jar
+
 FROM ${PYTHON_IMAGE}
 
 # PyTorch's CPU-only wheels by default; PyPI's own torch wheels carry CUDA (the GPU variant).
@@ -32,15 +44,17 @@ RUN pip install -c /tmp/requirements.txt onnxruntime \
 
 RUN useradd --create-home --uid 1000 model-server
 WORKDIR /home/model-server
-# The repository's config, changed in two places: the APIs listen on the container's interfaces
-# (Compose publishes management and metrics on the host's loopback only), and the metrics file is
-# named by its path here.
+# The repository's config, changed in three places: the APIs listen on the container's interfaces
+# (Compose publishes management and metrics on the host's loopback only), and the metrics file and
+# the batching agent are named by their paths here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
+COPY --from=frontend /build/drain-batching.jar /home/model-server/drain-batching.jar
 # serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
 # probes; serve.drain: the Kubernetes preStop hook.
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
-        -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' config.properties \
+        -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
+        -e 's#^vmargs=-javaagent:.*#vmargs=-javaagent:/home/model-server/drain-batching.jar#' config.properties \
  && mkdir -p model-store run logs \
  && chown model-server:model-server run logs
 

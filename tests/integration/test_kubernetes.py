@@ -44,6 +44,7 @@ POD_DIFFERENCES = {
     "metrics_address",
     "model_store",
     "metrics_config",
+    "vmargs",
     "disable_token_authorization",
     "enable_model_api",
 }
@@ -297,6 +298,8 @@ def test_paths_agree_with_the_serve_image(rendered):
     logs = re.search(r"LOG_LOCATION=(\S+)", image).group(1)
     assert serving["logs"] == logs
     assert "/home/model-server/metrics.yaml" in image and pod["metrics_config"] == "/home/model-server/metrics.yaml"
+    agent = pod["vmargs"].removeprefix("-javaagent:")
+    assert re.search(rf"^COPY --from=\S+ \S+ {agent}$", image, re.M)  # the image carries the agent it names
     assert re.search(r"^USER 1000:1000$", image, re.M)
     security = pod_spec(objects)["securityContext"]
     assert security["runAsUser"] == 1000 and security["runAsNonRoot"]

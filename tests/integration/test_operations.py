@@ -173,7 +173,7 @@ def test_operations_yaml_passes_yamllint():
     assert result.returncode == 0, result.stdout
 
 
-def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_path(tmp_path):
+def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_paths(tmp_path):
     """Runs the serve Dockerfile's own sed on the repository's config.properties."""
     run = " ".join(
         command.value[0]
@@ -191,6 +191,7 @@ def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_path(tmp_p
         "management_address=http://127.0.0.1:8081": "management_address=http://0.0.0.0:8081",
         "metrics_address=http://127.0.0.1:8082": "metrics_address=http://0.0.0.0:8082",
         "metrics_config=deploy/torchserve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
+        "vmargs=-javaagent:frontend/build/drain-batching.jar": "vmargs=-javaagent:/home/model-server/drain-batching.jar",
     }
 
 

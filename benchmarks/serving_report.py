@@ -1,0 +1,135 @@
+"""The serving benchmark's report: the rows with their efficiency, the targets, a plot
+(reports/bench-serve.{md,csv,png}).
+
+Efficiency is measured two ways. From CPU time: the ceiling's CPU seconds per image (decode +
+forward at batch 64 on one thread, as a worker runs it) over the server's CPU seconds per request
+(all its processes); other work on the machine hardly changes either. From wall-clock time:
+requests/s over the ceiling's images/s (the same work in one single-threaded process per core, all
+at once) measured right after that system ran; other work on a shared machine can still push that
+ceiling below what the system did, and then the ratio says so instead of passing 100 %.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from serve.report import Report, write_csv
+
+COLUMNS = [
+    "system",
+    "concurrency",
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "errors",
+    "server_cpu_ms_per_request",
+    "cpu_efficiency",
+    "ceiling_rps_beside",
+    "of_ceiling_beside",
+    "wrk_cpu_percent",
+]
+
+
+def ratio(value: object) -> str:
+    """A share of a ceiling; above 1 the ceiling did not hold, and no ratio is printed."""
+    if value is None:
+        return "—"
+    return f"{value:.0%}" if value <= 1 else "ceiling not held"
+
+
+def add_efficiency(rows: list[dict], cpu_per_image: dict[str, float]) -> None:
+    """`cpu_per_image`: runtime -> the ceiling's CPU seconds per image."""
+    for row in rows:
+        row["server_cpu_ms_per_request"] = 1e3 * row["server_cpu_seconds"] / max(row["requests"], 1)
+        row["cpu_efficiency"] = 1e3 * cpu_per_image[row["runtime"]] / row["server_cpu_ms_per_request"]
+        row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
+
+
+def find(rows: list[dict], system: str, concurrency: int) -> dict | None:
+    return next((r for r in rows if r["system"] == system and r["concurrency"] == concurrency), None)
+
+
+def targets(rows: list[dict], cpu_per_image: dict[str, float]) -> list[str]:
+    """The three targets of this deployment, each met or not, with the figures of this run."""
+    lines = []
+    shipped, flask = find(rows, "torchserve", 1), find(rows, "flask", 1)
+    if shipped and flask:
+        share = shipped["p50_ms"] / flask["p50_ms"]
+        lines.append(
+            f"- p50 at 1 connection ≤ 0.8 x flask's: torchserve {shipped['p50_ms']:.2f} ms, flask "
+            f"{flask['p50_ms']:.2f} ms = {share:.2f} x: **{'met' if share <= 0.8 else 'not met'}**"
+        )
+    loaded, stock = find(rows, "torchserve", 64), find(rows, "torchserve-stock", 64)
+    if loaded and stock:
+        gain = loaded["rps"] / stock["rps"]
+        lines.append(
+            f"- requests/s at 64 connections ≥ 1.05 x torchserve-stock's: {loaded['rps']:.0f} against "
+            f"{stock['rps']:.0f} = {gain:.2f} x: **{'met' if gain >= 1.05 else 'not met'}**"
+        )
+    for system in ("torchserve", "torchserve-onnx"):
+        row = find(rows, system, 64)
+        if row:
+            ceiling_ms = 1e3 * cpu_per_image[row["runtime"]]
+            over = row["server_cpu_ms_per_request"] / ceiling_ms
+            lines.append(
+                f"- {system}: CPU per request at 64 connections ≤ 1.3 x the {row['runtime']} ceiling's CPU per "
+                f"image: {row['server_cpu_ms_per_request']:.3f} ms against {ceiling_ms:.3f} ms = {over:.2f} x: "
+                f"**{'met' if over <= 1.3 else 'not met'}**"
+            )
+    return lines
+
+
+def write(
+    rows: list[dict],
+    cpu_per_image: dict[str, float],
+    cold: dict[str, float],
+    failed: dict[str, str],
+    notes: list[str],
+    out: Path,
+    stem: str,
+    command: str,
+) -> None:
+    add_efficiency(rows, cpu_per_image)
+    write_csv(out / f"{stem}.csv", rows, [*COLUMNS, "runtime", "requests", "server_cpu_seconds"])
+    report = Report("Serving benchmark", command).text(
+        "wrk (1 thread, `benchmarks/wrk_predict.lua`: real CIFAR-10 test JPEGs in turn, every answer checked) on "
+        "the same machine; each system alone on it, one after the other.",
+        "Ceiling: decode + forward + top-3 in one process at batch 64, no HTTP. Its CPU time per image on one "
+        "thread: " + ", ".join(f"{runtime} **{1e3 * cpu:.3f} ms**" for runtime, cpu in cpu_per_image.items()) + ".",
+        "`cpu_efficiency`: that over the server's CPU time per request (all its processes); "
+        "`ceiling_rps_beside`: the ceiling's images/s (one single-threaded process per core, all at once) "
+        "measured right after the system ran, and `of_ceiling_beside` the system's requests/s over it.",
+        *notes,
+    )
+    formats = {"cpu_efficiency": ratio, "of_ceiling_beside": ratio}
+    report.table(rows, COLUMNS, formats)
+    report.text(
+        "Cold start (process start to first prediction answered): "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items())
+        + ".",
+        *(f"Did not start: {name}: {error}" for name, error in failed.items()),
+    )
+    if verdicts := targets(rows, cpu_per_image):
+        report.text("Targets, this run:", "", *verdicts)
+    report.write(out / f"{stem}.md")
+    plot(rows, out / f"{stem}.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    figure, (throughput, tail) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name in dict.fromkeys(row["system"] for row in rows):
+        points = [row for row in rows if row["system"] == name]
+        throughput.plot([p["concurrency"] for p in points], [p["rps"] for p in points], "o-", label=name)
+        tail.plot([p["concurrency"] for p in points], [p["p99_ms"] for p in points], "o-", label=name)
+    throughput.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="throughput")
+    tail.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency")
+    for axis in (throughput, tail):
+        axis.grid(alpha=0.3)
+    throughput.legend(fontsize=7)
+    figure.savefig(path, dpi=110, bbox_inches="tight")

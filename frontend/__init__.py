@@ -1,0 +1,35 @@
+"""What we change in TorchServe's Java frontend: the drain-the-queue batching policy, a Java agent
+(src/, built by build.sh into build/drain-batching.jar) that config.properties' `vmargs` loads.
+
+`agent_jar()` builds the jar when it is missing or older than its sources, so that every way of
+starting TorchServe from this repository (`make serve`, the tests, the benchmarks) runs the
+agent built from the source beside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "build.sh"
+JAR = HERE / "build" / "drain-batching.jar"
+
+
+class AgentBuildError(RuntimeError):
+    """The agent could not be built (no JDK, no ASM, or a compile error)."""
+
+
+def agent_jar() -> Path:
+    """The built agent, (re)built first if a source is newer than it."""
+    newest = max(path.stat().st_mtime for path in [BUILD_SCRIPT, *(HERE / "src").rglob("*.java")])
+    if JAR.exists() and JAR.stat().st_mtime >= newest:
+        return JAR
+    result = subprocess.run(["bash", str(BUILD_SCRIPT), str(JAR)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AgentBuildError(
+            f"building the batching agent failed ({BUILD_SCRIPT}):\n{result.stdout}{result.stderr}"
+            "setup/system-packages.sh serve installs what it needs (a JDK 17, libasm-java); "
+            "or remove -javaagent from vmargs in config.properties to run TorchServe's own batching."
+        )
+    return JAR
