@@ -127,10 +127,10 @@ soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURAT
 # pulled). docs/containers.md: what was built and run, sizes and times.
 .PHONY: images test-images
 
-images: ## build the serving and training images (tags <version>-<commit> and :local, what Compose runs)
+images: ## build the serving images (torch; slim: ONNX, no torch) and the training image (tags <version>-<commit>, :local)
 	deploy/docker/build.sh
 
-test-images: packages-test $(VENV)/.installed ## build both images, run them as Compose wires them, and the Compose chain
+test-images: packages-test $(VENV)/.installed ## build the images, run each serving image as Compose wires it, and the Compose chain
 	$(PY) -m pytest tests/e2e/test_containers.py -rP
 # --- end containers ---
 
