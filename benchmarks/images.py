@@ -23,15 +23,14 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from benchmarks.serving import bench_images, run_wrk
+from benchmarks.serving import System, bench_images, run_wrk
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.report import Report, write_csv
@@ -84,13 +83,8 @@ class Container:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the container's processes so far (its init and descendants)."""
-        root = psutil.Process(int(engine("inspect", "--format", "{{.State.Pid}}", self.name).stdout))
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        pid = int(engine("inspect", "--format", "{{.State.Pid}}", self.name).stdout)
+        return System(self.name, root_pid=pid).cpu_seconds()
 
 
 @contextlib.contextmanager
@@ -157,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", default="cifar10-bench", help="names of the containers started")
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     if not args.data or shutil.which("wrk") is None:
         raise SystemExit("error: needs --data (or CIFAR10_DATA) and wrk (`sudo apt-get install -y wrk`)")
     load_before = os.getloadavg()
@@ -194,9 +189,8 @@ def main(argv: list[str] | None = None) -> None:
 def write(args, sizes: list[dict], rows: list[dict], verification, load_before: tuple) -> None:
     columns = ["image", "connections", "rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request"]
     load_after = os.getloadavg()
-    report = Report(
-        "Container images: size, pull, cold start, serving", f"python -m benchmarks.images --run {args.run}"
-    )
+    command = " ".join(["python -m benchmarks.images", *args.argv])
+    report = Report("Container images: size, pull, cold start, serving", command)
     report.text(
         f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; one run, both serving images"
         f" in turn on the same machine: compare them with each other, not with other runs.",
