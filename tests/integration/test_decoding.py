@@ -4,7 +4,8 @@ on the GPU (tests/unit/test_images.py and test_gpu_decode.py: the same rules on 
 
 import numpy as np
 import torch
-from cifar10_images import decode_image, gpu_decodable
+from cifar10_images import decode_image
+from cifar10_torch_runtimes import gpu_decodable
 
 from model import SimpleCNN
 from train.data import decode_training_image
@@ -32,7 +33,8 @@ def test_handler_batch_gives_the_models_answer_on_training_tensors(cifar_test_jp
 
 def test_serving_optimizations_keep_the_answers(trained_run, cifar_test_jpegs):
     """The frozen, channels_last module the handler serves answers exactly as the export does."""
-    from cifar10_images import answer_bodies, inference_model
+    from cifar10_answers import answer_bodies
+    from cifar10_torch_runtimes import inference_model
 
     from model import CLASSES
 
