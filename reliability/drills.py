@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.config import config_on_ports
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.server import LocalServer
 
 SLEEPY_HANDLER = Path(__file__).with_name("sleepy_handler.py")
 SLEEPY_RESPONSE_TIMEOUT = 2  # seconds: the sleepy model's responseTimeout
@@ -65,13 +63,22 @@ def sleepy_archive(store: Path) -> Path:
     return store / "sleepy.mar"
 
 
-class FaultServer:
-    def __init__(self, archive: Path, workdir: Path, port_base: int):
+class FaultServer(LocalServer):
+    """A LocalServer serving `archive` as cifar10 beside the sleepy model, with a truncated archive
+    among the models to load at start, and the model API on (to register broken archives)."""
+
+    def __init__(self, archive: Path, workdir: Path, port_base: int, **settings: str):
         self.archive = archive
         self.store = workdir / "model-store"
-        self.paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=self.store)
-        self.port_base = port_base
-        self.client: Client | None = None
+        models = f"cifar10=cifar10.mar,sleepy=sleepy.mar,broken={BROKEN_AT_START}"
+        super().__init__(
+            workdir,
+            self.store,
+            port_base,
+            settings={"load_models": models, **settings},
+            extra_args=("--enable-model-api",),
+            models=("cifar10", "sleepy"),
+        )
 
     def __enter__(self) -> FaultServer:
         self.store.mkdir(parents=True, exist_ok=True)
@@ -79,28 +86,7 @@ class FaultServer:
         sleepy_archive(self.store)
         valid = self.archive.read_bytes()
         (self.store / BROKEN_AT_START).write_bytes(valid[: len(valid) // 3])
-        models = f"cifar10=cifar10.mar,sleepy=sleepy.mar,broken={BROKEN_AT_START}"
-        self.paths.config.write_text(config_on_ports(REPO / "config.properties", self.port_base, load_models=models))
-        self.client = Client.from_config(self.paths.config, self.paths.workdir)
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> float:
-        """Starts TorchServe; seconds until cifar10 answered a prediction."""
-        start(self.paths, extra_args=("--enable-model-api",))
-        return wait_until_serving(self.client, "cifar10", self.paths) + wait_until_answering(
-            self.client, "sleepy", b"0"
-        )
-
-    def stop(self) -> None:
-        stop(self.paths)
+        return super().__enter__()
 
     def worker_pids(self, model: str = "cifar10") -> list[int]:
         return worker_pids(self.client, model)
@@ -200,6 +186,7 @@ def kill_worker_under_load(server: FaultServer, threads: int = 8, before: float 
         time.sleep(after)
     failed = [c for c in load.calls if c.status != 200]
     return {
+        "clients": threads,
         "requests": len(load.calls),
         "failed": len(failed),
         "failed_answers": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failed)),
