@@ -15,7 +15,8 @@ Versions (docs/operations.md):
     python -m serve rollout --run models/<run>        archive the run as cifar10-<version>.mar, serve it beside
     python -m serve versions                          the versions served, which is the default
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
-    python -m serve retire VERSION                    unregister a version that is not the default
+    python -m serve retire VERSION                    unregister a version that is not the default, once
+                                                      every request it took is answered
     python -m serve rotate-keys [inference|management]  new keys (default: both) in key_file.json
 """
 
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
             )
     elif args.command == "retire":
-        print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
+        print(json.dumps(client.retire(args.version, model=args.model), indent=2))
     elif args.command == "rotate-keys":
         apis = ["inference", "management"] if args.api == "both" else [args.api]
         for api in apis:

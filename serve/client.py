@@ -7,6 +7,7 @@ reads them from there, so neither the Makefile nor a user copies keys around by 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import requests
@@ -120,6 +121,31 @@ class Client:
         return self.request(
             "DELETE", f"{self.management}/models/{model}/{version}", "management", timeout=timeout
         ).json()
+
+    def pending_requests(self, version: str, model: str = "cifar10") -> int:
+        """Requests waiting in `version`'s job queue (not yet taken by a worker)."""
+        return int(self.describe(model, version)[0]["jobQueueStatus"]["pendingRequests"])
+
+    def retire(self, version: str, model: str = "cifar10", quiet: float = 2.0, timeout: float = 300) -> dict:
+        """Unregisters a version that is not the default once every request it took is answered.
+
+        Requests reach a version that is not the default only when a client names it; those
+        queued before it stopped being the default (or still named) are served first: the version
+        is unregistered once its job queue has stayed empty for `quiet` seconds, longer than a
+        worker takes to answer the batch it holds (TorchServe would drop queued requests unanswered
+        and fail the batches in flight). Raises ServiceError for the default version and
+        TimeoutError when the queue never stays empty."""
+        if self.describe(model)[0]["modelVersion"] == version:
+            raise ServiceError(409, f"{version} is the default version of {model}: set another default first")
+        started = time.monotonic()
+        empty_since = None
+        while empty_since is None or time.monotonic() - empty_since < quiet:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{model} {version}: requests still queued after {timeout:.0f}s")
+            empty = self.pending_requests(version, model) == 0
+            empty_since = (empty_since or time.monotonic()) if empty else None
+            time.sleep(0.1)
+        return self.unregister(version, model)
 
     def renew_key(self, api: str) -> None:
         """Has TorchServe replace the `api` key (inference or management) with the API key; the old
