@@ -101,6 +101,10 @@ class Cifar10Handler(BaseHandler):
         payloads, errors = [], []
         for index, row in enumerate(requests):
             try:
+                if self.context.get_request_header(index, "explain") == "True":
+                    raise InvalidImage(
+                        "no_explanations", "this model serves predictions only: POST the image to /predictions"
+                    )
                 payloads.append(request_payload(row, self._text_fields(index, row)))
                 errors.append(None)
             except InvalidImage as error:
@@ -108,6 +112,11 @@ class Cifar10Handler(BaseHandler):
                 errors.append(error)
         batch = decode_batch(payloads, errors, self.device, self.jpeg_decoder, self.gpu_decode_min_batch)
         return batch, errors
+
+    def _is_explain(self):
+        """Never: BaseHandler would explain the whole batch when its first request came to
+        /explanations (and fail every request of it); such a request is refused alone in preprocess."""
+        return False
 
     def _text_fields(self, index, row) -> set:
         """Form fields sent as text: TorchServe gives an uploaded file its content type, a text field none."""
