@@ -44,7 +44,7 @@ train: $(VENV)/.installed ## train a model into models/<run>/ (TRAIN_ARGS="--rec
 models/latest/model.pt: | $(VENV)/.installed
 	$(PY) -m train $(TRAIN_ARGS)
 
-model-store/cifar10.mar: $(RUN)/model.pt handler/cifar10_handler.py handler/cifar10_images.py handler/cifar10_metrics.py $(MODEL_CONFIG) | $(VENV)/.installed
+model-store/cifar10.mar: $(RUN)/model.pt $(wildcard handler/*.py) $(MODEL_CONFIG) | $(VENV)/.installed
 	$(PY) -m serve archive --run $(RUN) --model-config $(MODEL_CONFIG)$(if $(filter gpu,$(DEVICE)), --device gpu)
 
 archive: model-store/cifar10.mar ## package $(RUN) (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU config sized for this machine)

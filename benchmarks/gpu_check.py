@@ -238,7 +238,8 @@ def served_equals_offline(client, listing: Path, model_path: Path, clients: int 
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
-    from cifar10_images import decode_image, pixel_batch
+    from cifar10_images import decode_image
+    from cifar10_torch_runtimes import pixel_batch
 
     from model import CLASSES
 

@@ -1,5 +1,6 @@
-"""Requests in, answers out, for the CIFAR-10 model: image bytes -> 32 x 32 RGB uint8 (with one
-clear error per bad input), and a batch of logits -> the Flask service's JSON answers.
+"""Requests in, pixels out, for the CIFAR-10 model: a TorchServe request row -> its image bytes ->
+32 x 32 RGB uint8 pixels, with one clear error per bad input. numpy and Pillow only: this is the one
+decoding path of every runtime (cifar10_runtimes.py), torch or not.
 
 Lives beside cifar10_handler.py in the .mar (TorchServe wants the handler module to define a single
 class, and this keeps the decoding testable without a TorchServe worker). The serving benchmark's
@@ -7,10 +8,8 @@ alternative servers use it too, so every system compared does exactly the same w
 """
 
 import io
-import json
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 IMAGE_SIZE = 32
@@ -115,169 +114,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def error_body(error: InvalidImage) -> str:
-    return json.dumps({"code": 400, "type": "InvalidImage", "reason": error.reason, "message": str(error)})
-
-
-def inference_model(scripted: torch.jit.ScriptModule, freeze: bool = True) -> torch.jit.ScriptModule:
-    """The exported TorchScript made ready to serve: eval mode, channels_last weights, frozen
-    (batch norm folded into the convolutions, weights inlined as constants: about 1.7x faster at
-    batch 64 on one CPU thread; outputs within 1e-5 of the unfrozen module). Call it after moving
-    the module to its device."""
-    model = scripted.eval().to(memory_format=torch.channels_last)
-    return torch.jit.freeze(model) if freeze else model
-
-
-class OnnxModel:
-    """An ONNX Runtime session called like the TorchScript module: N x 3 x 32 x 32 uint8 pixels in
-    (a tensor, any memory layout), float32 logits out (a tensor). CPU only.
-
-    onnxruntime is imported here and only here: archives that serve TorchScript do not need it.
-    """
-
-    def __init__(self, path: str, threads: int = 1):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: np.ascontiguousarray(pixels.cpu().numpy())}
-        return torch.from_numpy(self.session.run(None, feed)[0])
-
-
-# Start-of-frame markers of baseline and extended sequential Huffman JPEGs (what nvJPEG's batched
-# decoder handles); progressive, lossless and arithmetic-coded files go to the CPU.
-SEQUENTIAL_FRAMES = (0xC0, 0xC1)
-
-
-def gpu_decodable(data: bytes) -> bool:
-    """True for a JPEG that the GPU decodes to what decode_image gives: 32 x 32, three YCbCr
-    components (ids 1, 2, 3, as JFIF writes them), sequential, with no EXIF block (which may rotate
-    the image) and no Adobe block (which may say the pixels are RGB or CMYK). Anything else, and
-    anything that does not parse, is left to the CPU path, which also words its errors."""
-    if data[:3] != b"\xff\xd8\xff" or not data.endswith(b"\xff\xd9"):  # truncated files fail on the CPU
-        return False
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return False
-        marker = data[position + 1]
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        segment = data[position + 4 : position + 2 + length]
-        if (marker == 0xE1 and segment.startswith(b"Exif")) or (marker == 0xEE and segment.startswith(b"Adobe")):
-            return False
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
-            if marker not in SEQUENTIAL_FRAMES or len(segment) < 15:
-                return False
-            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
-            components = segment[5]
-            ids = bytes(segment[6 + 3 * i] for i in range(min(components, 3)))
-            return (width, height) == (IMAGE_SIZE, IMAGE_SIZE) and components == 3 and ids == b"\x01\x02\x03"
-        if marker == 0xDA:  # start of scan before any frame header
-            return False
-        position += 2 + length
-    return False
-
-
-def gpu_jpeg_decoder(device: torch.device):
-    """torchvision's batched JPEG decoder (nvJPEG) on a CUDA `device`, for decode_batch; None on a
-    CPU worker, without torchvision, or where a probe JPEG does not decode within a few levels of
-    the CPU's pixels (a build without GPU decoding): the CPU path serves then."""
-    if device.type != "cuda":
-        return None
-    try:
-        from torchvision.io import decode_jpeg
-    except ImportError:
-        return None
-
-    def decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return decode_jpeg(blobs, device=device)
-
-    gradient = np.add.outer(np.arange(IMAGE_SIZE), np.arange(IMAGE_SIZE)).astype(np.uint8) * 4
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([gradient, gradient.T, 255 - gradient], axis=2)).save(buffer, "JPEG", quality=90)
-    probe = buffer.getvalue()
-    try:
-        for count in (2, 1):  # also warms up the batched decoder, so that a first request does not pay for it
-            pixels = decode([torch.frombuffer(bytearray(probe), dtype=torch.uint8)] * count)[0].cpu()
-    except (RuntimeError, TypeError, ValueError):
-        return None
-    expected = torch.from_numpy(decode_image(probe)).permute(2, 0, 1)
-    if pixels.shape != expected.shape or (pixels.int() - expected.int()).abs().max() > 8:
-        return None
-    return decode
-
-
-def decode_batch(
-    payloads: list, errors: list, device: torch.device, jpeg_decoder=None, gpu_min_batch: int = 1
-) -> torch.Tensor | None:
-    """The decodable payloads as one N x 3 x 32 x 32 uint8 batch on `device`, in request order.
+def decode_payloads(payloads: list, errors: list) -> np.ndarray | None:
+    """The decodable payloads as one N x 3 x 32 x 32 uint8 batch (pixel_array), in request order.
 
     `payloads[i]` is the image bytes of request i, or None where `errors[i]` already holds its
-    InvalidImage; a payload that does not decode gets its InvalidImage put into `errors`.
-    `jpeg_decoder` (a GPU decoder: a list of uint8 byte tensors -> a list of 3 x 32 x 32 tensors)
-    takes the JPEGs that gpu_decodable accepts when there are at least `gpu_min_batch` of them (a
-    lone image decodes sooner on the CPU than a GPU call's fixed cost); the rest, and all of them
-    when it is None or when it fails, go through decode_image on the CPU. Returns None when no
-    payload decoded.
+    InvalidImage (or where another decoder took it); a payload that does not decode gets its
+    InvalidImage put into `errors`. Returns None when no payload decoded.
     """
-    on_gpu = []
-    if jpeg_decoder is not None and len(payloads) >= gpu_min_batch:
-        on_gpu = [i for i, payload in enumerate(payloads) if payload is not None and gpu_decodable(payload)]
-    gpu_pixels = {}
-    if on_gpu and len(on_gpu) >= gpu_min_batch:
-        try:
-            blobs = [torch.frombuffer(bytearray(payloads[i]), dtype=torch.uint8) for i in on_gpu]
-            gpu_pixels = dict(zip(on_gpu, jpeg_decoder(blobs)))
-        except RuntimeError:  # a file the GPU decoder refuses: the CPU decodes it (and words the error)
-            gpu_pixels = {}
-    cpu_images, cpu_rows, gpu_rows, row = [], [], [], 0
+    images = []
     for index, payload in enumerate(payloads):
         if payload is None:
             continue
-        if index in gpu_pixels:
-            gpu_rows.append(row)
-        else:
-            try:
-                cpu_images.append(decode_image(payload))
-            except InvalidImage as error:
-                errors[index] = error
-                continue
-            cpu_rows.append(row)
-        row += 1
-    if row == 0:
-        return None
-    if not gpu_pixels:  # the CPU path as it always was
-        batch = pixel_batch(cpu_images)
-        return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
-    decoded = torch.stack([gpu_pixels[i] for i in on_gpu]).to(device)
-    if cpu_images:  # a mixed batch: each image back in its request's row
-        batch = torch.empty(row, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=device)
-        batch[gpu_rows] = decoded
-        batch[cpu_rows] = pixel_batch(cpu_images).to(device)
-        decoded = batch
-    return decoded.contiguous(memory_format=torch.channels_last)
+        try:
+            images.append(decode_image(payload))
+        except InvalidImage as error:
+            errors[index] = error
+    return pixel_array(images) if images else None
 
 
-def pixel_batch(images: list[np.ndarray]) -> torch.Tensor:
+def pixel_array(images: list[np.ndarray]) -> np.ndarray:
     """N decoded images (H x W x C) -> N x C x H x W uint8, a channels_last view: the model's fastest layout."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-
-
-def answer_bodies(logits: torch.Tensor, classes: list[str]) -> list[str]:
-    """The seed's JSON answer per row: top class, its confidence, and the top 3 with theirs."""
-    top = torch.softmax(logits.float(), dim=1).topk(TOP_K, dim=1)
-    confidences = (top.values.double() * 1e4).floor().div(1e4).tolist()  # rounded down: never sums above 1
-    bodies = []
-    for row_confidences, row_classes in zip(confidences, top.indices.tolist()):
-        top3 = [{"class": classes[c], "confidence": p} for p, c in zip(row_confidences, row_classes)]
-        bodies.append(
-            json.dumps({"prediction": top3[0]["class"], "confidence": top3[0]["confidence"], "top3_predictions": top3})
-        )
-    return bodies
+    return np.stack(images).transpose(0, 3, 1, 2)

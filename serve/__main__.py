@@ -12,7 +12,7 @@
     python -m serve describe | scale N [--version V] | set-default VERSION
 
 Versions (docs/operations.md):
-    python -m serve rollout --run models/<run>        archive the run as cifar10-<version>.mar, serve it beside
+    python -m serve rollout --run models/<run> [--format onnx]  archive the run as cifar10-<version>.mar, serve it beside
     python -m serve versions                          the versions served, which is the default
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
     python -m serve retire VERSION                    unregister a version that is not the default, once
@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> None:
         help="batching/workers config packed into the archive (default: the format's, "
         "handler/model-config.yaml or model-config.onnx.yaml; GPU: handler/model-config.gpu.yaml)",
     )
-    archive.add_argument(
-        "--format",
-        choices=sorted(FORMATS),
-        default="torchscript",
-        help="the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
-    )
+    model_format = {
+        "choices": sorted(FORMATS),
+        "default": "torchscript",
+        "help": "the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
+    }
+    archive.add_argument("--format", **model_format)
     archive.add_argument(
         "--device",
         choices=["cpu", "gpu"],
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     rollout.add_argument("--run", type=Path, default=REPO / "models" / "latest")
     rollout.add_argument("--store", type=Path, default=REPO / "model-store", help="the model store TorchServe serves")
     rollout.add_argument("--workers", type=int, default=1)
+    rollout.add_argument("--format", **model_format)
     commands.add_parser("versions")
     retire = commands.add_parser("retire")
     retire.add_argument("version")
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "set-default":
         print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
     elif args.command == "rollout":
-        archive = build_archive(args.run, args.store, name=args.model, versioned=True)
+        archive = build_archive(args.run, args.store, name=args.model, versioned=True, model_format=args.format)
         print(client.register(archive.name, workers=args.workers)["status"])
         print("served beside the default version: `python -m serve set-default VERSION` switches to it")
     elif args.command == "versions":

@@ -74,6 +74,6 @@ def test_bad_input_gets_400(portable):
 
 
 def test_handler_modules_import_without_onnxruntime():
-    """onnxruntime is needed only by ONNX archives: the handler's image module imports without it."""
-    blocked = "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, 'handler'); import cifar10_images"
+    """onnxruntime is needed only by ONNX archives: the handler imports without it."""
+    blocked = "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, 'handler'); import cifar10_handler"
     subprocess.run([sys.executable, "-c", blocked], cwd=REPO, check=True)

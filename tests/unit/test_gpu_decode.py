@@ -1,4 +1,4 @@
-"""GPU JPEG decoding in the handler (handler/cifar10_images.py): which files go to the GPU, and
+"""GPU JPEG decoding in the handler (handler/cifar10_torch_runtimes.py): which files go to the GPU, and
 that the answers do not change. The selection and the fallbacks run here on the CPU (torchvision's
 CPU decoder stands in for nvJPEG: the same call, another device); the GPU-marked tests compare
 nvJPEG with the CPU path where a CUDA device exists."""
@@ -7,7 +7,8 @@ import io
 
 import pytest
 import torch
-from cifar10_images import InvalidImage, decode_batch, decode_image, gpu_decodable, gpu_jpeg_decoder, pixel_batch
+from cifar10_images import InvalidImage, decode_image
+from cifar10_torch_runtimes import decode_batch, gpu_decodable, gpu_jpeg_decoder, pixel_batch
 from helpers import gpu_test
 from PIL import Image
 from torchvision.io import decode_jpeg

@@ -131,7 +131,8 @@ def test_truncated_jpeg_is_refused(cifar_image):
 
 def test_serving_optimizations_keep_the_answers(trained_run, cifar_test_jpegs):
     """The frozen, channels_last module the handler serves answers exactly as the export does."""
-    from cifar10_images import answer_bodies, inference_model
+    from cifar10_answers import answer_bodies
+    from cifar10_torch_runtimes import inference_model
 
     from model import CLASSES
 
