@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import io
 import json
+import socket
 import struct
 import threading
 import time
@@ -18,7 +19,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -26,9 +27,10 @@ import psutil
 from PIL import Image
 
 from reliability.bad_inputs import png_chunk
-from reliability.drills import BackgroundPredictions, FaultServer, error_message
+from reliability.drills import BackgroundPredictions, error_message, worker_pids
 from reliability.rules import MEMORY_BACK_SECONDS
 from serve.client import Client
+from serve.server import LocalServer
 
 
 def rle_bmp(width: int = 60_000_000) -> bytes:
@@ -85,28 +87,26 @@ def post(client: Client, path: str, body: bytes) -> tuple[int | str, float]:
 
 def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[tuple[int | str, float]]:
     """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
-    read=False the client goes away at once, and each request counts as 'abandoned'."""
+    read=False the client goes away at once, and each request counts as 'abandoned'. Requests
+    left unanswered when the server closes the connection count as 'dropped'."""
     host, port = client.inference.split("//")[1].split(":")
-    started = time.monotonic()
-    connection = http.client.HTTPConnection(host, int(port), timeout=120)
-    connection.connect()
     head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
-    for body in bodies:
-        connection.sock.sendall(
-            f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-    answers = []
-    try:
-        for _ in bodies if read else ():
-            response = http.client.HTTPResponse(connection.sock, method="POST")
-            response.begin()
-            response.read()
-            answers.append((response.status, time.monotonic() - started))
-    except OSError as error:
-        answers += [(type(error).__name__, time.monotonic() - started)] * (len(bodies) - len(answers))
-    connection.close()
-    return answers or [("abandoned", time.monotonic() - started)] * len(bodies)
+    started, answers = time.monotonic(), []
+    with socket.create_connection((host, int(port)), timeout=120) as connection:
+        with contextlib.suppress(OSError):
+            for body in bodies:
+                request = (
+                    f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                )
+                connection.sendall(request.encode() + body)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while read and len(answers) < len(bodies):
+                response = http.client.HTTPResponse(connection, method="POST")
+                response.begin()
+                response.read()
+                answers.append((response.status, time.monotonic() - started))
+    missing = len(bodies) - len(answers)
+    return answers + [("dropped" if read else "abandoned", time.monotonic() - started)] * missing
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Attack:
     connections: int = 4
     once: bool = False  # one round (an operation), else rounds back to back for the whole attack
     good_clients: int = 1
-    notes: dict = field(default_factory=dict)
+    operation: bool = False  # an operator's command (its workers come and go): its seconds, no restart count
 
 
 @cache
@@ -135,7 +135,7 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
     ]
 
 
-def rss_bytes(server: FaultServer) -> int:
+def rss_bytes(server: LocalServer) -> int:
     total = 0
     for process in server.processes():
         with contextlib.suppress(psutil.Error):  # a worker that is exiting
@@ -143,9 +143,9 @@ def rss_bytes(server: FaultServer) -> int:
     return total
 
 
-def run_attack(server: FaultServer, attack: Attack, good: bytes, seconds: float) -> dict:
+def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float) -> dict:
     """`attack` for `seconds` beside `attack.good_clients` good clients; one row of the report."""
-    pids, baseline, peak = server.worker_pids(), rss_bytes(server), [0]
+    pids, baseline, peak = worker_pids(server.client), rss_bytes(server), [0]
     answers: list[tuple[int | str, float]] = []
     done = threading.Event()
 
@@ -183,16 +183,16 @@ def run_attack(server: FaultServer, attack: Attack, good: bytes, seconds: float)
         "allowed": list(attack.allowed),
         "attacker_requests": len(answers),
         "attacker_answers": dict(Counter(status for status, _ in answers)),
-        "attacker_max_s": max((s for _, s in answers), default=None) if "abandoned" not in attack.allowed else None,
+        "attacker_max_s": None if attack.operation or "abandoned" in attack.allowed else max(s for _, s in answers),
+        "operation_s": max(s for _, s in answers) if attack.operation else None,
         "good_requests": len(load.calls),
         "good_success": 1 - len(failures) / max(len(load.calls), 1),
         "good_failures": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failures)),
         "good_p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
-        "worker_restarts": len(set(pids) - set(server.worker_pids())),
+        "worker_restarts": None if attack.operation else len(set(pids) - set(worker_pids(server.client))),
         "memory_baseline_mib": baseline / 2**20,
         "memory_peak_mib": peak[0] / 2**20,
         "memory_back_s": round(time.monotonic() - back_started, 1) if memory_back else None,
-        **attack.notes,
     }
 
 
@@ -210,9 +210,10 @@ def versioned_copy(archive: bytes, version: str) -> bytes:
     return out.getvalue()
 
 
-def operations(server: FaultServer) -> list[Attack]:
+def operations(server: LocalServer) -> list[Attack]:
     """Retiring a version and scaling down, under 4 good clients: no request may be lost."""
-    (server.store / "cifar10-next.mar").write_bytes(versioned_copy((server.store / "cifar10.mar").read_bytes(), "next"))
+    store = server.paths.model_store
+    (store / "cifar10-next.mar").write_bytes(versioned_copy((store / "cifar10.mar").read_bytes(), "next"))
 
     def retire(client: Client):
         started, old = time.monotonic(), client.describe()[0]["modelVersion"]
@@ -229,12 +230,12 @@ def operations(server: FaultServer) -> list[Attack]:
         return [(200, time.monotonic() - started)]
 
     return [
-        Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4),
-        Attack("scale down 2 -> 1 workers under load", scale_down, (200,), 1, True, 4),
+        Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4, operation=True),
+        Attack("scale down 2 -> 1 workers under load", scale_down, (200,), 1, True, 4, operation=True),
     ]
 
 
-def hostile_drill(server: FaultServer, good: bytes, max_body: int, seconds: float = 5.0, names=None) -> list[dict]:
+def hostile_drill(server: LocalServer, good: bytes, max_body: int, seconds: float = 5.0, names=None) -> list[dict]:
     """Every attack (or those named), then the operations, one after the other on `server`."""
     chosen = [a for a in attacks(good, max_body) + operations(server) if names is None or a.name in names]
     return [run_attack(server, attack, good, seconds) for attack in chosen]
