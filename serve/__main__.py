@@ -10,6 +10,7 @@
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
     python -m serve describe | scale N [--version V] | set-default VERSION
+                                                      (scale: at most the workers the free memory holds)
 
 Versions (docs/operations.md):
     python -m serve rollout --run models/<run> [--format onnx]  archive the run as cifar10-<version>.mar, serve it beside
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
-from serve.client import Client, ServiceError
+from serve.client import Client, ServiceError, TooManyWorkers
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
 from serve.keys import MissingKeyError
 from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
@@ -96,7 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ServiceError, ArchiveError, JavaMissingError, MissingKeyError, NoGpu, TimeoutError) as error:
+    except (
+        ServiceError,
+        ArchiveError,
+        JavaMissingError,
+        MissingKeyError,
+        NoGpu,
+        TimeoutError,
+        TooManyWorkers,
+    ) as error:
         raise SystemExit(f"error: {error}") from None
 
 
