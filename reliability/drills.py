@@ -45,21 +45,11 @@ def sleepy_archive(store: Path) -> Path:
         )
         subprocess.run(
             [
-                str(Path(sys.executable).with_name("torch-model-archiver")),
-                "--model-name",
-                "sleepy",
-                "--version",
-                "1",
-                "--handler",
-                str(SLEEPY_HANDLER),
-                "--config-file",
-                str(config),
-                "--export-path",
-                str(store),
-                "--force",
+                str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", "sleepy", "--version", "1",
+                "--handler", str(SLEEPY_HANDLER), "--config-file", str(config), "--export-path", str(store), "--force",
             ],
             check=True,
-        )
+        )  # fmt: skip
     return store / "sleepy.mar"
 
 
@@ -255,24 +245,11 @@ def register_broken_archives(server: FaultServer) -> dict:
         (server.store / f"{name}.mar").write_bytes(data)
         started = time.monotonic()
         try:
-            server.client.request(
-                "POST",
-                f"{server.client.management}/models",
-                "management",
-                timeout=300,
-                params={"url": f"{name}.mar", "model_name": name, "initial_workers": 1, "synchronous": "true"},
-            )
-            status, message = 200, "registered"
+            status, message = 200, server.client.register(f"{name}.mar", timeout=300, model_name=name)["status"]
         except ServiceError as error:
             status, message = error.status, error_message(error.body)
-        results.append(
-            {
-                "archive": f"{name}.mar",
-                "status": status,
-                "answer": message,
-                "seconds": round(time.monotonic() - started, 2),
-            }
-        )
+        seconds = round(time.monotonic() - started, 2)
+        results.append({"archive": f"{name}.mar", "status": status, "answer": message, "seconds": seconds})
     return {
         "archives": results,
         "models_before": models,
