@@ -27,7 +27,7 @@ import psutil
 from PIL import Image
 
 from reliability.bad_inputs import png_chunk
-from reliability.drills import BackgroundPredictions, error_message, worker_pids
+from reliability.drills import Call, Clients, call, error_message, wait_for, worker_pids
 from reliability.rules import MEMORY_BACK_SECONDS
 from serve.client import Client
 from serve.server import LocalServer
@@ -74,18 +74,7 @@ def truncated_images(image: bytes) -> list[bytes]:
     return [jpeg.getvalue()[: len(jpeg.getvalue()) * 7 // 10], png.getvalue()[:-12]]
 
 
-def post(client: Client, path: str, body: bytes) -> tuple[int | str, float]:
-    started = time.monotonic()
-    try:
-        status = client.session.post(
-            f"{client.inference}{path}", data=body, headers=client.auth_headers("inference"), timeout=120
-        ).status_code
-    except OSError as error:
-        status = type(error).__name__
-    return status, time.monotonic() - started
-
-
-def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[tuple[int | str, float]]:
+def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Call]:
     """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
     read=False the client goes away at once, and each request counts as 'abandoned'. Requests
     left unanswered when the server closes the connection count as 'dropped'."""
@@ -104,15 +93,15 @@ def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[tu
                 response = http.client.HTTPResponse(connection, method="POST")
                 response.begin()
                 response.read()
-                answers.append((response.status, time.monotonic() - started))
+                answers.append(Call(started, time.monotonic(), response.status, ""))
     missing = len(bodies) - len(answers)
-    return answers + [("dropped" if read else "abandoned", time.monotonic() - started)] * missing
+    return answers + [Call(started, time.monotonic(), "dropped" if read else "abandoned", "")] * missing
 
 
 @dataclass
 class Attack:
     name: str
-    round: Callable[[Client], list[tuple[int | str, float]]]  # one attacker's requests; their answers
+    round: Callable[[Client], list[Call]]  # one attacker's requests and their answers
     allowed: tuple = (400,)  # the answers the attacker may get
     connections: int = 4
     once: bool = False  # one round (an operation), else rounds back to back for the whole attack
@@ -125,11 +114,11 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
     junk = np.random.default_rng(1).bytes(max_body - 64)
     truncated, bmp, jpeg, png = truncated_images(good), rle_bmp(), many_scan_jpeg(), deep_png()
     return [
-        Attack("RLE BMP, 1 KB, 60 MP", lambda c: [post(c, "/predictions/cifar10", bmp)]),
-        Attack("progressive JPEG, 2,000 scans", lambda c: [post(c, "/predictions/cifar10", jpeg)]),
-        Attack("64 MP 16-bit PNG", lambda c: [post(c, "/predictions/cifar10", png)]),
-        Attack("truncated JPEG and PNG", lambda c: [post(c, "/predictions/cifar10", body) for body in truncated]),
-        Attack("/explanations", lambda c: [post(c, "/explanations/cifar10", good)], connections=2),
+        Attack("RLE BMP, 1 KB, 60 MP", lambda c: [call(c, bmp)]),
+        Attack("progressive JPEG, 2,000 scans", lambda c: [call(c, jpeg)]),
+        Attack("64 MP 16-bit PNG", lambda c: [call(c, png)]),
+        Attack("truncated JPEG and PNG", lambda c: [call(c, body) for body in truncated]),
+        Attack("/explanations", lambda c: [call(c, good, route="explanations")], connections=2),
         Attack("max-size bodies, 16 pipelined per connection", lambda c: pipelined(c, [junk] * 16), (400, 503), 8),
         Attack("250 pipelined, then gone", lambda c: pipelined(c, [good] * 250, read=False), ("abandoned",), 1, True),
     ]
@@ -145,46 +134,30 @@ def rss_bytes(server: LocalServer) -> int:
 
 def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float) -> dict:
     """`attack` for `seconds` beside `attack.good_clients` good clients; one row of the report."""
-    pids, baseline, peak = worker_pids(server.client), rss_bytes(server), [0]
-    answers: list[tuple[int | str, float]] = []
-    done = threading.Event()
+    pids, baseline, peak, done = worker_pids(server.client), rss_bytes(server), [0], threading.Event()
 
     def sample():
         while not done.wait(0.25):
             peak[0] = max(peak[0], rss_bytes(server))
 
-    def attacker():
-        own = server.client.copy()
-        end = time.monotonic() + seconds
-        while True:
-            answers.extend(attack.round(own))
-            if attack.once or time.monotonic() >= end:
-                return
-
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    with BackgroundPredictions(server.client, "cifar10", good, attack.good_clients) as load:
+    with Clients(server.client, attack.good_clients, lambda client: [call(client, good)]) as load:
         time.sleep(0.5)
-        threads = [threading.Thread(target=attacker) for _ in range(attack.connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with Clients(server.client, attack.connections, attack.round, once=attack.once) as attackers:
+            time.sleep(0 if attack.once else seconds)
     done.set()
-    sampler.join()
-    back_started = time.monotonic()
-    while rss_bytes(server) > baseline * 1.1 + 64 * 2**20 and time.monotonic() - back_started < MEMORY_BACK_SECONDS:
-        time.sleep(1)
-    memory_back = rss_bytes(server) <= baseline * 1.1 + 64 * 2**20
+    back = wait_for(lambda: rss_bytes(server) <= baseline * 1.1 + 64 * 2**20, MEMORY_BACK_SECONDS, 1, None)
+    answers, seconds_taken = attackers.calls, [c.ended - c.started for c in attackers.calls]
     latencies = sorted(c.ended - c.started for c in load.calls)
     failures = [c for c in load.calls if c.status != 200]
     return {
         "attack": attack.name,
         "allowed": list(attack.allowed),
         "attacker_requests": len(answers),
-        "attacker_answers": dict(Counter(status for status, _ in answers)),
-        "attacker_max_s": None if attack.operation or "abandoned" in attack.allowed else max(s for _, s in answers),
-        "operation_s": max(s for _, s in answers) if attack.operation else None,
+        "attacker_answers": dict(Counter(c.status for c in answers)),
+        "attacker_max_s": None if attack.operation or "abandoned" in attack.allowed else max(seconds_taken),
+        "operation_s": max(seconds_taken) if attack.operation else None,
         "good_requests": len(load.calls),
         "good_success": 1 - len(failures) / max(len(load.calls), 1),
         "good_failures": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failures)),
@@ -192,7 +165,7 @@ def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float)
         "worker_restarts": None if attack.operation else len(set(pids) - set(worker_pids(server.client))),
         "memory_baseline_mib": baseline / 2**20,
         "memory_peak_mib": peak[0] / 2**20,
-        "memory_back_s": round(time.monotonic() - back_started, 1) if memory_back else None,
+        "memory_back_s": back,
     }
 
 
@@ -220,14 +193,14 @@ def operations(server: LocalServer) -> list[Attack]:
         client.register("cifar10-next.mar", workers=1)
         client.set_default("next")
         client.retire(old)
-        return [(200, time.monotonic() - started)]
+        return [Call(started, time.monotonic(), 200, "")]
 
     def scale_down(client: Client):
         client.scale(2, version="next")
         time.sleep(1)
         started = time.monotonic()
         client.scale(1, version="next")
-        return [(200, time.monotonic() - started)]
+        return [Call(started, time.monotonic(), 200, "")]
 
     return [
         Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4, operation=True),
