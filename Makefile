@@ -114,7 +114,7 @@ DURATION ?= 600
 verify-served: $(VENV)/.installed ## send the run's test images through `make serve`'s API; compare with the offline evaluation
 	$(PY) -m serve.verify --run $(RUN)
 
-reliability: model-store/cifar10.mar ## every bad input and fault drill on a TorchServe of its own; reports/reliability.json
+reliability: model-store/cifar10.mar ## bad inputs, fault drills, hostile clients on a TorchServe of its own; reports/reliability.md
 	$(PY) -m reliability --port-base $(RELIABILITY_PORTS)
 
 soak: $(VENV)/.installed ## 70% of CAPACITY req/s against `make serve` for DURATION s; reports/soak.json, soak.png

