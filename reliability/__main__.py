@@ -90,14 +90,8 @@ def problems(report: dict) -> list[str]:
     if faults := report.get("faults"):
         found += [p for kill in faults["kills"] for p in rules.kill_problems(kill)]
         found += [p for name, seen in faults["queue overflow"].items() for p in rules.overflow_problems(name, seen)]
-        archives = faults["broken archives"]
-        if archives["models_after"] != archives["models_before"] or not archives["serving_worker_unchanged"]:
-            found.append("a broken archive disturbed the serving model")
-        again = faults["restart"]
-        if again["version_after"] != again["version_before"] or again["same_answers"] != again["images"]:
-            found.append("stop + start changed the version or the answers")
-        if not faults["response timeout"]["worker_replaced"]:
-            found.append("the worker that outlasted responseTimeout was not replaced")
+        found += rules.archive_problems(faults["broken archives"]) + rules.restart_problems(faults["restart"])
+        found += rules.timeout_problems(faults["response timeout"])
     return found + [p for row in report.get("hostile", []) for p in rules.hostile_problems(row)]
 
 

@@ -32,6 +32,37 @@ def overflow_problems(name: str, seen: dict) -> list[str]:
     return [f"queue overflow, {name}: answered {sorted(map(str, others))}"] if others else []
 
 
+def timeout_problems(seen: dict) -> list[str]:
+    """A request outlasting responseTimeout: answered 500 "Worker died." before its own end (it
+    would sleep 8 s more), and the worker replaced."""
+    found = [] if seen["worker_replaced"] else ["the worker that outlasted responseTimeout was not replaced"]
+    if seen["status"] != 500 or seen["answer"] != "Worker died.":
+        found.append(f"a request outlasting responseTimeout got {seen['status']} {seen['answer']!r}")
+    if seen["seconds_until_answer"] >= seen["response_timeout_s"] + 5:
+        found.append(f"a request outlasting responseTimeout waited {seen['seconds_until_answer']} s")
+    return found
+
+
+def archive_problems(seen: dict) -> list[str]:
+    """Broken archives registered while cifar10 serves: each refused with an error that names it,
+    and the serving model untouched (same models, same worker, same answer)."""
+    found = [
+        f"broken archive {row['archive']}: {row['status']} {row['answer']!r}"
+        for row in seen["archives"]
+        if row["status"] < 400 or row["archive"].removesuffix(".mar") not in row["answer"]
+    ]
+    if seen["models_after"] != seen["models_before"] or not (seen["serving_worker_unchanged"] and seen["same_answer"]):
+        found.append("a broken archive disturbed the serving model")
+    return found
+
+
+def restart_problems(seen: dict) -> list[str]:
+    """Stop + start: the same version from the model store, the same answer to every image."""
+    if seen["version_after"] != seen["version_before"] or seen["same_answers"] != seen["images"]:
+        return [f"stop + start: version {seen['version_before']} -> {seen['version_after']}, {seen}"]
+    return []
+
+
 # Bounds of the hostile-input drill: each attack beside a steady good client.
 ATTACKER_SECONDS = 2.0  # the longest an attacker may wait for its refusal
 GOOD_SUCCESS = 0.99  # the share of the good client's requests that must succeed

@@ -16,7 +16,7 @@ from reliability.drills import (
     register_broken_archives,
     restart,
 )
-from reliability.rules import kill_problems, overflow_problems
+from reliability.rules import archive_problems, kill_problems, overflow_problems, restart_problems, timeout_problems
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +45,15 @@ def test_a_full_job_queue_answers_503_and_recovers(fault_server):
 
 def test_a_request_outlasting_response_timeout_fails_clearly_and_the_worker_is_replaced(fault_server):
     seen = outlast_response_timeout(fault_server)
-    assert seen["status"] == 500 and seen["answer"] == "Worker died.", seen
-    assert seen["seconds_until_answer"] < seen["response_timeout_s"] + 5, seen  # not the whole sleep (+8 s)
-    assert seen["worker_replaced"]
+    assert not timeout_problems(seen), seen
 
 
 def test_broken_archives_fail_to_register_and_the_serving_model_is_untouched(fault_server):
     seen = register_broken_archives(fault_server)
-    for archive in seen["archives"]:
-        assert archive["status"] >= 400 and archive["archive"].removesuffix(".mar") in archive["answer"], archive
-    assert seen["models_after"] == seen["models_before"]
-    assert seen["serving_worker_unchanged"] and seen["same_answer"]
+    assert not archive_problems(seen), seen
 
 
 def test_stop_and_start_serves_the_same_version_with_the_same_answers(fault_server, cifar_test_jpegs):
     images = [blob for per_class in cifar_test_jpegs.values() for blob in per_class[:2]]
     seen = restart(fault_server, images)
-    assert seen["version_after"] == seen["version_before"]
-    assert seen["same_answers"] == seen["images"] == len(images)
+    assert not restart_problems(seen) and seen["images"] == len(images), seen
