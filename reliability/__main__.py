@@ -96,7 +96,9 @@ def problems(report: dict) -> list[str]:
 
 
 def write_report(report: dict, command: str, out: Path) -> None:
-    page = Report("Reliability: bad inputs, faults, hostile clients", command)
+    page = Report("Reliability: bad inputs, faults, hostile clients", command).text(
+        f"Load average (1 min) at the start and the end: {report['load'][0]:.1f}, {os.getloadavg()[0]:.1f}."
+    )
     if inputs := report.get("inputs"):
         page.text(
             f"## Inputs ({len(inputs['inputs'])} kinds, each alone)",
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     good_images = (
         encoded_images(args.data)[0][:40] if args.data else [sample_jpeg((i * 6, 255 - i * 6, 90)) for i in range(40)]
     )
-    report = {}
+    report = {"load": os.getloadavg()}
     with (
         tempfile.TemporaryDirectory(prefix="reliability-") as workdir,
         FaultServer(args.archive, Path(workdir), args.port_base) as server,
