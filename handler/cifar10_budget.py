@@ -76,23 +76,30 @@ def check_memory(image) -> None:
         raise OverBudget("too_large", f"{width}x{height} {image.mode} image needs {needed / 2**20:.0f} MiB to decode")
 
 
+_deadline = {"seconds": None}  # set while a cpu_deadline block runs
+
+
+def _expired(signum, frame):
+    if _deadline["seconds"] is not None:  # a late signal, after the block ended, is ignored
+        raise OverBudget("too_costly", f"decoding took more than {_deadline['seconds']:g} s of CPU")
+
+
 @contextlib.contextmanager
 def cpu_deadline(seconds: float = CPU_SECONDS):
     """Raises OverBudget inside the block once this process has spent `seconds` of CPU time in it.
 
     A timer signal (SIGPROF) can only be handled in the main thread: elsewhere the block runs
-    without the deadline (the format and size checks still bound it)."""
+    without the deadline (the format and size checks still bound it). The handler stays installed
+    once set: restoring the default action would let a signal still on its way end the process."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expired(signum, frame):
-        raise OverBudget("too_costly", f"decoding took more than {seconds:g} s of CPU")
-
-    previous = signal.signal(signal.SIGPROF, expired)
+    if signal.getsignal(signal.SIGPROF) is not _expired:
+        signal.signal(signal.SIGPROF, _expired)
+    _deadline["seconds"] = seconds
     signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
+        _deadline["seconds"] = None
