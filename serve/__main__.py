@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "describe":
         print(json.dumps(client.describe(args.model), indent=2))
     elif args.command == "scale":
+        bound = client.worker_bound(args.model, args.version)
+        if args.workers > bound:
+            raise TooManyWorkers(f"{args.workers} workers: this machine's available memory holds at most {bound}")
         print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
     elif args.command == "set-default":
         print(json.dumps(client.set_default(args.version, model=args.model), indent=2))

@@ -104,19 +104,15 @@ class Client:
         version: str | None = None,
         timeout: float = 120,
     ) -> dict:
-        """Sets the worker count (of the default version, or `version`) and waits until the workers are up.
-        Raises TooManyWorkers above worker_bound: TorchServe's API itself takes any count, and
-        starts workers until the machine runs out of memory."""
-        bound = self.worker_bound(model, version)
-        if max(workers, max_workers or 0) > bound:
-            raise TooManyWorkers(f"{workers} workers: this machine's available memory holds at most {bound}")
+        """Sets the worker count (of the default version, or `version`) and waits until the workers are up."""
         params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
         return self.request("PUT", url, "management", params=params, timeout=timeout).json()
 
     def worker_bound(self, model: str = "cifar10", version: str | None = None, share: float = 0.8) -> int:
         """The workers running now, plus as many as `share` of the available memory holds at the
-        size of the largest one (TorchServe's describe reports each worker's memory)."""
+        size of the largest one (TorchServe's describe reports each worker's memory). TorchServe's
+        API itself takes any count, and starts workers until the machine runs out of memory."""
         workers = self.describe(model, version)[0]["workers"]
         size = max((int(worker.get("memoryUsage") or 0) for worker in workers), default=0) or 2**30
         return len(workers) + int(psutil.virtual_memory().available * share // size)
