@@ -104,6 +104,22 @@ def test_scale_workers_up_and_down(server, server_paths):
     assert f"{configured}/{configured} workers ready" in cli(server_paths, "versions")
 
 
+def test_scaling_beyond_what_the_memory_holds_is_refused(server, server_paths):
+    configured = len(server.describe()[0]["workers"])
+    command = [
+        sys.executable,
+        "-m",
+        "serve",
+        "--config",
+        str(server_paths.config),
+        "--workdir",
+        str(server_paths.workdir),
+    ]
+    result = subprocess.run([*command, "scale", "100000"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "available memory holds at most" in result.stderr, result.stderr
+    assert len(server.describe()[0]["workers"]) == configured
+
+
 def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test_jpegs):
     old = dict(server.keys)
     cli(server_paths, "rotate-keys")
