@@ -15,7 +15,7 @@ from reliability.hostile import deep_png, many_scan_jpeg, rle_bmp
         (lambda: rle_bmp(width=4_000_000), "unsupported_format"),  # within the pixel cap: refused for its encoding
         (lambda: rle_bmp(), "too_large"),
         (lambda: many_scan_jpeg(side=256, scans=100), "too_costly"),  # small, but 100 scans
-        (lambda: deep_png(side=4000), "too_large"),
+        (lambda: deep_png(side=2100), "too_large"),  # 4.4 MP: over the 4.2 MP of a PNG
     ],
     ids=["RLE BMP", "RLE BMP over the cap", "many scans", "16-bit PNG over the cap"],
 )
