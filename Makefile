@@ -83,7 +83,7 @@ loadtest: payloads ## Locust against `make serve` (SCENARIO=steady|ramp|spike, L
 	$(PY) -m locust --config loadtests/$(or $(SCENARIO),steady).conf $(LOADTEST_ARGS)
 soak: .venv/.installed ## 70% of CAPACITY req/s against `make serve` for DURATION s -> reports/soak.*
 	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(or $(DURATION),600) $(DATA_ARG)
-reliability: archive ## bad inputs and fault drills on a TorchServe of their own -> reports/reliability.*
+reliability: archive ## bad inputs, fault drills, hostile clients on a TorchServe of their own -> reports/reliability.md
 	$(PY) -m reliability
 bench-serve: .venv/.installed ## serving benchmark: shipped TorchServe vs its own batching, ONNX Runtime, Flask, LitServe -> reports/bench-serve.*
 	@bash setup/system-packages.sh test

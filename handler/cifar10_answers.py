@@ -27,5 +27,5 @@ def answer_bodies(logits, classes: list[str]) -> list[str]:
 
 
 def error_body(error) -> str:
-    """The 400 answer to an InvalidImage (cifar10_images.py): its reason and message."""
-    return json.dumps({"code": 400, "type": "InvalidImage", "reason": error.reason, "message": str(error)})
+    """The answer to an InvalidImage (cifar10_images.py): its status, reason and message."""
+    return json.dumps({"code": error.status, "type": "InvalidImage", "reason": error.reason, "message": str(error)})

@@ -22,6 +22,7 @@ from cifar10_images import InvalidImage, request_payload
 from cifar10_metrics import BatchMetrics, timed
 from cifar10_runtimes import load_runtime
 
+STATUS_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
 GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
 
 
@@ -75,7 +76,11 @@ class Cifar10Handler:
         """Decodes each request; returns the batch of good images and one error (or None) per request."""
         payloads, errors = [], []
         for index, row in enumerate(requests):
-            try:
+            try:  # TorchServe's own handlers would explain (or fail) the whole batch of a request to /explanations
+                if self.context.get_request_header(index, "explain") == "True":
+                    raise InvalidImage(
+                        "no_explanations", "this model serves predictions only: POST the image to /predictions"
+                    )
                 payloads.append(request_payload(row, self._text_fields(index, row)))
                 errors.append(None)
             except InvalidImage as error:
@@ -101,7 +106,7 @@ class Cifar10Handler:
         return self.runtime.logits(batch), errors
 
     def postprocess(self, data):
-        """One JSON body per request, in request order: an answer, or the error with HTTP 400."""
+        """One JSON body per request, in request order: an answer, or the error with its status (400, 503)."""
         logits, errors = data
         self.batches += 1
         if self.batches % GPU_MEMORY_EVERY == 0:
@@ -114,6 +119,8 @@ class Cifar10Handler:
             if error is None:
                 responses.append(next(answers))
             else:
-                self.context.set_response_status(400, "Bad Request", index)
+                self.context.set_response_status(error.status, STATUS_PHRASES[error.status], index)
+                if error.status == 503:
+                    self.context.set_response_header(index, "Retry-After", "1")
                 responses.append(error_body(error))
         return responses

@@ -8,8 +8,10 @@ alternative servers use it too, so every system compared does exactly the same w
 """
 
 import io
+import time
 
 import numpy as np
+from cifar10_budget import BATCH_DECODE_SECONDS, MAX_PIXELS, OverBudget, admit, check_memory, cpu_deadline
 from PIL import Image, ImageOps
 
 IMAGE_SIZE = 32
@@ -17,21 +19,21 @@ TOP_K = 3
 # Formats a client may send. Naming them stops PIL from trying its other plugins (EPS, for one,
 # would run Ghostscript on the request's bytes).
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers MPO (multi-picture) files too
-# Anything over this many pixels is refused before decoding (decompression bombs); a 48 MP
-# phone photo still fits.
-MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb check, as a second line
+# What each format may cost (pixels, memory, CPU time) is in cifar10_budget.py.
+Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS.values())  # PIL's own bomb check, as a second line
 Image.init()  # register every plugin now: Image.open(formats=...) knows only the registered ones
 # Fields searched, in this order, for the image; otherwise the first field that holds bytes.
 IMAGE_FIELDS = ("body", "image", "data", "file")
 
 
 class InvalidImage(ValueError):
-    """A request that cannot be classified; `reason` is a short machine-readable label."""
+    """A request that cannot be classified; `reason` is a short machine-readable label, `status`
+    the HTTP status of its answer (400; 503 for a batch out of time, which a retry may pass)."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, status: int = 400):
         super().__init__(message)
         self.reason = reason
+        self.status = status
 
 
 def request_payload(row, text_fields=frozenset()) -> bytes:
@@ -75,7 +77,11 @@ def _as_bytes(value, name: str) -> bytes:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image -> 32 x 32 x 3 uint8 RGB: first frame, EXIF rotation applied, alpha over white."""
+    """Encoded image -> 32 x 32 x 3 uint8 RGB: first frame, EXIF rotation applied, alpha over white.
+
+    Within the budget of cifar10_budget.py, checked before decoding and enforced while decoding.
+    A truncated image (pixel data missing) is an error: `corrupt`; a file whose pixels are all
+    there but whose end marker or trailer is missing is served."""
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as error:
@@ -84,18 +90,20 @@ def decode_image(data: bytes) -> np.ndarray:
         raise InvalidImage(
             "not_an_image", "not a decodable image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
         ) from error
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise InvalidImage("too_large", f"image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted")
     try:
+        admit(image, data)
         if image.format == "PNG":  # PIL decodes PNG pixels without checking their chunks' CRCs; verify() does
             Image.open(io.BytesIO(data), formats=("PNG",)).verify()
         image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG only: decode at 1/2..1/8 scale when that is still >= 32 px
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+        check_memory(image)
+        with cpu_deadline():
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except OverBudget as error:
+        raise InvalidImage(error.reason, str(error)) from error
     except Image.DecompressionBombError as error:
         raise InvalidImage("too_large", f"image too large: {error}") from error
     except Exception as error:  # truncated or corrupt data fails in many ways inside the decoders
@@ -119,13 +127,17 @@ def decode_payloads(payloads: list, errors: list) -> np.ndarray | None:
 
     `payloads[i]` is the image bytes of request i, or None where `errors[i]` already holds its
     InvalidImage (or where another decoder took it); a payload that does not decode gets its
-    InvalidImage put into `errors`. Returns None when no payload decoded.
+    InvalidImage put into `errors`. Once the batch has spent BATCH_DECODE_SECONDS decoding, the
+    rest get a 503 `busy` (retry): the batch stays far inside responseTimeout whatever it holds.
+    Returns None when no payload decoded.
     """
-    images = []
+    images, started = [], time.monotonic()
     for index, payload in enumerate(payloads):
         if payload is None:
             continue
         try:
+            if time.monotonic() - started > BATCH_DECODE_SECONDS:
+                raise InvalidImage("busy", "this batch ran out of decoding time: retry", status=503)
             images.append(decode_image(payload))
         except InvalidImage as error:
             errors[index] = error

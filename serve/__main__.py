@@ -10,12 +10,14 @@
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
     python -m serve describe | scale N [--version V] | set-default VERSION
+                                                      (scale: at most the workers the free memory holds)
 
 Versions (docs/operations.md):
     python -m serve rollout --run models/<run> [--format onnx]  archive the run as cifar10-<version>.mar, serve it beside
     python -m serve versions                          the versions served, which is the default
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
-    python -m serve retire VERSION                    unregister a version that is not the default
+    python -m serve retire VERSION                    unregister a version that is not the default, once
+                                                      every request it took is answered
     python -m serve rotate-keys [inference|management]  new keys (default: both) in key_file.json
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from frontend import AgentBuildError
 from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
-from serve.client import Client, ServiceError
+from serve.client import Client, ServiceError, TooManyWorkers
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
 from serve.keys import MissingKeyError
 from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         MissingKeyError,
         NoGpu,
         TimeoutError,
+        TooManyWorkers,
     ) as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -145,6 +148,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "describe":
         print(json.dumps(client.describe(args.model), indent=2))
     elif args.command == "scale":
+        bound = client.worker_bound(args.model, args.version)
+        if args.workers > bound:
+            raise TooManyWorkers(f"{args.workers} workers: this machine's available memory holds at most {bound}")
         print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
     elif args.command == "set-default":
         print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
@@ -161,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
             )
     elif args.command == "retire":
-        print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
+        print(json.dumps(client.retire(args.version, model=args.model), indent=2))
     elif args.command == "rotate-keys":
         apis = ["inference", "management"] if args.api == "both" else [args.api]
         for api in apis:

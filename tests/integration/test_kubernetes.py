@@ -298,7 +298,7 @@ def test_paths_agree_with_the_serve_image(rendered):
     logs = re.search(r"LOG_LOCATION=(\S+)", image).group(1)
     assert serving["logs"] == logs
     assert "/home/model-server/metrics.yaml" in image and pod["metrics_config"] == "/home/model-server/metrics.yaml"
-    agent = pod["vmargs"].removeprefix("-javaagent:")
+    agent = pod["vmargs"].split()[0].removeprefix("-javaagent:")
     assert re.search(rf"^COPY --from=\S+ \S+ {agent}$", image, re.M)  # the image carries the agent it names
     assert re.search(r"^USER 1000:1000$", image, re.M)
     security = pod_spec(objects)["securityContext"]
