@@ -38,7 +38,7 @@ def nginx() -> str:
     return found
 
 
-def config_on_ports(listen: int, upstream: int, status: int, config: Path = CONFIG) -> str:
+def gateway_config(listen: int, upstream: int, status: int, config: Path = CONFIG) -> str:
     """nginx.conf with the gateway on 127.0.0.1:listen, TorchServe at 127.0.0.1:upstream and the
     status page on 127.0.0.1:status."""
     text = config.read_text()
@@ -73,7 +73,7 @@ class Gateway:
 
     def start(self) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
-        (self.prefix / "nginx.conf").write_text(config_on_ports(self.listen, self.upstream, self.status))
+        (self.prefix / "nginx.conf").write_text(gateway_config(self.listen, self.upstream, self.status))
         (self.prefix / "tokens.map").write_text(tokens_map(self.tokens))
         command = [nginx(), "-e", "stderr", "-p", f"{self.prefix}/", "-c", str(self.prefix / "nginx.conf")]
         # As in the pod, master and workers run as one user: started by root, nginx would hand its
