@@ -146,9 +146,10 @@ $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt: $(FLEET_RUNS)/%/model.pt: | $
 kubernetes-check: $(VENV)/.installed $(CHECKOV) ## render deploy/k8s's overlays and validate them offline (schemas, checkov, consistency)
 	$(PY) -m pytest -q tests/integration/test_kubernetes.py
 
-fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## rolling update, kill -9, scale-up: replicas behind HAProxy under Locust -> reports/fleet/
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt ## one pod's capacity (podman, the serving image), then rolling update, kill -9, scale-up, overload behind a Service-like HAProxy -> reports/fleet/
 	@command -v haproxy >/dev/null && command -v nginx >/dev/null || { echo "fleet-drill needs haproxy and nginx: sudo apt-get install -y haproxy nginx" >&2; exit 2; }
 	$(MAKE) --no-print-directory payloads
+	$(PY) -m fleet.capacity --run $(FLEET_RUNS)/a
 	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
 # --- end fleet ---
 

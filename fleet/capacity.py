@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from fleet.load import read_sent, start_locust
-from fleet.manifest import K8S, read_pod
+from fleet.manifest import read_pod
+from fleet.replica import K8S
 from fleet.verdicts import percentile
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive

@@ -21,6 +21,7 @@ import os
 import secrets
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -43,9 +44,10 @@ def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 
 
 def local_build(reference: str) -> str:
-    """The local build of an overlay's image: `make images` tags <name>:local."""
-    name = reference.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
-    local = f"localhost/{name}:local"
+    """The local build of an overlay's image: deploy/docker/build.sh (`make images`) tags
+    <IMAGE_PREFIX><name>:local, IMAGE_PREFIX "cifar10-" unless set."""
+    name = reference.rsplit("/", 1)[-1].split("@")[0].split(":")[0].removeprefix("cifar10-")
+    local = f"localhost/{os.environ.get('IMAGE_PREFIX', 'cifar10-')}{name}:local"
     if podman("image", "exists", local, check=False).returncode != 0:
         pytest.fail(f"{local} is missing: build it with `make images` (deploy/docker/build.sh serve)")
     return local
@@ -59,8 +61,9 @@ def rendered_cpu_overlay() -> list[dict]:
     return [document for document in yaml.safe_load_all(out.stdout) if document]
 
 
-def playable(objects: list[dict], images: dict[str, str], token: str) -> list[dict]:
-    """The Deployment and its ConfigMaps, with what podman 4.3 cannot play changed (module docstring)."""
+def playable(objects: list[dict], images: dict[str, str], token: str, files: Path) -> list[dict]:
+    """The Deployment and its ConfigMaps, with what podman 4.3 cannot play changed (module docstring);
+    `files` receives the ConfigMap files the pod mounts by subPath (podman mounts them as hostPath files)."""
     deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
     deployment["metadata"] = {"name": NAME}
     spec = deployment["spec"]["template"]["spec"]
@@ -80,10 +83,15 @@ def playable(objects: list[dict], images: dict[str, str], token: str) -> list[di
     volume = next(v for v in spec["volumes"] if "projected" in v)
     del volume["projected"]
     volume["configMap"] = {"name": gateway_map["metadata"]["name"]}
-    torchserve_map = next(
-        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("cifar10-torchserve")
-    )
-    return [torchserve_map, gateway_map, deployment]
+    configs = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("cifar10-torch"))
+    for container in spec["containers"]:
+        for mount in [m for m in container.get("volumeMounts", []) if "subPath" in m]:
+            path = files / mount.pop("subPath")
+            path.write_text(configs["data"][path.name])
+            mount["name"] = f"file-{path.name.replace('.', '-')}"
+            spec["volumes"].append({"name": mount["name"], "hostPath": {"path": str(path), "type": "File"}})
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "torchserve-config"]
+    return [gateway_map, deployment]
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +109,15 @@ def pod(tmp_path_factory, model_store):
     podman("build", "--network", "host", "--build-arg", f"BASE={BASE_IMAGE}", "-t", images["gateway"],
            "-f", str(REPO / "tests/e2e/gateway.Dockerfile"), str(REPO / "tests/e2e"))  # fmt: skip
     token = secrets.token_hex(32)
-    manifest = tmp_path_factory.mktemp("kube") / "pod.yaml"
-    manifest.write_text(yaml.safe_dump_all(playable(objects, images, token)))
+    folder = tmp_path_factory.mktemp("kube")
+    manifest = folder / "pod.yaml"
+    manifest.write_text(yaml.safe_dump_all(playable(objects, images, token, folder)))
     try:
-        podman("kube", "play", str(manifest))
+        for attempt in range(3):  # podman 4.3 sometimes fails to remove the init container it ran
+            played = podman("kube", "play", str(manifest), check=attempt == 2)  # ("... as it is running")
+            if played.returncode == 0:
+                break
+            podman("kube", "down", str(manifest), check=False)
         yield {"token": token, "spec": spec, "torchserve": f"{NAME}-pod-0-torchserve"}
     finally:
         print(podman("pod", "logs", f"{NAME}-pod-0", check=False).stdout[-3000:])
