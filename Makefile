@@ -14,7 +14,6 @@ export CIFAR10_DATA
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
-
 # --- The product: train, archive, serve -------------------------------------------------------------
 .venv/.installed: requirements.txt
 	$(PYTHON) -m venv .venv && .venv/bin/pip install --quiet --upgrade pip
@@ -71,8 +70,9 @@ kubernetes-check: .venv/.installed .tools/checkov/bin/checkov ## render deploy/k
 FLEET_RUNS := models/fleet
 $(FLEET_RUNS)/%/model.pt: | .venv/.installed
 	$(PY) -m train --epochs 1 --train-subset 5000 --test-subset 1000 $(DATA_ARG) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
-fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt payloads ## replicas behind a balancer: rollout, kill -9, overload
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt payloads ## a pod's capacity, then rollout, kill -9, overload behind a Service-like balancer
 	@bash setup/system-packages.sh test
+	$(PY) -m fleet.capacity --run $(FLEET_RUNS)/a
 	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
 
 # --- Load, drills, benchmarks (docs/load-testing.md, reliability.md, performance.md, training.md) ---
