@@ -159,6 +159,7 @@ def run_attack(
         "allowed": list(attack.allowed),
         "attacker_requests": len(answers),
         "attacker_answers": dict(Counter(c.status for c in answers)),
+        "attacker_errors": dict(Counter(error_message(c.body) for c in answers if c.status not in attack.allowed)),
         "attacker_max_s": None
         if attack.operation or "abandoned" in attack.allowed
         else max(seconds_taken, default=None),
