@@ -153,9 +153,10 @@ class Kubelet(Periodic):
             running[slot] = subprocess.Popen(
                 command, cwd=replica.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
+        deadline = time.monotonic() + self.probe.timeout
         for slot, process in running.items():
             try:
-                passed = process.wait(timeout=self.probe.timeout) == 0
+                passed = process.wait(timeout=max(deadline - time.monotonic(), 0.01)) == 0
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -122,6 +122,8 @@ def pod(tmp_path_factory, model_store):
     finally:
         print(podman("pod", "logs", f"{NAME}-pod-0", check=False).stdout[-3000:])
         podman("kube", "down", str(manifest), check=False)
+        for config_map in [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"]:
+            podman("volume", "rm", "-f", config_map, check=False)  # kube down leaves their volumes
         for image in (images["model-archive"], images["gateway"]):
             podman("rmi", "-f", image, check=False)
 
