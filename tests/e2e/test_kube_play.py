@@ -28,6 +28,7 @@ import requests
 import yaml
 from helpers import PORT_BASE, REPO
 
+from serve.archive import build_archive
 from serve.healthcheck import probe_png
 
 GATEWAY_PORT = PORT_BASE + 360
@@ -95,7 +96,10 @@ def playable(objects: list[dict], images: dict[str, str], token: str, files: Pat
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory, model_store):
+def pod(tmp_path_factory, trained_run):
+    # The CPU overlay serves the slim image, which runs ONNX archives only.
+    model_store = tmp_path_factory.mktemp("onnx-store")
+    build_archive(trained_run, model_store, model_format="onnx")
     objects = rendered_cpu_overlay()
     spec = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     reference = {c["name"]: c["image"] for c in spec["containers"] + spec["initContainers"]}
