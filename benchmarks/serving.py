@@ -119,11 +119,15 @@ def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
         run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
         rows = []
         for concurrency in args.concurrency:
-            processes = system.processes()
+            processes, batching = system.processes(), system.batching()
             cpu_before, frontend_before = cpu_seconds(processes), cpu_seconds(processes[:1])
             result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
             result["server_cpu_seconds"] = cpu_seconds(processes) - cpu_before
             result["frontend_cpu_seconds"] = cpu_seconds(processes[:1]) - frontend_before
+            if batching:
+                done = {name: value - batching[name] for name, value in system.batching().items()}
+                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
+                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
             rows.append({"system": system.name, "concurrency": concurrency, "runtime": system.runtime, **result})
             print(
                 f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  "

@@ -30,6 +30,8 @@ COLUMNS = [
     "p90_ms",
     "p99_ms",
     "errors",
+    "queue_ms",
+    "batch_size",
     "server_cpu_ms_per_request",
     "frontend_cpu_ms_per_request",
     "cpu_efficiency",
@@ -120,6 +122,8 @@ def write(
         "the same machine; each system alone on it, one after the other.",
         "Ceiling: decode + forward + top-3 in one process at batch 64, no HTTP. Its CPU time per image on one "
         "thread: " + ", ".join(f"{runtime} **{1e3 * cpu:.3f} ms**" for runtime, cpu in cpu_per_image.items()) + ".",
+        "`queue_ms`, `batch_size`: TorchServe's mean queue time per request (`ts_queue_latency_microseconds`, "
+        "the batch wait included) and requests per batch (the handler's `cifar10_batch_size`) over the run; "
         "`server_cpu_ms_per_request`: CPU time of all the server's processes per request answered; "
         "`frontend_cpu_ms_per_request`: that of its first process alone (TorchServe's Java frontend, Flask's "
         "only process, LitServe's HTTP process); `cpu_efficiency`: the ceiling's CPU time per image over the "
