@@ -138,7 +138,7 @@ def write(
         "Cold start (process start to first prediction answered): "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cold.items())
         + ".",
-        *(f"Did not start: {name}: {error}" for name, error in failed.items()),
+        *(f"Failed: {name}: {error}" for name, error in failed.items()),
     )
     if verdicts := targets(rows, cpu_per_image):
         report.text("Targets, this run:", "", *verdicts)
