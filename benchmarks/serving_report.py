@@ -57,49 +57,35 @@ def add_efficiency(rows: list[dict], cpu_per_image: dict[str, float]) -> None:
         row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
 
 
-def find(rows: list[dict], system: str, concurrency: int, round_: int) -> dict | None:
-    return next((r for r in rows if (r["system"], r["concurrency"], r["round"]) == (system, concurrency, round_)), None)
-
-
-def verdict(name: str, ratios: dict[int, float], met) -> str:
-    """One target: its ratio in each round, and whether the median ratio meets it."""
-    middle = statistics.median(ratios.values())
-    rounds = ", ".join(f"round {r}: {ratio:.2f}" for r, ratio in ratios.items())
-    return f"- {name}: {rounds}; median {middle:.2f}: **{'met' if met(middle) else 'not met'}**"
+# (what, system and concurrency measured, what it is divided by, the bound, whether it is an upper bound)
+TARGETS = [
+    ("torchserve's p50 at 1 connection / flask's", ("torchserve", 1, "p50_ms"), ("flask", 1, "p50_ms"), 0.8, True),
+    ("torchserve's requests/s at 64 / torchserve-stock's", ("torchserve", 64, "rps"), ("torchserve-stock", 64, "rps"), 1.05, False),
+    ("torchserve's CPU per request at 64 / the ceiling's per image", ("torchserve", 64, "server_cpu_ms_per_request"), "ceiling", 1.3, True),
+    ("torchserve-onnx's CPU per request at 64 / the ceiling's per image", ("torchserve-onnx", 64, "server_cpu_ms_per_request"), "ceiling", 1.3, True),
+]  # fmt: skip
 
 
 def targets(rows: list[dict], cpu_per_image: dict[str, float]) -> list[str]:
-    """The three targets of this deployment, as ratios measured within each round, and the figures."""
-    rounds = sorted({row["round"] for row in rows})
-    latency, throughput, cpu, onnx_cpu = {}, {}, {}, {}
-    for r in rounds:
-        shipped, flask = find(rows, "torchserve", 1, r), find(rows, "flask", 1, r)
-        if shipped and flask:
-            latency[r] = shipped["p50_ms"] / flask["p50_ms"]
-        loaded, stock = find(rows, "torchserve", 64, r), find(rows, "torchserve-stock", 64, r)
-        if loaded and stock:
-            throughput[r] = loaded["rps"] / stock["rps"]
-        for system, into in (("torchserve", cpu), ("torchserve-onnx", onnx_cpu)):
-            if row := find(rows, system, 64, r):
-                into[r] = row["server_cpu_ms_per_request"] / (1e3 * cpu_per_image[row["runtime"]])
+    """The targets of this deployment as ratios within each round, and whether the median meets each."""
+    by_key = {(r["system"], r["concurrency"], r["round"]): r for r in rows}
     lines = []
-    if latency:
-        lines.append(verdict("torchserve's p50 at 1 connection / flask's (target ≤ 0.8)", latency, lambda x: x <= 0.8))
-    if throughput:
-        lines.append(
-            verdict(
-                "torchserve's requests/s at 64 / torchserve-stock's (target ≥ 1.05)", throughput, lambda x: x >= 1.05
-            )
-        )
-    for system, ratios in (("torchserve", cpu), ("torchserve-onnx", onnx_cpu)):
+    for name, (system, concurrency, field), over, bound, upper in TARGETS:
+        ratios = {}
+        for round_ in sorted({row["round"] for row in rows}):
+            row = by_key.get((system, concurrency, round_))
+            if over == "ceiling":
+                base = row and 1e3 * cpu_per_image[row["runtime"]]
+            else:
+                base = (other := by_key.get((over[0], over[1], round_))) and other[over[2]]
+            if row and base:
+                ratios[round_] = row[field] / base
         if ratios:
-            lines.append(
-                verdict(
-                    f"{system}'s CPU per request at 64 / the ceiling's CPU per image (target ≤ 1.3)",
-                    ratios,
-                    lambda x: x <= 1.3,
-                )
-            )
+            middle = statistics.median(ratios.values())
+            met = middle <= bound if upper else middle >= bound
+            each = ", ".join(f"round {r}: {ratio:.2f}" for r, ratio in ratios.items())
+            target = f"{'≤' if upper else '≥'} {bound}"
+            lines.append(f"- {name} (target {target}): {each}; median {middle:.2f}: **{'met' if met else 'not met'}**")
     return lines
 
 
