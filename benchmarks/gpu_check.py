@@ -10,42 +10,36 @@ so the stages may run in separate calls on a machine that keeps its files in bet
   serve  TorchServe with the GPU config sized for this machine (python -m serve archive --device
          gpu's rule): served answers = offline answers, wrk at 1, 64, 256 and 512 connections,
          1 connection right after a scale-up, GPU memory per worker and GPU utilization
-Writes reports/gpu/gpu-check.{md,csv} (and copies them to --copy-to, if given).
+Writes reports/gpu/gpu-check.{md,csv} (and copies them to --copy-to, if given). A GPU machine
+without the project's tools (Java, TorchServe, wrk) needs them installed first; GPU_PYTHON names
+the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-STATE = REPO / "data" / "gpu-check"
-STAGES = ("tests", "train", "serve")
+from benchmarks.gpu_serving import BENCH_IMAGES, REPO, STATE, GpuCheckError, stage_serve
+from serve.report import Report, write_csv
+
 GPU_TEST_FILES = (
     "tests/unit/test_device.py",
     "tests/integration/test_gpu_training.py",
     "tests/unit/test_gpu_decode.py",
 )
-BENCH_IMAGES = 500
-# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
-# its metrics logging and the JSON answers.
-HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
-HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
-PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
-SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094 (benchmarks/serving.py's)
+STAGES = ("tests", "train", "serve")
+SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
 
-# (section, name, metric, comparison, bound): what issue 14 asks of a GPU machine.
+# (section, name, metric, comparison, bound): what the GPU path must reach on a GPU machine.
 TARGETS = [
     ("train", "baseline (CUDA graph)", "train_seconds", "<=", 10.0),
     ("train", "gpu-large-batch", "train_seconds", "<=", 3.0),
@@ -192,229 +186,6 @@ def stage_train(python: str, data: str) -> dict:
     return results
 
 
-class GpuSampler:
-    """nvidia-smi's utilization and memory, sampled every 200 ms while in a `with` block."""
-
-    def __init__(self):
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-
-    def _sample(self):
-        while not self._stop.wait(0.2):
-            output = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            try:
-                busy, memory = (float(value) for value in output.strip().split(","))
-            except ValueError:
-                continue
-            self.samples.append((busy, memory))
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def summary(self) -> dict:
-        if not self.samples:
-            return {}
-        return {
-            "gpu_busy_percent": round(sum(busy for busy, _ in self.samples) / len(self.samples), 1),
-            "gpu_memory_mib": max(memory for _, memory in self.samples),
-        }
-
-
-def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
-    """The served class of every benchmark image against the TorchScript model run on the CPU. Sent
-    by `clients` threads at once, so that batches form and a GPU worker decodes them on the GPU."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-    from cifar10_images import decode_image, pixel_batch
-
-    from model import CLASSES
-
-    blobs = [Path(path).read_bytes() for path in listing.read_text().split()]
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    with torch.inference_mode():
-        offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
-    local = threading.local()
-
-    def served_class(blob: bytes) -> str:
-        if not hasattr(local, "client"):
-            local.client = client.copy()
-        return local.client.predict(blob)["prediction"]
-
-    with ThreadPoolExecutor(clients) as pool:
-        served = list(pool.map(served_class, blobs))
-    return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
-
-
-def worker_gpu_memory(metrics_text: str) -> list[float]:
-    """MiB per worker from the handler's cifar10_gpu_memory_bytes samples."""
-    values = []
-    for line in metrics_text.splitlines():
-        if line.startswith("cifar10_gpu_memory_bytes{"):
-            values.append(round(float(line.rsplit(" ", 1)[1]) / 2**20, 1))
-    return values
-
-
-def metric_total(metrics_text: str, name: str) -> float:
-    """The sum of a metric's samples over all its label sets, from Prometheus text."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def time_breakdown(metrics_text: str) -> dict:
-    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
-    queue wait and frontend-measured inference per request, mean batch size, and the handler's
-    decode and model time per batch (milliseconds)."""
-    requests = metric_total(metrics_text, "ts_inference_requests_total")
-    batches = metric_total(metrics_text, "cifar10_batch_size_count")
-    if not requests or not batches:
-        return {}
-    return {
-        "queue_ms_per_request": round(metric_total(metrics_text, "ts_queue_latency_microseconds") / requests / 1e3, 3),
-        "inference_ms_per_request": round(
-            metric_total(metrics_text, "ts_inference_latency_microseconds") / requests / 1e3, 3
-        ),
-        "batch_size_mean": round(metric_total(metrics_text, "cifar10_batch_size_sum") / batches, 1),
-        "decode_ms_per_batch": round(metric_total(metrics_text, "cifar10_decode_seconds_sum") / batches * 1e3, 3),
-        "model_ms_per_batch": round(metric_total(metrics_text, "cifar10_inference_seconds_sum") / batches * 1e3, 3),
-    }
-
-
-def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
-    """py-spy samples one TorchServe worker's Python stacks for `seconds`; returns the functions
-    where its samples ended (self time) and the handler steps they ran under, as shares of samples."""
-    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
-    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if py_spy is None:
-        return {"error": "py-spy not found (pip install py-spy; the bundle carries it)"}
-    with tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "stacks.txt"
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
-        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
-        if completed.returncode != 0 or not raw.exists():
-            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
-        stacks = raw.read_text().splitlines()
-    leaves, steps, total = {}, {}, 0
-    for line in stacks:
-        frames, _, count = line.rpartition(" ")
-        if not frames or not count.isdigit():
-            continue
-        total += int(count)
-        leaf = frames.split(";")[-1]
-        leaves[leaf] = leaves.get(leaf, 0) + int(count)
-        for step in HANDLER_STEPS:
-            if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames):  # "Cifar10Handler.preprocess (file:line)"
-                steps[step] = steps.get(step, 0) + int(count)
-    if not total:
-        return {"error": "py-spy recorded no samples"}
-    share = {name: round(count / total, 3) for name, count in sorted(leaves.items(), key=lambda item: -item[1])}
-    return {
-        "samples": total,
-        "self": dict(list(share.items())[:top]),
-        "under": {step: round(count / total, 3) for step, count in sorted(steps.items(), key=lambda item: -item[1])},
-    }
-
-
-def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
-    import yaml
-
-    from serve.archive import GPU_MODEL_CONFIG
-    from serve.client import ServiceError
-    from serve.gpu_sizing import sized_config, this_machine
-
-    run_dir = STATE / "models" / "baseline"
-    listing = REPO / "data" / "bench-images" / f"images-{BENCH_IMAGES}.txt"
-    if not (run_dir / "model.pt").exists() or not listing.exists():
-        raise SystemExit("error: the serve stage needs the train stage's model and images: run --stages train first")
-    if shutil.which("wrk") is None:
-        raise SystemExit("error: wrk not found (the bundle's .debs, or apt-get install -y wrk)")
-    machine = this_machine()
-    template = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
-    results = {"machine": {"cpus": machine.cpus, "gpus": machine.gpus, "gpu": machine.gpu_name}}
-    for choice in worker_choices:
-        config = sized_config(template, machine, None if choice == "auto" else int(choice))
-        label = f"{config['minWorkers']} workers" + (" (sized)" if choice == "auto" else "")
-        print(f"== serve: {label}, {json.dumps(config)}", flush=True)
-        try:
-            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies, port_base)
-        except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
-            results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
-    return results
-
-
-def serve_one(
-    config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
-) -> dict:
-    """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
-    from benchmarks.load import run_wrk
-    from benchmarks.servers import torchserve_system
-    from serve.client import Client
-
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        system = torchserve_system(
-            "gpu", run_dir, config, Path(scratch), port_base=port_base, job_queue_size=str(config["jobQueueSize"])
-        )
-        try:
-            client = Client.from_config(Path(scratch) / "gpu" / "config.properties", Path(scratch) / "gpu")
-            part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
-            part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
-            run_wrk(system.url, listing, 64, 3, system.token, system.form, threads=4)  # warm-up
-            for concurrency in concurrencies:
-                profiled = {}
-                profiler = None
-                if concurrency == PROFILED_CONCURRENCY:  # a worker's stacks in the middle of this load
-                    pid = int(client.describe()[0]["workers"][0]["pid"])
-                    profiler = threading.Timer(
-                        1.0,
-                        lambda pid=pid, into=profiled: into.update(profile_worker(pid, max(1, seconds // 2))),
-                    )
-                    profiler.start()
-                with GpuSampler() as sampler:
-                    result = run_wrk(system.url, listing, concurrency, seconds, system.token, system.form, 4)
-                if profiler is not None:
-                    profiler.join()
-                    part[f"py-spy of one worker at c={concurrency}"] = profiled
-                part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
-                print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
-            metrics_text = client.metrics()
-            part["worker_gpu_mib"] = worker_gpu_memory(metrics_text)
-            part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
-            scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
-            client.scale(scaled)  # synchronous: returns once the new workers are up
-            result = run_wrk(system.url, listing, 1, max(5, seconds // 2), system.token, system.form)
-            part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
-            print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
-        finally:
-            system.stop()
-    return part
-
-
-def pick(wrk_result: dict) -> dict:
-    return {
-        "rps": round(wrk_result["rps"], 1),
-        "p50_ms": round(wrk_result["p50_ms"], 2),
-        "p90_ms": round(wrk_result["p90_ms"], 2),
-        "p99_ms": round(wrk_result["p99_ms"], 2),
-        "errors": wrk_result["errors"],
-        "requests": wrk_result["requests"],
-    }
-
-
 # --- report ---------------------------------------------------------------------------------------
 
 
@@ -450,87 +221,57 @@ def target_rows(results: dict) -> list[dict]:
 
 def write_report(results: dict, out: Path) -> tuple[Path, Path]:
     """reports/gpu/gpu-check.md (targets, then every figure) and gpu-check.csv (the targets' rows)."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = target_rows(results)
-    csv_path, md_path = out / "gpu-check.csv", out / "gpu-check.md"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["section", "name", "metric", "target", "value", "met"])
-        writer.writeheader()
-        writer.writerows(rows)
-    mark = {True: "met", False: "**NOT met**", None: "not run"}
+    csv_path = write_csv(out / "gpu-check.csv", rows, ["section", "name", "metric", "target", "value", "met"])
     info = results.get("info", {})
-    lines = [
-        "# GPU check",
-        "",
-        f"`{info.get('command', 'python -m benchmarks.gpu_check')}` on {info.get('gpu', 'an unknown GPU')}, "
-        f"{info.get('cpus', '?')} cores, torch {info.get('torch', '?')}; stages run: "
-        + ", ".join(f"{stage} ({when})" for stage, when in info.get("stages", {}).items())
-        + ".",
-        "",
-        "## Targets (issue 14)",
-        "",
-        "| section | what | metric | target | measured | |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {r['section']} | {r['name']} | {r['metric']} | {r['target']} | "
-            f"{'-' if r['value'] is None else r['value']} | {mark[r['met']]} |"
-            for r in rows
-        ),
-    ]
+    stages = ", ".join(f"{stage} ({when})" for stage, when in info.get("stages", {}).items())
+    report = Report("GPU check", info.get("command", "make gpu-check"))
+    report.text(
+        f"On {info.get('gpu', 'an unknown GPU')}, {info.get('cpus', '?')} cores, torch {info.get('torch', '?')}; stages run: {stages}."
+    )
+    report.text("## Targets").table(
+        rows,
+        ["section", "name", "metric", "target", "value", "met"],
+        {"met": lambda met: {True: "met", False: "**NOT met**", None: "not run"}[met]},
+    )
     if results.get("train"):
-        lines += [
-            "",
-            "## Training",
-            "",
-            "| run | epochs | train s | s/epoch | eval s | total s | final acc | best acc |",
-        ]
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for name, r in results["train"].items():
-            if "error" in r:
-                lines.append(f"| {name} | {r['error']} |  |  |  |  |  |  |")
-                continue
-            lines.append(
-                f"| {name} | {r['epochs']} | {r['train_seconds']} | {r['seconds_per_epoch']} | {r['eval_seconds']} | "
-                f"{r['total_seconds']} | {r['test_accuracy']:.2%} | {r['best_accuracy']:.2%} |"
-            )
+        columns = ["run", "epochs", "train_seconds", "seconds_per_epoch", "eval_seconds", "total_seconds"]
+        train = [{"run": name, **run} for name, run in results["train"].items()]
+        report.text("## Training").table(train, [*columns, "test_accuracy", "best_accuracy", "error"])
     for label, part in results.get("serve", {}).items():
         if label == "machine":
             continue
-        lines += ["", f"## Serving: {label}", "", f"Model config: `{json.dumps(part.get('config', {}))}`."]
+        report.text(f"## Serving: {label}", f"Model config: `{json.dumps(part.get('config', {}))}`.")
         if "error" in part:
-            lines += ["", f"Failed: `{part['error']}`"]
+            report.text(f"Failed: `{part['error']}`")
             continue
-        lines += [
-            f"Cold start {part.get('cold_start_seconds')} s; "
-            f"GPU memory per worker (MiB): {part.get('worker_gpu_mib')}; "
-            f"served = offline: {part.get('served = offline')}.",
+        report.text(
+            f"Cold start {part.get('cold_start_seconds')} s; GPU memory per worker (MiB): "
+            f"{part.get('worker_gpu_mib')}; served = offline: {part.get('served = offline')}.",
             "",
-            f"Where the time went (over all loads; TorchServe's counters, the handler's histograms): "
+            "Where the time went (over all loads; TorchServe's counters, the handler's histograms): "
             f"`{json.dumps(part.get('time_breakdown'))}`.",
             *(f"\n{key} (shares of samples): `{json.dumps(value)}`." for key, value in part.items() if "py-spy" in key),
-            "",
-            "| load | req/s | p50 ms | p90 ms | p99 ms | errors | GPU busy % | GPU memory MiB |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for load, r in part.items():
-            if load.startswith("c="):
-                lines.append(
-                    f"| {load} | {r['rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | "
-                    f"{r.get('gpu_busy_percent', '-')} | {r.get('gpu_memory_mib', '-')} |"
-                )
+        )
+        loads = [{"load": load, **figures} for load, figures in part.items() if load.startswith("c=")]
+        columns = ["load", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "gpu_busy_percent", "gpu_memory_mib"]
+        report.table(loads, columns)
     if results.get("tests"):
-        lines += ["", "## Tests", "", f"`pytest {' '.join(GPU_TEST_FILES)}`: {json.dumps(results['tests'])}"]
-    md_path.write_text("\n".join(lines) + "\n")
-    return md_path, csv_path
+        report.text("## Tests", f"`pytest {' '.join(GPU_TEST_FILES)}`: {json.dumps(results['tests'])}")
+    return report.write(out / "gpu-check.md"), csv_path
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        gpu = require_gpu()
-    except NoGpuError as error:
+        run(args)
+    except (NoGpuError, GpuCheckError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
+    gpu = require_gpu()
     import torch
 
     state_file = STATE / "results.json"
@@ -543,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             results["tests"] = stage_tests(sys.executable)
         elif stage == "train":
             if not args.data:
-                raise SystemExit("error: the train stage needs the CIFAR-10 copy: --data or CIFAR10_DATA")
+                raise GpuCheckError("the train stage needs the CIFAR-10 copy: --data or CIFAR10_DATA")
             results["train"] = stage_train(sys.executable, args.data)
         elif stage == "serve":
             results["serve"] = stage_serve(args.seconds, args.concurrency, args.workers, args.port_base)
@@ -555,7 +296,6 @@ def main(argv: list[str] | None = None) -> None:
             args.copy_to.mkdir(parents=True, exist_ok=True)
             for path in (md_path, csv_path, state_file):
                 shutil.copy(path, args.copy_to / path.name)
-    print((args.out / "gpu-check.md").read_text())
 
 
 if __name__ == "__main__":

@@ -25,15 +25,18 @@ import yaml
 from benchmarks import serving_report
 from benchmarks.load import WrkError, bench_images, ceiling_rate, cpu_per_image, run_wrk
 from benchmarks.servers import process_system, torchserve_system
+from frontend import without_agent
 from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
+from serve.config import properties
 from serve.server import LOG_CONFIG, cpu_seconds
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
 PORT_BASE = 8090
 FLASK_OFFSET, LITSERVE_OFFSET = 5, 6
-STOCK = {"vmargs": ""}  # config.properties without the drain-batching agent: TorchServe's own batching
+# config.properties without the drain-batching agent: TorchServe's own batching
+STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}  # registered: a model config cannot say 0 (it means 100 ms)
 DEFAULT_SYSTEMS = ["torchserve", "torchserve-stock", "torchserve-onnx", "flask", "litserve"]
 

@@ -1,6 +1,6 @@
 """Training benchmark: the fast data path's recipes against the naive pipeline, side by side.
 
-    python -m benchmarks.training --data ../shared/data/cifar10-jpeg.tar.gz        (make bench-train)
+    python -m benchmarks.training --data PATH/cifar10-jpeg.tar.gz        (make bench-train)
 
 1. The naive pipeline the Flask service used (ImageFolder + DataLoader with 2 workers + per-sample PIL
    transforms, default memory format, Adam 1e-3, batch 64), timed over a fixed number of steps
@@ -14,7 +14,6 @@ accuracy, peak memory, time to reach the baseline recipe's final accuracy, and t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
-from train.atomic import atomic_path, atomic_write_text
+from serve.report import Report, percent, write_csv
+from train.atomic import atomic_path
 
 TRAIN_IMAGES, EPOCHS = 50_000, 10
 
@@ -153,31 +153,16 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         "speedup_vs_naive",
         "measured",
     ]
-    with atomic_path(out / "bench-train.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(row, column):
-        value = row.get(column)
-        if value is None:
-            return "—"
-        return f"{value:.2%}" if column in ("final_accuracy", "best_accuracy") else str(value)
-
-    lines = [
-        "# Training benchmark",
-        "",
-        f"`{command}` on {rows[-1].get('device', 'cpu')}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows),
-        "",
+    write_csv(out / "bench-train.csv", rows, columns)
+    percent_columns = dict.fromkeys(["final_accuracy", "best_accuracy"], percent)
+    report = Report("Training benchmark", command)
+    report.text(f"On {rows[-1].get('device', 'cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads.")
+    report.table(rows, columns, percent_columns)
+    report.text(
         "Accuracies on the test split of the data copy named by the command. `seconds_to_baseline_final_accuracy`: "
-        "wall time of training + evaluation until the test accuracy first reached the `baseline` recipe's final accuracy.",
-    ]
-    atomic_write_text(out / "bench-train.md", "\n".join(lines) + "\n")
+        "wall time of training + evaluation until the test accuracy first reached the `baseline` recipe's final accuracy."
+    )
+    report.write(out / "bench-train.md")
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows[1:]:
@@ -195,7 +180,6 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
     axis.legend()
     with atomic_path(out / "bench-train.png") as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,7 @@
-"""The fleet drill: replicas of the Kubernetes pod (TorchServe + the nginx gateway) behind HAProxy on
-this machine, put through a rolling update, a kill -9 and a scale-up under Locust's load.
+"""The fleet drill: replicas of the Kubernetes pod (TorchServe + the nginx gateway) behind HAProxy
+playing a Service, put through a rolling update, a kill -9, a scale-up and an overload under
+Locust's load; and one pod's capacity measured in a container limited like the pod.
 
-`python -m fleet.drill` (make fleet-drill) writes reports/fleet/; docs/kubernetes.md explains it.
+`make fleet-drill` (python -m fleet.capacity, then python -m fleet.drill) writes reports/fleet/;
+docs/kubernetes.md explains it.
 """

@@ -31,14 +31,7 @@ class GatewayError(Exception):
     """nginx did not start, or the config no longer has the lines this module moves."""
 
 
-def nginx() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found is None:
-        raise GatewayError("nginx not found: sudo apt-get install -y nginx")
-    return found
-
-
-def config_on_ports(listen: int, upstream: int, status: int, config: Path = CONFIG) -> str:
+def gateway_config(listen: int, upstream: int, status: int, config: Path = CONFIG) -> str:
     """nginx.conf with the gateway on 127.0.0.1:listen, TorchServe at 127.0.0.1:upstream and the
     status page on 127.0.0.1:status."""
     text = config.read_text()
@@ -47,11 +40,6 @@ def config_on_ports(listen: int, upstream: int, status: int, config: Path = CONF
         if count != 1:
             raise GatewayError(f"{config}: expected one '{key}' line on port {POD_PORTS[key]}, found {count}")
     return text
-
-
-def tokens_map(tokens: dict[str, str]) -> str:
-    """The Secret's tokens.map: one `"Bearer <token>" <client name>;` line per client."""
-    return "".join(f'"Bearer {token}" {name};\n' for name, token in tokens.items())
 
 
 @dataclass
@@ -73,9 +61,13 @@ class Gateway:
 
     def start(self) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
-        (self.prefix / "nginx.conf").write_text(config_on_ports(self.listen, self.upstream, self.status))
-        (self.prefix / "tokens.map").write_text(tokens_map(self.tokens))
-        command = [nginx(), "-e", "stderr", "-p", f"{self.prefix}/", "-c", str(self.prefix / "nginx.conf")]
+        (self.prefix / "nginx.conf").write_text(gateway_config(self.listen, self.upstream, self.status))
+        # The Secret's tokens.map: one `"Bearer <token>" <client name>;` line per client.
+        (self.prefix / "tokens.map").write_text("".join(f'"Bearer {t}" {name};\n' for name, t in self.tokens.items()))
+        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if nginx is None:
+            raise GatewayError("nginx not found: sudo apt-get install -y nginx")
+        command = [nginx, "-e", "stderr", "-p", f"{self.prefix}/", "-c", str(self.prefix / "nginx.conf")]
         # As in the pod, master and workers run as one user: started by root, nginx would hand its
         # workers to `nobody`, who may not reach the prefix (large bodies are buffered there).
         directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")

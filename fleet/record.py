@@ -1,5 +1,5 @@
-"""A Locust listener for the fleet drill: one CSV line per request (its end time, name, milliseconds
-and failure), so that the drill can judge each scenario's time window on its own.
+"""Locust's side of the fleet drill: one CSV line per request (its end time, name, milliseconds and
+failure), so that the drill can judge each window on its own; and PacedUser, the overload's user.
 
     FLEET_REQUEST_LOG=requests.csv python -m locust -f loadtests/steady.py,fleet/record.py ...
 """
@@ -10,10 +10,19 @@ import csv
 import os
 import time
 
-from locust import events
+from locust import constant_throughput, events
+
+from loadtests.users import ClassifierUser
 
 COLUMNS = ("time", "name", "milliseconds", "failure")
 _log = {}
+
+
+class PacedUser(ClassifierUser):
+    """ClassifierUser sending at most FLEET_USER_RATE requests per second: many of them offer a rate
+    that does not fall when the answers slow down (until each has one request waiting)."""
+
+    wait_time = constant_throughput(float(os.environ.get("FLEET_USER_RATE") or 1))
 
 
 @events.init.add_listener

@@ -33,3 +33,9 @@ def agent_jar() -> Path:
             "or remove -javaagent from vmargs in config.properties to run TorchServe's own batching."
         )
     return JAR
+
+
+def without_agent(vmargs: str) -> str:
+    """`vmargs` with the -javaagent option taken out (TorchServe's own batching); the other JVM
+    options, the heap among them, kept."""
+    return " ".join(option for option in vmargs.split() if not option.startswith("-javaagent:"))

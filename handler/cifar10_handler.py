@@ -1,49 +1,38 @@
 """TorchServe handler for the CIFAR-10 SimpleCNN: image bytes in, the Flask service's JSON answer out.
 
-Self-contained on purpose: it runs inside the TorchServe worker, which has this file,
-cifar10_images.py, the model (TorchScript model.pt, or model.onnx run by ONNX Runtime) and
-index_to_name.json from the .mar, and nothing of this repository. The model normalizes pixels
+Self-contained on purpose: it runs inside the TorchServe worker, which has this file, the modules
+beside it in the .mar (cifar10_images, cifar10_runtimes, cifar10_torch_runtimes, cifar10_answers,
+cifar10_metrics), the model (TorchScript model.pt, model.onnx run by ONNX Runtime, or an AOTInductor
+model.so) and index_to_name.json, and nothing of this repository. The model normalizes pixels
 itself, so the handler only decodes images.
+
+A plain class, not TorchServe's BaseHandler (which imports torch): an ONNX archive is served by a
+worker that has no torch at all. torch is imported only by the torch runtimes.
 
 Each request of a batch stands alone: one that is not a decodable image gets HTTP 400 and a JSON
 error naming the problem, the others of its batch get their predictions, the worker stays up.
 """
 
-import torch
-from cifar10_images import (
-    IMAGE_SIZE,
-    InvalidImage,
-    OnnxModel,
-    answer_bodies,
-    decode_batch,
-    error_body,
-    gpu_jpeg_decoder,
-    inference_model,
-    request_payload,
-)
+import json
+import os
+import time
+
+from cifar10_answers import answer_bodies, error_body
+from cifar10_images import InvalidImage, request_payload
 from cifar10_metrics import BatchMetrics, timed
-from ts.torch_handler.base_handler import BaseHandler
+from cifar10_runtimes import load_runtime
 
-# model-config `handler: runtime:` -> the model file it serves
-RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx", "aotinductor": ".so"}
-
-
-def aot_inductor_model(runner):
-    """An AOTInductor library's runner called like the TorchScript module: it wants contiguous
-    (N x C x H x W) pixels, and may answer a list of outputs."""
-
-    def forward(pixels: torch.Tensor) -> torch.Tensor:
-        logits = runner(pixels.contiguous())
-        return logits[0] if isinstance(logits, (list, tuple)) else logits
-
-    return forward
-
-
+STATUS_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
 GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
 
 
-class Cifar10Handler(BaseHandler):
+class Cifar10Handler:
     """preprocess (decode a batch) -> inference (one forward pass) -> postprocess (JSON per request)."""
+
+    def __init__(self):
+        self.context = None
+        self.runtime = None
+        self.classes = []
 
     def initialize(self, context):
         # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
@@ -54,60 +43,50 @@ class Cifar10Handler(BaseHandler):
         # aotinductor). gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other
         # files on the CPU; gpu_decode_min_batch: only batches with at least this many such JPEGs
         # (smaller ones: the CPU).
+        self.context = context
         options = (context.model_yaml_config or {}).get("handler", {})
-        threads = int(options.get("torch_threads") or 0)
-        if threads:
-            torch.set_num_threads(threads)
-        runtime = options.get("runtime", "torchscript")
-        expected_suffix = RUNTIME_FILES.get(runtime)
-        serialized = context.manifest["model"].get("serializedFile", "")
-        if expected_suffix is None or not serialized.endswith(expected_suffix):
-            raise RuntimeError(
-                f"model-config runtime {runtime!r} cannot serve {serialized!r}: expected one of "
-                + ", ".join(f"{name} with a {suffix} file" for name, suffix in RUNTIME_FILES.items())
-            )
-        super().initialize(context)  # loads the model file, reads index_to_name.json
-        if not self.mapping:
+        mapping_file = os.path.join(context.system_properties.get("model_dir"), "index_to_name.json")
+        if not os.path.isfile(mapping_file):
             raise RuntimeError("index_to_name.json is missing from the model archive")
-        self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
+        with open(mapping_file) as file:
+            mapping = json.load(file)
+        self.classes = [mapping[str(i)] for i in range(len(mapping))]
         self.batch_metrics = BatchMetrics(context, self.classes)
-        if runtime == "onnxruntime":  # replaces BaseHandler's session, which takes a thread per core
-            self.model = OnnxModel(self.model_pt_path, threads=threads or 1)
-        elif runtime == "aotinductor":  # BaseHandler loaded the library (model-config pt2.export.aot_compile)
-            self.model = aot_inductor_model(self.model)
-        else:
-            self.model = inference_model(self.model, freeze=options.get("freeze", True))
-        # The first calls build and optimize the execution plan: pay for them here, not on a request.
-        # A GPU runs a forward pass in well under a millisecond: there every batch size is met once here
-        # (a new shape's first call on a GPU picks kernels), so that a worker just scaled up answers at once.
-        largest = int(context.system_properties.get("batch_size") or 1)
-        sizes = (1, 1, *range(1, largest + 1), largest) if self.device.type == "cuda" else (1, 1, largest, largest)
-        with torch.inference_mode():
-            for size in sizes:
-                self.model(torch.zeros(size, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8, device=self.device))
-        self.jpeg_decoder = gpu_jpeg_decoder(self.device) if options.get("gpu_decode", True) else None
-        self.gpu_decode_min_batch = int(options.get("gpu_decode_min_batch", 1))
+        self.runtime = load_runtime(context, options)
+        self.runtime.warm_up(int(context.system_properties.get("batch_size") or 1))
         self.batches = 0
         self.record_gpu_memory()
 
     def record_gpu_memory(self):
         """This worker's GPU memory (what its CUDA caching allocator holds), as cifar10_gpu_memory_bytes."""
-        if self.device.type == "cuda":
-            self.batch_metrics.gpu_memory(torch.cuda.memory_reserved(self.device))
+        reserved = self.runtime.gpu_memory_bytes()
+        if reserved is not None:
+            self.batch_metrics.gpu_memory(reserved)
+
+    def handle(self, data, context):
+        """TorchServe's entry point, per batch; records HandlerTime as TorchServe's own handlers do."""
+        started = time.time()
+        self.context = context
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
+        return output
 
     @timed("cifar10_decode_seconds")
     def preprocess(self, requests):
         """Decodes each request; returns the batch of good images and one error (or None) per request."""
         payloads, errors = [], []
         for index, row in enumerate(requests):
-            try:
+            try:  # TorchServe's own handlers would explain (or fail) the whole batch of a request to /explanations
+                if self.context.get_request_header(index, "explain") == "True":
+                    raise InvalidImage(
+                        "no_explanations", "this model serves predictions only: POST the image to /predictions"
+                    )
                 payloads.append(request_payload(row, self._text_fields(index, row)))
                 errors.append(None)
             except InvalidImage as error:
                 payloads.append(None)
                 errors.append(error)
-        batch = decode_batch(payloads, errors, self.device, self.jpeg_decoder, self.gpu_decode_min_batch)
-        return batch, errors
+        return self.runtime.decode(payloads, errors), errors
 
     def _text_fields(self, index, row) -> set:
         """Form fields sent as text: TorchServe gives an uploaded file its content type, a text field none."""
@@ -120,15 +99,14 @@ class Cifar10Handler(BaseHandler):
         }
 
     @timed("cifar10_inference_seconds")
-    def inference(self, data, *args, **kwargs):
+    def inference(self, data):
         batch, errors = data
         if batch is None:
             return None, errors
-        with torch.inference_mode():
-            return self.model(batch).cpu(), errors
+        return self.runtime.logits(batch), errors
 
     def postprocess(self, data):
-        """One JSON body per request, in request order: an answer, or the error with HTTP 400."""
+        """One JSON body per request, in request order: an answer, or the error with its status (400, 503)."""
         logits, errors = data
         self.batches += 1
         if self.batches % GPU_MEMORY_EVERY == 0:
@@ -141,6 +119,8 @@ class Cifar10Handler(BaseHandler):
             if error is None:
                 responses.append(next(answers))
             else:
-                self.context.set_response_status(400, "Bad Request", index)
+                self.context.set_response_status(error.status, STATUS_PHRASES[error.status], index)
+                if error.status == 503:
+                    self.context.set_response_header(index, "Retry-After", "1")
                 responses.append(error_body(error))
         return responses

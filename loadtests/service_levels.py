@@ -8,9 +8,8 @@ exit with code 1 (through `environment.process_exit_code`), so a scenario can ga
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import locust
@@ -20,8 +19,12 @@ from locust.runners import WorkerRunner
 from loadtests import users
 from loadtests.shapes import Level, RampShape, Stage, StagedShape
 from loadtests.users import GROUPS, MIX, ClassifierUser, OperatorUser, management_url
+from serve.report import Report
 
 log = logging.getLogger("loadtests")
+STAGE_COLUMNS = ["stage", "users", "seconds", "valid predictions", "per second", "p50 ms", "p95 ms", "p99 ms"]
+STAGE_COLUMNS += ["failed requests", "held"]
+GROUP_COLUMNS = ["requests", "count", "failed", "per second", "p50 ms", "p95 ms", "p99 ms", "max ms"]
 GROUP_TITLES = {"predict": "valid predictions", "bad": "bad payloads (400 expected)", "manage": "management (operator)"}
 
 
@@ -35,29 +38,30 @@ def _ms(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def stage_rows(stages: list[Stage]) -> list[str]:
-    rows = [
-        "| stage | users | seconds | valid predictions | per second | p50 ms | p95 ms | p99 ms | failed requests | held |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
-    ]
+def stage_rows(stages: list[Stage]) -> list[dict]:
+    rows = []
     for stage in stages:
         predict = stage.group("predict")
-        rate = predict.num_requests / stage.ran_seconds if stage.ran_seconds else 0.0
-        held = "yes" if stage.held else "**no**"
         rows.append(
-            f"| {stage.name} | {stage.users} | {stage.ran_seconds:.0f} | {predict.num_requests:,} | {rate:,.1f} "
-            f"| {_ms(predict.median_response_time)} | {_ms(predict.get_response_time_percentile(0.95))} "
-            f"| {_ms(stage.p99_ms)} | {stage.stats.num_failures:,} | {held} |"
+            {
+                "stage": stage.name,
+                "users": stage.users,
+                "seconds": round(stage.ran_seconds),
+                "valid predictions": predict.num_requests,
+                "per second": predict.num_requests / stage.ran_seconds if stage.ran_seconds else 0.0,
+                "p50 ms": predict.median_response_time,
+                "p95 ms": predict.get_response_time_percentile(0.95),
+                "p99 ms": stage.p99_ms,
+                "failed requests": stage.stats.num_failures,
+                "held": "yes" if stage.held else "**no**",
+            }
         )
     return rows
 
 
-def group_rows(stats) -> list[str]:
+def group_rows(stats) -> list[dict]:
     """Locust's own statistics of the whole run, summed by request group."""
-    rows = [
-        "| requests | count | failed | per second | p50 ms | p95 ms | p99 ms | max ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    rows = []
     for group in GROUPS:
         entries = [entry for (name, _method), entry in stats.entries.items() if name.split(" ", 1)[0] == group]
         if not entries:
@@ -66,56 +70,62 @@ def group_rows(stats) -> list[str]:
         for entry in entries:
             total.extend(entry)
         rows.append(
-            f"| {GROUP_TITLES[group]} | {total.num_requests:,} | {total.num_failures:,} | {total.total_rps:,.1f} "
-            f"| {_ms(total.median_response_time)} | {_ms(total.get_response_time_percentile(0.95))} "
-            f"| {_ms(total.get_response_time_percentile(0.99))} | {_ms(total.max_response_time)} |"
+            {
+                "requests": GROUP_TITLES[group],
+                "count": total.num_requests,
+                "failed": total.num_failures,
+                "per second": total.total_rps,
+                "p50 ms": total.median_response_time,
+                "p95 ms": total.get_response_time_percentile(0.95),
+                "p99 ms": total.get_response_time_percentile(0.99),
+                "max ms": total.max_response_time,
+            }
         )
     return rows
 
 
-def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool) -> str:
+def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool) -> Report:
     options = environment.parsed_options
     host = environment.host or ClassifierUser.host
     operator = " (one of them the operator)" if OperatorUser.found_workers is not None else ""
     mix = ", ".join(f"{kind} {weight}%" for kind, weight in MIX.items())
-    lines = [
-        f"# Load test: {scenario}",
-        "",
+    milliseconds = dict.fromkeys(["p50 ms", "p95 ms", "p99 ms", "max ms"], _ms)
+    report = Report(f"Load test: {scenario}", " ".join(["locust", *sys.argv[1:]]))
+    report.text(
         f"- target: {host}/predictions/{options.model} (management {management_url(options, host)})",
-        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load generator: Locust {locust.__version__} on "
-        f"{platform.node()} ({os.cpu_count()} CPUs)",
+        f"- load generator: Locust {locust.__version__} on {platform.node()}",
         f"- users: closed loop, each keeps one request in flight{operator}; "
         f"{options.bad_share:.0%} bad payloads; valid payloads: {mix}; half raw body, half multipart `image`",
-        "",
-        *stage_rows(shape.ran()),
-        "",
-        *group_rows(environment.stats),
-        "",
-    ]
+    )
+    report.table(stage_rows(shape.ran()), STAGE_COLUMNS, milliseconds)
+    report.table(group_rows(environment.stats), GROUP_COLUMNS, milliseconds)
     if isinstance(shape, RampShape):
-        capacity = shape.capacity
-        broke = next((stage for stage in shape.stages if stage.held is False), None)
-        if capacity is None:
-            lines.append("**Capacity: none** — the first step already broke the service level.")
-        else:
-            predict = capacity.group("predict")
-            at_least = "" if broke else "at least "
-            lines.append(
-                f"**Capacity: {at_least}{capacity.users} users, {predict.num_requests / capacity.ran_seconds:,.1f} valid "
-                f"predictions/s at p99 {_ms(capacity.p99_ms)} ms** (bound {shape.p99_bound_ms:g} ms)."
-            )
-        if broke is not None:
-            lines.append(
-                f"The next step ({broke.users} users) broke it: p99 {_ms(broke.p99_ms)} ms, "
-                f"{broke.stats.num_failures:,} failed requests."
-            )
-        elif capacity is not None:
-            lines.append("No step broke it: the capacity is at least the last step (raise --ramp-max-users).")
-        lines.append("")
-    lines += [f"## Service levels (p99 bound {shape.p99_bound_ms:g} ms)", ""]
-    lines += [f"- {'met' if level.met else '**NOT MET**'}: {level.promise} — {level.detail}" for level in levels]
-    lines += ["", f"**{'PASS' if passed else 'FAIL'}** (exit code {0 if passed else 1})", ""]
-    return "\n".join(lines)
+        report.text(*capacity_lines(shape))
+    report.text(f"## Service levels (p99 bound {shape.p99_bound_ms:g} ms)")
+    report.text(*(f"- {'met' if level.met else '**NOT MET**'}: {level.promise} — {level.detail}" for level in levels))
+    return report.text(f"**{'PASS' if passed else 'FAIL'}** (exit code {0 if passed else 1})")
+
+
+def capacity_lines(shape: RampShape) -> list[str]:
+    capacity = shape.capacity
+    broke = next((stage for stage in shape.stages if stage.held is False), None)
+    if capacity is None:
+        lines = ["**Capacity: none** — the first step already broke the service level."]
+    else:
+        predict = capacity.group("predict")
+        at_least = "" if broke else "at least "
+        lines = [
+            f"**Capacity: {at_least}{capacity.users} users, {predict.num_requests / capacity.ran_seconds:,.1f} valid "
+            f"predictions/s at p99 {_ms(capacity.p99_ms)} ms** (bound {shape.p99_bound_ms:g} ms)."
+        ]
+    if broke is not None:
+        lines.append(
+            f"The next step ({broke.users} users) broke it: p99 {_ms(broke.p99_ms)} ms, "
+            f"{broke.stats.num_failures:,} failed requests."
+        )
+    elif capacity is not None:
+        lines.append("No step broke it: the capacity is at least the last step (raise --ramp-max-users).")
+    return lines
 
 
 @events.quitting.add_listener
@@ -144,11 +154,11 @@ def check_service_levels(environment, **_kwargs):
         )
     passed = all(level.met for level in levels)
     scenario = Path(environment.parsed_options.locustfile).stem if environment.parsed_options.locustfile else "load"
-    text = summary(environment, shape, scenario, levels, passed)
+    report = summary(environment, shape, scenario, levels, passed)
     path = summary_path(environment.parsed_options)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        report.write(path)
         log.info("summary written to %s", path)
-    print(text, flush=True)
+    else:
+        print(report.markdown(), flush=True)
     environment.process_exit_code = 0 if passed else 1

@@ -41,87 +41,50 @@ def group_of(request_name: str) -> str:
     return request_name.split(" ", 1)[0]
 
 
+# The service's own options: (name, type, default, help[, more of argparse's keywords]). Each also
+# reads an environment variable, LOADTEST_<NAME> (and Locust's --config files).
+USER_OPTIONS = (
+    ("management-url", str, "", "TorchServe's management API (default: the --host with its port + 1)"),
+    ("model", str, "cifar10", "model name (default: cifar10)"),
+    (
+        "key-file",
+        str,
+        "key_file.json",
+        "TorchServe's key_file.json (default: ./key_file.json, where `make serve` writes it); "
+        "without it and without --*-key, requests carry no key (token auth off)",
+    ),
+    ("inference-key", str, "", "inference key (overrides the key file)", {"is_secret": True}),
+    ("management-key", str, "", "management key (overrides the key file)", {"is_secret": True}),
+    ("payloads", str, str(DEFAULT_FOLDER), "payload folder built by `make payloads` (default: loadtests/payloads)"),
+    ("bad-share", float, 0.05, "share of requests that carry an invalid payload (default: 0.05)"),
+    (
+        "p99-ms",
+        float,
+        DEFAULT_P99_MS,
+        f"service level: p99 bound of valid predictions in ms (default: {DEFAULT_P99_MS})",
+    ),
+    ("operator-interval", float, 10, "seconds between two worker changes by the operator (default: 10)"),
+    ("operator-workers", int, 0, "workers the operator scales up to (default: the count it finds + 1)"),
+    (
+        "operator-mode",
+        str,
+        "up",
+        "up (default): the operator scales up under load, then reads the description each interval, and the "
+        "count is put back after the load; up-down: it alternates scaling up and back down under load, where "
+        "TorchServe 0.12 fails the batch in flight on the removed worker (docs/load-testing.md)",
+        {"choices": ["up", "up-down"]},
+    ),
+    ("summary", str, "", "Markdown summary file (default: summary.md beside the --csv files)"),
+)
+
+
 @events.init_command_line_parser.add_listener
 def add_options(parser):
-    """The service's own options; each also reads an environment variable (and Locust's --config files)."""
-    parser.add_argument(
-        "--management-url",
-        env_var="LOADTEST_MANAGEMENT_URL",
-        default="",
-        help="TorchServe's management API (default: the --host with its port + 1)",
-    )
-    parser.add_argument("--model", env_var="LOADTEST_MODEL", default="cifar10", help="model name (default: cifar10)")
-    parser.add_argument(
-        "--key-file",
-        env_var="LOADTEST_KEY_FILE",
-        default="key_file.json",
-        help="TorchServe's key_file.json (default: ./key_file.json, where `make serve` writes it); "
-        "without it and without --*-key, requests carry no key (token auth off)",
-    )
-    parser.add_argument(
-        "--inference-key",
-        env_var="LOADTEST_INFERENCE_KEY",
-        default="",
-        is_secret=True,
-        help="inference key (overrides the key file)",
-    )
-    parser.add_argument(
-        "--management-key",
-        env_var="LOADTEST_MANAGEMENT_KEY",
-        default="",
-        is_secret=True,
-        help="management key (overrides the key file)",
-    )
-    parser.add_argument(
-        "--payloads",
-        env_var="LOADTEST_PAYLOADS",
-        default=str(DEFAULT_FOLDER),
-        help="payload folder built by `make payloads` (default: loadtests/payloads)",
-    )
-    parser.add_argument(
-        "--bad-share",
-        env_var="LOADTEST_BAD_SHARE",
-        type=float,
-        default=0.05,
-        help="share of requests that carry an invalid payload (default: 0.05)",
-    )
-    parser.add_argument(
-        "--p99-ms",
-        env_var="LOADTEST_P99_MS",
-        type=float,
-        default=DEFAULT_P99_MS,
-        help=f"service level: p99 latency bound of valid predictions in ms (default: {DEFAULT_P99_MS})",
-    )
-    parser.add_argument(
-        "--operator-interval",
-        env_var="LOADTEST_OPERATOR_INTERVAL",
-        type=float,
-        default=10,
-        help="seconds between two worker changes by the operator (default: 10)",
-    )
-    parser.add_argument(
-        "--operator-workers",
-        env_var="LOADTEST_OPERATOR_WORKERS",
-        type=int,
-        default=0,
-        help="workers the operator scales up to (default: the count it finds + 1)",
-    )
-    parser.add_argument(
-        "--operator-mode",
-        env_var="LOADTEST_OPERATOR_MODE",
-        choices=["up", "up-down"],
-        default="up",
-        help="up (default): the operator scales up under load, then reads the description each "
-        "interval, and the count is put back after the load; up-down: it alternates scaling "
-        "up and back down under load, where TorchServe 0.12 fails the batch in flight on the "
-        "removed worker (docs/load-testing.md)",
-    )
-    parser.add_argument(
-        "--summary",
-        env_var="LOADTEST_SUMMARY",
-        default="",
-        help="Markdown summary file (default: summary.md beside the --csv files)",
-    )
+    for name, kind, default, text, *more in USER_OPTIONS:
+        environment = "LOADTEST_" + name.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{name}", env_var=environment, type=kind, default=default, help=text, **(more or [{}])[0]
+        )
 
 
 def bearer(key: str) -> dict[str, str]:

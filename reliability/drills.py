@@ -20,16 +20,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.config import config_on_ports
-from serve.server import ServerPaths, start, stop, wait_until_serving
+from serve.server import LocalServer
 
 SLEEPY_HANDLER = Path(__file__).with_name("sleepy_handler.py")
 SLEEPY_RESPONSE_TIMEOUT = 2  # seconds: the sleepy model's responseTimeout
@@ -47,31 +46,30 @@ def sleepy_archive(store: Path) -> Path:
         )
         subprocess.run(
             [
-                str(Path(sys.executable).with_name("torch-model-archiver")),
-                "--model-name",
-                "sleepy",
-                "--version",
-                "1",
-                "--handler",
-                str(SLEEPY_HANDLER),
-                "--config-file",
-                str(config),
-                "--export-path",
-                str(store),
-                "--force",
+                str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", "sleepy", "--version", "1",
+                "--handler", str(SLEEPY_HANDLER), "--config-file", str(config), "--export-path", str(store), "--force",
             ],
             check=True,
-        )
+        )  # fmt: skip
     return store / "sleepy.mar"
 
 
-class FaultServer:
-    def __init__(self, archive: Path, workdir: Path, port_base: int):
+class FaultServer(LocalServer):
+    """A LocalServer serving `archive` as cifar10 beside the sleepy model, with a truncated archive
+    among the models to load at start, and the model API on (to register broken archives)."""
+
+    def __init__(self, archive: Path, workdir: Path, port_base: int, **settings: str):
         self.archive = archive
         self.store = workdir / "model-store"
-        self.paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=self.store)
-        self.port_base = port_base
-        self.client: Client | None = None
+        models = f"cifar10=cifar10.mar,sleepy=sleepy.mar,broken={BROKEN_AT_START}"
+        super().__init__(
+            workdir,
+            self.store,
+            port_base,
+            settings={"load_models": models, **settings},
+            extra_args=("--enable-model-api",),
+            models=("cifar10", "sleepy"),
+        )
 
     def __enter__(self) -> FaultServer:
         self.store.mkdir(parents=True, exist_ok=True)
@@ -79,28 +77,7 @@ class FaultServer:
         sleepy_archive(self.store)
         valid = self.archive.read_bytes()
         (self.store / BROKEN_AT_START).write_bytes(valid[: len(valid) // 3])
-        models = f"cifar10=cifar10.mar,sleepy=sleepy.mar,broken={BROKEN_AT_START}"
-        self.paths.config.write_text(config_on_ports(REPO / "config.properties", self.port_base, load_models=models))
-        self.client = Client.from_config(self.paths.config, self.paths.workdir)
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> float:
-        """Starts TorchServe; seconds until cifar10 answered a prediction."""
-        start(self.paths, extra_args=("--enable-model-api",))
-        return wait_until_serving(self.client, "cifar10", self.paths) + wait_until_answering(
-            self.client, "sleepy", b"0"
-        )
-
-    def stop(self) -> None:
-        stop(self.paths)
+        return super().__enter__()
 
     def worker_pids(self, model: str = "cifar10") -> list[int]:
         return worker_pids(self.client, model)
@@ -115,26 +92,24 @@ def worker_pids(client: Client, model: str = "cifar10") -> list[int]:
     return sorted(worker["pid"] for worker in client.describe(model)[0]["workers"] if worker["status"] == "READY")
 
 
-def wait_until_answering(client: Client, model: str, payload: bytes, timeout: float = 120) -> float:
+@dataclass
+class Call:
+    started: float
+    ended: float
+    status: int | str  # the HTTP status, or the exception's name when no answer came
+    body: str
+
+
+def call(client: Client, payload: bytes, model: str = "cifar10", route: str = "predictions") -> Call:
+    """One POST of `payload` to /route/model with the inference key."""
     started = time.monotonic()
-    while True:
-        try:
-            client.predict(payload, model=model, timeout=timeout)
-            return time.monotonic() - started
-        except (ServiceError, OSError):
-            if time.monotonic() - started > timeout:
-                raise
-            time.sleep(0.05)
-
-
-def call(client: Client, payload: bytes, model: str) -> tuple[int | str, str]:
-    """(HTTP status, or the exception's name for no answer at all; the body)."""
     try:
-        return 200, str(client.predict(payload, model=model, timeout=120))
-    except ServiceError as error:
-        return error.status, error.body
-    except OSError as error:
-        return type(error).__name__, str(error)
+        url, headers = f"{client.inference}/{route}/{model}", client.auth_headers("inference")
+        response = client.session.post(url, data=payload, headers=headers, timeout=120)
+        status, body = response.status_code, response.text
+    except OSError as error:  # requests' errors are OSErrors
+        status, body = type(error).__name__, str(error)
+    return Call(started, time.monotonic(), status, body)
 
 
 def error_message(body: str) -> str:
@@ -145,54 +120,59 @@ def error_message(body: str) -> str:
         return " ".join(body.split())[:300]
 
 
-@dataclass
-class Call:
-    started: float
-    ended: float
-    status: int | str
-    body: str
+class Clients:
+    """`threads` clients, each on a connection of its own, calling `round(client)` (a list of Calls)
+    back to back until the block ends, or only `once` (the block then waits for it); every call kept."""
 
-
-class BackgroundPredictions:
-    """Threads that each post `payload` back to back until the block ends; every call recorded."""
-
-    def __init__(self, client: Client, model: str, payload: bytes, threads: int):
-        self.client, self.model, self.payload, self.threads = client, model, payload, threads
+    def __init__(self, client: Client, threads: int, round: Callable[[Client], list[Call]], once: bool = False):
+        self.client, self.round, self.once = client, round, once
         self.calls: list[Call] = []
         self._stop = threading.Event()
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
         client = self.client.copy()
-        while not self._stop.is_set():
+        while True:  # at least one round, however soon the block ends
             started = time.monotonic()
-            status, body = call(client, self.payload, self.model)
-            self.calls.append(Call(started, time.monotonic(), status, body))
+            try:
+                self.calls.extend(self.round(client))
+            except Exception as error:  # an operation that failed: recorded as its answer
+                self.calls.append(Call(started, time.monotonic(), type(error).__name__, str(error)))
+            if self.once or self._stop.is_set():
+                return
 
-    def __enter__(self) -> BackgroundPredictions:
-        for worker in self._workers:
-            worker.start()
+    def __enter__(self) -> Clients:
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        for worker in self._workers:
-            worker.join()
+        for thread in self._threads:
+            thread.join()
 
 
-def wait_for(condition, timeout: float = 120, interval: float = 0.05) -> float:
+def wait_for(condition, timeout: float = 120, interval: float = 0.05, or_else=TimeoutError) -> float | None:
+    """Seconds until `condition()` held; after `timeout`: raises TimeoutError, or returns `or_else`."""
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not back after {timeout:.0f}s")
+            if or_else is TimeoutError:
+                raise TimeoutError(f"not back after {timeout:.0f}s")
+            return or_else
         time.sleep(interval)
-    return time.monotonic() - started
+    return round(time.monotonic() - started, 1)
+
+
+def wait_until_answering(client: Client, model: str, payload: bytes, timeout: float = 120) -> float:
+    return wait_for(lambda: call(client, payload, model).status == 200, timeout)
 
 
 def kill_worker_under_load(server: FaultServer, threads: int = 8, before: float = 1.0, after: float = 2.0) -> dict:
     """kill -9 a cifar10 worker while `threads` clients post back to back."""
     old = server.worker_pids()
-    with BackgroundPredictions(server.client, "cifar10", sample_jpeg(), threads) as load:
+    image = sample_jpeg()
+    with Clients(server.client, threads, lambda client: [call(client, image)]) as load:
         time.sleep(before)
         killed_at = time.monotonic()
         os.kill(old[0], signal.SIGKILL)
@@ -200,6 +180,7 @@ def kill_worker_under_load(server: FaultServer, threads: int = 8, before: float 
         time.sleep(after)
     failed = [c for c in load.calls if c.status != 200]
     return {
+        "clients": threads,
         "requests": len(load.calls),
         "failed": len(failed),
         "failed_answers": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failed)),
@@ -222,8 +203,8 @@ def overflow_queue(client: Client, model: str, payload: bytes, burst: int) -> di
 
     with ThreadPoolExecutor(max_workers=burst) as pool:
         answers = list(pool.map(one, range(burst)))
-    statuses = Counter(status for status, _ in answers)
-    refused = next((body for status, body in answers if status == 503), "")
+    statuses = Counter(answer.status for answer in answers)
+    refused = next((answer.body for answer in answers if answer.status == 503), "")
     return {
         "burst": burst,
         "statuses": dict(statuses),
@@ -235,15 +216,13 @@ def overflow_queue(client: Client, model: str, payload: bytes, burst: int) -> di
 def outlast_response_timeout(server: FaultServer) -> dict:
     """One sleepy request that would take 8 s longer than responseTimeout."""
     old = server.worker_pids("sleepy")
-    started = time.monotonic()
-    status, body = call(server.client, str(SLEEPY_RESPONSE_TIMEOUT + 8).encode(), "sleepy")
-    answered = time.monotonic() - started
+    answer = call(server.client, str(SLEEPY_RESPONSE_TIMEOUT + 8).encode(), "sleepy")
     back = wait_until_answering(server.client, "sleepy", b"0")
     return {
         "response_timeout_s": SLEEPY_RESPONSE_TIMEOUT,
-        "status": status,
-        "answer": error_message(body),
-        "seconds_until_answer": round(answered, 2),
+        "status": answer.status,
+        "answer": error_message(answer.body),
+        "seconds_until_answer": round(answer.ended - answer.started, 2),
         "seconds_until_answering_again": round(back, 2),
         "worker_replaced": server.worker_pids("sleepy") != old,
     }
@@ -268,24 +247,11 @@ def register_broken_archives(server: FaultServer) -> dict:
         (server.store / f"{name}.mar").write_bytes(data)
         started = time.monotonic()
         try:
-            server.client.request(
-                "POST",
-                f"{server.client.management}/models",
-                "management",
-                timeout=300,
-                params={"url": f"{name}.mar", "model_name": name, "initial_workers": 1, "synchronous": "true"},
-            )
-            status, message = 200, "registered"
+            status, message = 200, server.client.register(f"{name}.mar", timeout=300, model_name=name)["status"]
         except ServiceError as error:
             status, message = error.status, error_message(error.body)
-        results.append(
-            {
-                "archive": f"{name}.mar",
-                "status": status,
-                "answer": message,
-                "seconds": round(time.monotonic() - started, 2),
-            }
-        )
+        seconds = round(time.monotonic() - started, 2)
+        results.append({"archive": f"{name}.mar", "status": status, "answer": message, "seconds": seconds})
     return {
         "archives": results,
         "models_before": models,

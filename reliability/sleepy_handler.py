@@ -1,5 +1,5 @@
 """Test-only TorchServe handler (never shipped): sleeps for the seconds named in each request's
-body, then answers {"slept": seconds}. reliability/drills.py archives it into a temporary model
+body (none for a body that is not a number), then answers {"slept": seconds}. reliability/drills.py archives it into a temporary model
 store to fill a job queue and to outlast responseTimeout on purpose."""
 
 import json
@@ -14,6 +14,13 @@ class SleepyHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data, context):
-        seconds = [float(bytes(row.get("body") or b"0")) for row in data]
+        seconds = [_seconds(row.get("body") or b"0") for row in data]
         time.sleep(max(seconds))
         return [json.dumps({"slept": value}) for value in seconds]
+
+
+def _seconds(body) -> float:
+    try:
+        return float(bytes(body))
+    except ValueError:
+        return 0.0

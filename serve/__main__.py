@@ -10,12 +10,14 @@
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
     python -m serve describe | scale N [--version V] | set-default VERSION
+                                                      (scale: at most the workers the free memory holds)
 
 Versions (docs/operations.md):
-    python -m serve rollout --run models/<run>        archive the run as cifar10-<version>.mar, serve it beside
+    python -m serve rollout --run models/<run> [--format onnx]  archive the run as cifar10-<version>.mar, serve it beside
     python -m serve versions                          the versions served, which is the default
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
-    python -m serve retire VERSION                    unregister a version that is not the default
+    python -m serve retire VERSION                    unregister a version that is not the default, once
+                                                      every request it took is answered
     python -m serve rotate-keys [inference|management]  new keys (default: both) in key_file.json
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from frontend import AgentBuildError
 from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
-from serve.client import Client, ServiceError
+from serve.client import Client, ServiceError, TooManyWorkers
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
 from serve.keys import MissingKeyError
 from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
@@ -53,12 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         help="batching/workers config packed into the archive (default: the format's, "
         "handler/model-config.yaml or model-config.onnx.yaml; GPU: handler/model-config.gpu.yaml)",
     )
-    archive.add_argument(
-        "--format",
-        choices=sorted(FORMATS),
-        default="torchscript",
-        help="the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
-    )
+    model_format = {
+        "choices": sorted(FORMATS),
+        "default": "torchscript",
+        "help": "the model file served: TorchScript model.pt (default) or model.onnx with ONNX Runtime",
+    }
+    archive.add_argument("--format", **model_format)
     archive.add_argument(
         "--device",
         choices=["cpu", "gpu"],
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rollout.add_argument("--run", type=Path, default=REPO / "models" / "latest")
     rollout.add_argument("--store", type=Path, default=REPO / "model-store", help="the model store TorchServe serves")
     rollout.add_argument("--workers", type=int, default=1)
+    rollout.add_argument("--format", **model_format)
     commands.add_parser("versions")
     retire = commands.add_parser("retire")
     retire.add_argument("version")
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         MissingKeyError,
         NoGpu,
         TimeoutError,
+        TooManyWorkers,
     ) as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -144,11 +148,14 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "describe":
         print(json.dumps(client.describe(args.model), indent=2))
     elif args.command == "scale":
+        bound = client.worker_bound(args.model, args.version)
+        if args.workers > bound:
+            raise TooManyWorkers(f"{args.workers} workers: this machine's available memory holds at most {bound}")
         print(json.dumps(client.scale(args.workers, model=args.model, version=args.version), indent=2))
     elif args.command == "set-default":
         print(json.dumps(client.set_default(args.version, model=args.model), indent=2))
     elif args.command == "rollout":
-        archive = build_archive(args.run, args.store, name=args.model, versioned=True)
+        archive = build_archive(args.run, args.store, name=args.model, versioned=True, model_format=args.format)
         print(client.register(archive.name, workers=args.workers)["status"])
         print("served beside the default version: `python -m serve set-default VERSION` switches to it")
     elif args.command == "versions":
@@ -160,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{version['modelVersion']}{mark}: {version['modelUrl']}, {ready}/{len(version['workers'])} workers ready"
             )
     elif args.command == "retire":
-        print(json.dumps(client.unregister(args.version, model=args.model), indent=2))
+        print(json.dumps(client.retire(args.version, model=args.model), indent=2))
     elif args.command == "rotate-keys":
         apis = ["inference", "management"] if args.api == "both" else [args.api]
         for api in apis:
@@ -169,21 +176,23 @@ def run(args: argparse.Namespace) -> None:
 
 
 def archive_for_this_gpu(args) -> None:
-    """`archive --device gpu`: size the GPU config for this machine, pack it, say what was chosen."""
+    """`archive --device gpu`: the GPU config, sized for this machine (or for --workers, which needs
+    no GPU here: an archive made on a build machine for a known GPU), packed; says what was chosen."""
     import yaml
 
     config_file = args.model_config or GPU_MODEL_CONFIG
-    machine = this_machine()
+    machine = this_machine() if args.workers is None else None
     config = sized_config(yaml.safe_load(config_file.read_text()), machine, args.workers)
+    sized_for = machine or f"{args.workers} workers"
     with tempfile.TemporaryDirectory() as scratch:
         sized = Path(scratch) / "model-config.yaml"
-        sized.write_text(f"# {config_file.name} sized for {machine} by python -m serve archive --device gpu\n")
+        sized.write_text(f"# {config_file.name} sized for {sized_for} by python -m serve archive --device gpu\n")
         with sized.open("a") as handle:
             yaml.safe_dump(config, handle, sort_keys=False)
         build_archive(args.run, args.store, name=args.model, model_config=sized, model_format=args.format)
     print(
-        f"GPU config for {machine.gpus} x {machine.gpu_name} ({machine.gpu_free_mib} MiB free), {machine.cpus} cores: "
-        f"{config['minWorkers']} workers, batch {config['batchSize']}, job queue {config['jobQueueSize']}"
+        f"GPU config for {sized_for}: {config['minWorkers']} workers, batch {config['batchSize']}, "
+        f"job queue {config['jobQueueSize']}"
     )
 
 

@@ -23,8 +23,11 @@ class ArchiveError(Exception):
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
-IMAGES = REPO / "handler" / "cifar10_images.py"
-METRICS = REPO / "handler" / "cifar10_metrics.py"
+# The modules the handler imports, packed beside it: the worker has nothing of this repository.
+HANDLER_MODULES = [
+    REPO / "handler" / f"cifar10_{name}.py"
+    for name in ("images", "budget", "runtimes", "torch_runtimes", "answers", "metrics")
+]
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"
 # --format -> (the run's model file, the model config that serves it by default)
@@ -77,7 +80,7 @@ def build_archive(
                 "--config-file",
                 str(model_config),
                 "--extra-files",
-                f"{IMAGES},{METRICS},{index_to_name},{metadata_file}",
+                ",".join(map(str, [*HANDLER_MODULES, index_to_name, metadata_file])),
                 "--export-path",
                 str(scratch),
             ],

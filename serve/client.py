@@ -7,8 +7,10 @@ reads them from there, so neither the Makefile nor a user copies keys around by 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
+import psutil
 import requests
 from PIL import Image
 
@@ -21,6 +23,10 @@ class ServiceError(Exception):
         super().__init__(f"HTTP {status}: {body[:300]}")
         self.status = status
         self.body = body
+
+
+class TooManyWorkers(ValueError):
+    """More workers than this machine's memory holds."""
 
 
 def sample_jpeg(color=(200, 120, 40)) -> bytes:
@@ -103,6 +109,14 @@ class Client:
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
         return self.request("PUT", url, "management", params=params, timeout=timeout).json()
 
+    def worker_bound(self, model: str = "cifar10", version: str | None = None, share: float = 0.8) -> int:
+        """The workers running now, plus as many as `share` of the available memory holds at the
+        size of the largest one (TorchServe's describe reports each worker's memory). TorchServe's
+        API itself takes any count, and starts workers until the machine runs out of memory."""
+        workers = self.describe(model, version)[0]["workers"]
+        size = max((int(worker.get("memoryUsage") or 0) for worker in workers), default=0) or 2**30
+        return len(workers) + int(psutil.virtual_memory().available * share // size)
+
     def set_default(self, version: str, model: str = "cifar10") -> dict:
         return self.request(
             "PUT", f"{self.management}/models/{model}/{version}/set-default", "management", timeout=30
@@ -120,6 +134,31 @@ class Client:
         return self.request(
             "DELETE", f"{self.management}/models/{model}/{version}", "management", timeout=timeout
         ).json()
+
+    def pending_requests(self, version: str, model: str = "cifar10") -> int:
+        """Requests waiting in `version`'s job queue (not yet taken by a worker)."""
+        return int(self.describe(model, version)[0]["jobQueueStatus"]["pendingRequests"])
+
+    def retire(self, version: str, model: str = "cifar10", quiet: float = 2.0, timeout: float = 300) -> dict:
+        """Unregisters a version that is not the default once every request it took is answered.
+
+        Requests reach a version that is not the default only when a client names it; those
+        queued before it stopped being the default (or still named) are served first: the version
+        is unregistered once its job queue has stayed empty for `quiet` seconds, longer than a
+        worker takes to answer the batch it holds (TorchServe would drop queued requests unanswered
+        and fail the batches in flight). Raises ServiceError for the default version and
+        TimeoutError when the queue never stays empty."""
+        if self.describe(model)[0]["modelVersion"] == version:
+            raise ServiceError(409, f"{version} is the default version of {model}: set another default first")
+        started = time.monotonic()
+        empty_since = None
+        while empty_since is None or time.monotonic() - empty_since < quiet:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{model} {version}: requests still queued after {timeout:.0f}s")
+            empty = self.pending_requests(version, model) == 0
+            empty_since = (empty_since or time.monotonic()) if empty else None
+            time.sleep(0.1)
+        return self.unregister(version, model)
 
     def renew_key(self, api: str) -> None:
         """Has TorchServe replace the `api` key (inference or management) with the API key; the old

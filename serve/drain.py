@@ -2,13 +2,16 @@
 answered, then return (the caller stops TorchServe).
 
     python -m serve.drain [--drain-file draining] [--gateway-status http://127.0.0.1:8090/stub_status]
-                          [--settle 5] [--quiet 2] [--timeout 40]
+                          [--settle 15] [--quiet 2] [--timeout 40]
 
 1. It writes --drain-file: the readiness check (`python -m serve.healthcheck --drain-file ...`)
    fails from then on, so the Service (or the fleet drill's HAProxy) stops sending new requests.
-2. It waits at least --settle seconds (the balancer needs a few checks, Kubernetes a moment to
-   take the pod out of every node's endpoints), and then until no new request has arrived for
-   --quiet seconds and none is in flight.
+2. It waits at least --settle seconds (Kubernetes needs a moment to take the pod out of every
+   node's endpoints and ingress; the fleet drill's balancer needs its readiness checks), then
+   until no new request has arrived for --quiet seconds and no client connection is left open.
+   Endpoints steer new connections only: an open keep-alive connection could still carry a request
+   once TorchServe is gone. The gateway closes busy connections after `keepalive_time` and idle
+   ones after `keepalive_timeout` (nginx.conf), so the wait ends.
 3. It exits 0; with requests still in flight after --timeout seconds it exits 1 (Kubernetes then
    stops the container all the same).
 
@@ -40,6 +43,7 @@ class DrainError(Exception):
 class GatewayCounts:
     requests: int  # accepted since the gateway started, these status requests included
     in_flight: int  # being answered now, this status request excluded
+    connections: int  # client connections open, this status request's excluded
 
 
 def parse_stub_status(text: str) -> GatewayCounts:
@@ -47,9 +51,10 @@ def parse_stub_status(text: str) -> GatewayCounts:
     1 1 1 / Reading: 0 Writing: 1 Waiting: 0`)."""
     totals = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.MULTILINE)
     writing = re.search(r"Writing:\s*(\d+)", text)
-    if not totals or not writing:
+    active = re.search(r"Active connections:\s*(\d+)", text)
+    if not totals or not writing or not active:
         raise DrainError(f"not an nginx stub_status page: {text[:200]!r}")
-    return GatewayCounts(requests=int(totals.group(3)), in_flight=int(writing.group(1)) - 1)
+    return GatewayCounts(int(totals.group(3)), int(writing.group(1)) - 1, int(active.group(1)) - 1)
 
 
 def gateway_counts(status_url: str) -> GatewayCounts:
@@ -75,18 +80,20 @@ def drain(drain_file: Path, status_url: str, settle: float, quiet: float, timeou
         if counts.requests - last.requests > 1:  # more than this poll's own status request
             last_arrival = now
         last = counts
-        if now - started >= settle and now - last_arrival >= quiet and counts.in_flight <= 0:
-            log(f"drain: no request for {now - last_arrival:.1f}s and none in flight after {now - started:.1f}s")
+        if now - started >= settle and now - last_arrival >= quiet and counts.connections <= 0:
+            log(f"drain: no request for {now - last_arrival:.1f}s and no connection open after {now - started:.1f}s")
             return now - started
         if now - started >= timeout:
-            raise DrainError(f"{counts.in_flight} request(s) still in flight after {timeout:.0f}s")
+            raise DrainError(
+                f"{counts.in_flight} request(s) in flight, {counts.connections} connection(s) open after {timeout:.0f}s"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--drain-file", type=Path, default=Path("draining"))
     parser.add_argument("--gateway-status", default="http://127.0.0.1:8090/stub_status")
-    parser.add_argument("--settle", type=float, default=5, help="seconds before the replica may stop (default: 5)")
+    parser.add_argument("--settle", type=float, default=15, help="seconds before the replica may stop (default: 15)")
     parser.add_argument("--quiet", type=float, default=2, help="seconds without a new request (default: 2)")
     parser.add_argument("--timeout", type=float, default=40, help="give up after this many seconds (default: 40)")
     args = parser.parse_args(argv)

@@ -43,9 +43,10 @@ def this_machine() -> Machine:
     return Machine(cpus, torch.cuda.device_count(), free // 2**20, torch.cuda.get_device_name(0))
 
 
-def sized_config(template: dict, machine: Machine, workers: int | None = None) -> dict:
+def sized_config(template: dict, machine: Machine | None, workers: int | None = None) -> dict:
     """`template` (handler/model-config.gpu.yaml) with minWorkers, maxWorkers and jobQueueSize set
-    for `machine`; `workers` overrides the chosen count. TorchServe spreads workers over the GPUs."""
+    for `machine`; `workers` overrides the chosen count (then `machine` may be None). TorchServe
+    spreads workers over the GPUs."""
     if workers is None:
         by_cpu = machine.cpus - machine.cpus // 4
         by_memory = int(machine.gpu_free_mib * GPU_MEMORY_SHARE) // WORKER_GPU_MIB * machine.gpus

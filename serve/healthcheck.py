@@ -3,11 +3,16 @@
 
     python -m serve.healthcheck [--management http://127.0.0.1:8081] [--model cifar10] [--key-file key_file.json]
                                 [--predict [--inference http://127.0.0.1:8080]] [--drain-file PATH]
+                                [--live] [--timeout 4]
 
-Three callers, one meaning: the serve image's HEALTHCHECK, the Kubernetes probes (deploy/k8s) and
-the fleet drill's load balancer (fleet/). /ping alone is not enough: TorchServe answers Healthy
-while every worker is dead. With --drain-file, the check fails while that file exists: `python -m
-serve.drain` writes it, so that the readiness probe (and the balancer) stop sending traffic.
+Three callers: the serve image's HEALTHCHECK, the Kubernetes probes (deploy/k8s) and the fleet
+drill's load balancer (fleet/). /ping alone is not enough: TorchServe answers Healthy while every
+worker is dead. Only the startup probe sends a prediction (--predict): a prediction waits in the
+clients' queue, so under overload it would time out and take a busy pod out of service (readiness)
+or restart it (liveness). Readiness asks the management API for a READY worker, which no queue
+delays; with --drain-file it fails while that file exists (`python -m serve.drain` writes it).
+Liveness (--live) asks only that the frontend answers the management API, READY worker or not
+(TorchServe restarts dead workers itself). --timeout bounds the whole check, every call in it.
 
 Standard library only: the serve image runs it with serve/ and nothing else of this repository.
 It sends the management key from key_file.json. TorchServe wrote that file, so a refused key is an
@@ -22,6 +27,7 @@ import argparse
 import json
 import struct
 import sys
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -34,12 +40,12 @@ INFERENCE = "http://127.0.0.1:8080"
 MANAGEMENT = "http://127.0.0.1:8081"
 
 
-def call(url: str, key: str | None, method: str = "GET", body: bytes | None = None) -> bytes:
+def call(url: str, key: str | None, method: str = "GET", body: bytes | None = None, timeout: float = 4) -> bytes:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if body is not None:  # else urllib sends a form's content type, and TorchServe parses the image as a form
         headers["Content-Type"] = "image/png"
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=max(timeout, 0.1)) as response:
         return response.read()
 
 
@@ -55,13 +61,15 @@ def probe_png(size: int = 32) -> bytes:
 
 
 def ready_workers(args) -> int:
-    answer = json.loads(call(f"{args.management}/models/{args.model}", read_keys(args.key_file).get("management")))
+    url, key = f"{args.management}/models/{args.model}", read_keys(args.key_file).get("management")
+    answer = json.loads(call(url, key, timeout=args.deadline - time.monotonic()))
     return sum(worker["status"] == "READY" for version in answer for worker in version["workers"])
 
 
 def predicted_class(args) -> str:
     url = f"{args.inference}/predictions/{args.model}"
-    answer = json.loads(call(url, read_keys(args.key_file).get("inference"), method="POST", body=probe_png()))
+    key, left = read_keys(args.key_file).get("inference"), args.deadline - time.monotonic()
+    answer = json.loads(call(url, key, method="POST", body=probe_png(), timeout=left))
     return answer["prediction"]
 
 
@@ -73,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"))
     parser.add_argument("--predict", action="store_true", help="also require a prediction of a small image")
     parser.add_argument("--drain-file", type=Path, help="fail while this file exists (the replica is draining)")
+    parser.add_argument("--live", action="store_true", help="pass when the frontend answers, READY worker or not")
+    parser.add_argument("--timeout", type=float, default=4, help="seconds for the whole check (default: 4)")
     args = parser.parse_args(argv)
+    args.deadline = time.monotonic() + args.timeout
     if args.drain_file is not None and args.drain_file.exists():
         print(f"draining: {args.drain_file} exists")
         return 1
@@ -84,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             api_key = read_keys(args.key_file).get("API")
             if error.code != 400 or api_key is None:
                 raise
-            call(f"{args.management}/token?type=management", api_key, method="POST")
+            call(f"{args.management}/token?type=management", api_key, "POST", timeout=args.deadline - time.monotonic())
             ready = ready_workers(args)
         prediction = predicted_class(args) if ready and args.predict else None
     except (OSError, ValueError, KeyError, TypeError) as error:  # no answer, an HTTP error, or an unexpected body
         print(f"unhealthy: {error}")
         return 1
     print(f"{args.model}: {ready} READY worker(s)" + (f", predicts {prediction!r}" if prediction else ""))
-    return 0 if ready else 1
+    return 0 if ready or args.live else 1
 
 
 if __name__ == "__main__":

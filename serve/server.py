@@ -241,6 +241,7 @@ class LocalServer:
         self.log_config = log_config
         self.models = models
         self.timeout = timeout
+        self.ready_seconds: float | None = None  # the last start's: process start to first answer
         self.paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
         self.client = Client(
             f"http://127.0.0.1:{port_base}",
@@ -268,7 +269,8 @@ class LocalServer:
         start(self.paths, self.token_auth, self.extra_args, self.log_config)
         for model in self.models:
             wait_until_serving(self.client, model, self.paths, self.timeout)
-        return time.monotonic() - started
+        self.ready_seconds = time.monotonic() - started
+        return self.ready_seconds
 
     def stop(self) -> None:
         stop(self.paths)

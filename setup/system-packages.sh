@@ -32,13 +32,11 @@ if [ "$task" = test ]; then
   # torch.compile's CPU backend builds C++ against Python's headers (train --compile).
   include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   [ -f "$include/Python.h" ] || missing+=(python3-dev)
-  # The GPU check (tests/integration/test_gpu_check.py): its bundle makes a Java runtime with jlink
-  # and packs it with xz; its serve stage drives TorchServe with wrk.
-  command -v jlink >/dev/null || missing+=(openjdk-17-jdk-headless)
-  command -v xz >/dev/null || missing+=(xz-utils)
+  # The GPU check's serve stage and the serving benchmark drive TorchServe with wrk.
   command -v wrk >/dev/null || missing+=(wrk)
   # The pod's token gateway and the fleet drill's balancer (tests/integration/test_gateway.py,
-  # tests/e2e/test_fleet_drill.py): Debian installs both under /usr/sbin.
+  # tests/e2e/test_fleet_drill.py), run as programs (never as services: see below). Debian installs
+  # both under /usr/sbin.
   for tool in nginx haproxy; do
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
   done
@@ -70,6 +68,25 @@ else
   exit 2
 fi
 export DEBIAN_FRONTEND=noninteractive
+# The tests run nginx and HAProxy as programs with configurations of their own. Their packages would
+# also start (and enable) the system's daemons, nginx on port 80: a policy-rc.d that forbids every
+# start holds for the install (Debian's own mechanism, as in container builds), then their units
+# are disabled, so that nothing starts at the next boot either.
+daemons=()
+for name in nginx haproxy; do
+  [[ " ${missing[*]} " == *" $name "* ]] && daemons+=("$name")
+done
+if [ ${#daemons[@]} -gt 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+  "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+  trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for name in "${daemons[@]}"; do
+  if command -v systemctl >/dev/null; then
+    "${sudo[@]}" systemctl disable --quiet "$name" 2>/dev/null || true  # no systemd here: nothing enabled
+  fi
+  "${sudo[@]}" update-rc.d "$name" disable >/dev/null 2>&1 || true  # the same for sysvinit's links
+done
 echo "installed: ${missing[*]}"

@@ -6,6 +6,7 @@ Tests import from here, never from another test module or from conftest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -15,8 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from serve.answers import answer_problem
 from serve.client import Client
@@ -38,6 +41,22 @@ def train_run(out_dir: Path, data_source: Path, *extra: str) -> Path:
         check=True,
     )  # fmt: skip
     return out_dir / "run"
+
+
+def synthetic_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """CIFAR-like 32 x 32 JPEGs made on the spot (a smooth colour field with texture, saved as the
+    data set's files are: baseline JPEG, quality 95), for the unit tier, which needs no data set."""
+    generator = np.random.default_rng(seed)
+    grid = np.linspace(0, 1, 32)[:, None, None]
+    images = []
+    for _ in range(count):
+        corners = generator.uniform(0, 255, (2, 3))
+        field = corners[0] * (1 - grid) + corners[1] * grid.transpose(1, 0, 2)
+        pixels = np.clip(field + generator.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+        images.append(buffer.getvalue())
+    return images
 
 
 def metadata(run_dir: Path) -> dict:

@@ -1,5 +1,5 @@
 """The whole training step captured once in a CUDA graph and replayed: the same math as the eager
-step in train.main, without its per-step kernel launches and host synchronizations.
+step (train.step), without its per-step kernel launches and host synchronizations.
 
 A SimpleCNN step at batch 64 is a few hundred small kernels; launched one by one from Python the
 GPU waits on the CPU (launch-bound). Captured in a `torch.cuda.CUDAGraph`, a step is one replay:
@@ -18,7 +18,8 @@ runs eagerly, with the same function.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from train.step import training_step
 
 WARMUP_STEPS = 3
 
@@ -54,15 +55,12 @@ class GraphedTrainStep:
         self.correct = torch.zeros((), device=device, dtype=torch.long)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One training step on (x, y): the eager step of train.main, and the captured one."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.loss_sum += loss.detach() * len(y)
-        self.correct += (logits.argmax(1) == y).sum()
+        """One training step on (x, y), run as it is or while being captured."""
+        loss, correct = training_step(
+            self.model, self.optimizer, x, y, self.use_amp, self.label_smoothing, cache_enabled=False
+        )
+        self.loss_sum += loss * len(y)
+        self.correct += correct
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if len(y) != self.batch_size:

@@ -239,3 +239,31 @@ def encoded_images(
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
         files.append(buffer.getvalue())
     return files, labels
+
+
+def subset(images, labels, count):
+    """The first `count` images of a fixed shuffle (the same subset whatever the seed)."""
+    if not count or count >= len(images):
+        return images, labels
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
+    return images[keep], labels[keep]
+
+
+def random_crop_flip(
+    padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, crop: bool = True
+) -> torch.Tensor:
+    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop.
+    `crop` False: every image's centre (the original), mirrored or not."""
+    n, _, side, _ = padded.shape
+    size = side - 2 * pad
+    device = padded.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
+    offsets = (offsets if crop else torch.full_like(offsets, pad)).to(device)
+    steps = torch.arange(size, device=device)
+    rows = (offsets[0] + steps)[:, None, :, None]
+    cols = offsets[1] + steps
+    if flip:  # a mirror image is a crop whose columns are read right to left
+        mirrored = (torch.rand(n, 1, generator=generator) < 0.5).to(device)
+        cols = torch.where(mirrored, cols.flip(1), cols)
+    channels = torch.arange(padded.shape[1], device=device)[None, :, None, None]
+    return padded[torch.arange(n, device=device)[:, None, None, None], channels, rows, cols[:, None, None, :]]

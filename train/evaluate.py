@@ -18,10 +18,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from model import CLASSES
-from train.data import DataSourceError, load_cifar10
-from train.main import predict, score, subset
+from train.data import DataSourceError, load_cifar10, subset
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode.
+
+    Always in float32, as TorchServe runs the export: the accuracy reported is the served one.
+    """
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float())
+    return torch.cat(outputs).cpu()  # one copy back (one synchronization on a GPU)
+
+
+def evaluate(model, images, labels, batch_size, device) -> dict:
+    return score(predict(model, images, batch_size, device), labels)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Loss, accuracy (overall and per class) and confusion matrix of the logits for `labels`."""
+    predictions = logits.argmax(1)
+    confusion = torch.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
+    confusion = confusion.view(len(CLASSES), len(CLASSES))
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (predictions == labels).float().mean().item(),
+        "per_class_accuracy": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(),
+        "confusion": confusion.tolist(),
+    }
 
 
 @dataclass
@@ -30,7 +61,7 @@ class Evaluation:
     labels: torch.Tensor
     logits: torch.Tensor
     sha256: str  # of the data source
-    metrics: dict  # train.main.score: loss, accuracy, per-class accuracy, confusion
+    metrics: dict  # score: loss, accuracy, per-class accuracy, confusion
 
     @property
     def predictions(self) -> torch.Tensor:

@@ -21,72 +21,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import CLASSES, SimpleCNN
+from model import SimpleCNN
 from train.config import Config, ConfigError, parse_args
 from train.cuda_graph import GraphedTrainStep, graph_supported
-from train.data import DataSourceError, load_cifar10
+from train.data import DataSourceError, load_cifar10, random_crop_flip, subset
 from train.device import DeviceError, training_device
+from train.evaluate import evaluate
 from train.export import ExportMismatch, write_run
 from train.optim import WeightAverage, make_optimizer, set_dropout
-
-
-def random_crop_flip(
-    padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, crop: bool = True
-) -> torch.Tensor:
-    """Per-image random crops (and mirror images) of a padded batch, in one gather, no Python loop.
-    `crop` False: every image's centre (the original), mirrored or not."""
-    n, _, side, _ = padded.shape
-    size = side - 2 * pad
-    device = padded.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
-    offsets = (offsets if crop else torch.full_like(offsets, pad)).to(device)
-    steps = torch.arange(size, device=device)
-    rows = (offsets[0] + steps)[:, None, :, None]
-    cols = offsets[1] + steps
-    if flip:  # a mirror image is a crop whose columns are read right to left
-        mirrored = (torch.rand(n, 1, generator=generator) < 0.5).to(device)
-        cols = torch.where(mirrored, cols.flip(1), cols)
-    channels = torch.arange(padded.shape[1], device=device)[None, :, None, None]
-    return padded[torch.arange(n, device=device)[:, None, None, None], channels, rows, cols[:, None, None, :]]
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images, in eval mode.
-
-    Always in float32, as TorchServe runs the export: the accuracy reported is the served one.
-    """
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        outputs.append(model(batch.contiguous(memory_format=torch.channels_last)).float())
-    return torch.cat(outputs).cpu()  # one copy back (one synchronization on a GPU)
-
-
-def evaluate(model, images, labels, batch_size, device) -> dict:
-    return score(predict(model, images, batch_size, device), labels)
-
-
-def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Loss, accuracy (overall and per class) and confusion matrix of the logits for `labels`."""
-    predictions = logits.argmax(1)
-    confusion = torch.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
-    confusion = confusion.view(len(CLASSES), len(CLASSES))
-    return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (predictions == labels).float().mean().item(),
-        "per_class_accuracy": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(),
-        "confusion": confusion.tolist(),
-    }
-
-
-def subset(images, labels, count):
-    """The first `count` images of a fixed shuffle (the same subset whatever the seed)."""
-    if not count or count >= len(images):
-        return images, labels
-    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
-    return images[keep], labels[keep]
+from train.step import training_step
 
 
 def train(cfg: Config) -> dict:
@@ -168,18 +111,13 @@ def train(cfg: Config) -> dict:
                 if averaged is not None:
                     averaged.update()
                 continue
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, step_correct = training_step(step_model, optimizer, x, y, use_amp, cfg.label_smoothing)
             if scheduler is not None:
                 scheduler.step()
             if averaged is not None:
                 averaged.update()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += step_correct
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         if device.type == "cuda":

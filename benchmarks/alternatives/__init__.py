@@ -9,9 +9,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "handler"))
 
-from cifar10_images import OnnxModel, decode_image, inference_model, pixel_batch
+from cifar10_images import decode_image
+from cifar10_runtimes import OnnxRuntime
+from cifar10_torch_runtimes import inference_model, pixel_batch
 
 from model import CLASSES
+
+
+class OnnxModel(OnnxRuntime):
+    """The handler's ONNX Runtime adapter called like the TorchScript module: tensors in and out."""
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(super().__call__(pixels.cpu().numpy()))
 
 
 def load_model(path: str) -> torch.jit.ScriptModule:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds the serving and the training image with the engine this machine has (what `make images` runs):
+# Builds the serving images and the training image with the engine this machine has (what `make
+# images` runs):
 #
-#   deploy/docker/build.sh [serve|train ...]       default: both
+#   deploy/docker/build.sh [serve|serve-slim|train ...]       default: all three
 #
 # Each image is tagged <name>:<project version>-<commit> and <name>:local (the tag Compose runs):
-# cifar10-serve and cifar10-train (IMAGE_PREFIX=... replaces "cifar10-"). What it decides, each
-# said on stderr:
+# cifar10-serve (torch: TorchScript, GPU), cifar10-serve-slim (no torch: ONNX archives on the CPU)
+# and cifar10-train (IMAGE_PREFIX=... replaces "cifar10-"). What it decides, each said on stderr:
 # - engine: docker when a docker daemon answers, else podman (ENGINE=... overrides). With podman
 #   and no CONTAINERS_CONF, deploy/docker/containers.conf (runc, cgroupfs: no systemd needed).
-# - base: the Dockerfiles' pinned python image; when it can be neither found nor pulled, a local one
-#   made from Debian packages by deploy/docker/local-base.sh (PYTHON_IMAGE=... overrides).
+# - base: the Dockerfiles' pinned python image (the slim image's: a Debian image); when it can be
+#   neither found nor pulled, a local one made from Debian packages by deploy/docker/local-base.sh
+#   (PYTHON_IMAGE=..., DEBIAN_IMAGE=... override).
 # - torch: PyTorch's CPU-only index (the Dockerfiles' default); when that index does not answer,
 #   PyPI's torch, the CUDA build (several GB larger) (TORCH_INDEX_URL=... overrides).
 # - TLS: when this machine's pip trusts a CA bundle of its own (PIP_CERT, or pip's global.cert),
@@ -62,16 +64,27 @@ if [ -n "$ca_bundle" ]; then
   fi
 fi
 
-default_base=$(sed -nE 's/^ARG PYTHON_IMAGE=(.*)$/\1/p' deploy/docker/serve.Dockerfile)
-if [ -z "${PYTHON_IMAGE:-}" ]; then
-  if "$ENGINE" image inspect "$default_base" >/dev/null 2>&1 || timeout 120 "$ENGINE" pull -q "$default_base" >/dev/null 2>&1; then
-    PYTHON_IMAGE=$default_base
+images=("$@")
+[ ${#images[@]} -gt 0 ] || images=(serve serve-slim train)
+
+base_image() {  # dockerfile [local-base.sh option]: the Dockerfile's base if it can be had, else a local one
+  local default
+  default=$(sed -nE 's/^ARG (PYTHON|DEBIAN)_IMAGE=(.*)$/\2/p' "$1")
+  if "$ENGINE" image inspect "$default" >/dev/null 2>&1 || timeout 120 "$ENGINE" pull -q "$default" >/dev/null 2>&1; then
+    echo "$default"
   else
-    say "cannot pull $default_base: making a local base from Debian packages (deploy/docker/local-base.sh)"
-    PYTHON_IMAGE=$(deploy/docker/local-base.sh "${build[@]}")
+    say "cannot pull $default: making a local base from Debian packages (deploy/docker/local-base.sh)"
+    deploy/docker/local-base.sh "${@:2}" "${build[@]}"
   fi
+}
+if [[ " ${images[*]} " =~ \ (serve|train)\  ]]; then
+  PYTHON_IMAGE=${PYTHON_IMAGE:-$(base_image deploy/docker/serve.Dockerfile)}
+  say "base: $PYTHON_IMAGE"
 fi
-say "base: $PYTHON_IMAGE"
+if [[ " ${images[*]} " == *" serve-slim "* ]]; then
+  DEBIAN_IMAGE=${DEBIAN_IMAGE:-$(base_image deploy/docker/serve-slim.Dockerfile --debian)}
+  say "base of the slim image: $DEBIAN_IMAGE"
+fi
 
 version=$(sed -nE 's/^version = "(.*)"$/\1/p' pyproject.toml)
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
@@ -84,18 +97,17 @@ build_image() {  # name dockerfile [extra build args]
   started=$(date +%s)
   say "building $name:$tag ($dockerfile)"
   "${build[@]}" -f "$dockerfile" "$@" \
-    --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
     --label "org.opencontainers.image.version=$version" --label "org.opencontainers.image.revision=$commit" \
     -t "$name:$tag" -t "$name:local" . >&2
   echo "$name:$tag built in $(($(date +%s) - started)) s"
 }
 
-images=("$@")
-[ ${#images[@]} -gt 0 ] || images=(serve train)
+torch_args=(--build-arg "PYTHON_IMAGE=${PYTHON_IMAGE:-}" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 for image in "${images[@]}"; do
   case $image in
-    serve) build_image "${IMAGE_PREFIX:-cifar10-}serve" deploy/docker/serve.Dockerfile ;;
-    train) build_image "${IMAGE_PREFIX:-cifar10-}train" deploy/docker/train.Dockerfile --target train ;;
-    *) say "unknown image $image (serve or train)"; exit 2 ;;
+    serve) build_image "${IMAGE_PREFIX:-cifar10-}serve" deploy/docker/serve.Dockerfile "${torch_args[@]}" ;;
+    serve-slim) build_image "${IMAGE_PREFIX:-cifar10-}serve-slim" deploy/docker/serve-slim.Dockerfile --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" ;;
+    train) build_image "${IMAGE_PREFIX:-cifar10-}train" deploy/docker/train.Dockerfile --target train "${torch_args[@]}" ;;
+    *) say "unknown image $image (serve, serve-slim or train)"; exit 2 ;;
   esac
 done

@@ -54,7 +54,7 @@ COPY --from=frontend /build/drain-batching.jar /home/model-server/drain-batching
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
-        -e 's#^vmargs=-javaagent:.*#vmargs=-javaagent:/home/model-server/drain-batching.jar#' config.properties \
+        -e 's#-javaagent:frontend/build/drain-batching.jar#-javaagent:/home/model-server/drain-batching.jar#' config.properties \
  && mkdir -p model-store run logs \
  && chown model-server:model-server run logs
 

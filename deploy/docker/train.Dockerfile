@@ -18,9 +18,10 @@ COPY requirements.txt ./
 RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
         -c requirements.txt torch torchvision \
  && pip install -c requirements.txt numpy pillow tqdm matplotlib torch-model-archiver requests PyYAML
-# Every run also exports model.onnx, checked with ONNX Runtime (a layer of its own: the one above,
-# with torch, stays cached).
-RUN pip install -c requirements.txt onnx onnxruntime onnxscript
+# Every run also exports model.onnx, checked with ONNX Runtime; the operator's commands
+# (python -m serve) import serve.server, which reads processes with psutil. A layer of its own:
+# the one above, with torch, stays cached.
+RUN pip install -c requirements.txt onnx onnxruntime onnxscript psutil
 
 # uid 1000, as the serve image's user: TorchServe's key_file.json (mode 600, on a shared volume)
 # is then readable by the operator and load-test containers.

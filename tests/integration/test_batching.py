@@ -12,9 +12,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import PORT_BASE, assert_prediction, require_tool
+from helpers import PORT_BASE, REPO, assert_prediction, require_tool
 
+from frontend import without_agent
 from serve.client import Client
+from serve.config import properties
 from serve.server import FrontendExited, LocalServer
 
 CLIENTS = 32
@@ -26,10 +28,13 @@ def drain_server(tmp_path_factory, model_store) -> LocalServer:
         yield server
 
 
+STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
+
+
 @pytest.fixture(scope="module")
 def stock_server(tmp_path_factory, model_store) -> LocalServer:
     """The same config with the agent left out of vmargs: TorchServe's own batching."""
-    with LocalServer(tmp_path_factory.mktemp("stock"), model_store, PORT_BASE + 55, settings={"vmargs": ""}) as server:
+    with LocalServer(tmp_path_factory.mktemp("stock"), model_store, PORT_BASE + 55, settings=STOCK) as server:
         yield server
 
 

@@ -16,6 +16,7 @@ from reliability.drills import (
     register_broken_archives,
     restart,
 )
+from reliability.rules import archive_problems, kill_problems, overflow_problems, restart_problems, timeout_problems
 
 
 @pytest.fixture(scope="module")
@@ -32,38 +33,27 @@ def test_a_broken_archive_in_the_store_at_start_is_skipped_with_a_clear_error(fa
 
 def test_kill_9_of_a_worker_under_load_loses_only_its_requests_in_flight(fault_server):
     seen = kill_worker_under_load(fault_server, threads=8)
-    # At most one batch per client is lost. Not only requests in flight at the kill: until TorchServe
-    # notices the death, the dead worker's frontend thread can still take a request sent just after
-    # the kill (seen with two workers: 2 failed, 1 of them sent after the kill).
-    assert seen["failed"] <= 8 and seen["in_flight_at_kill"] <= 8, seen
-    assert all(answer.startswith("507 ") or answer.startswith("500 ") for answer in seen["failed_answers"]), seen
-    assert seen["new_pids"] and seen["killed_pid"] not in seen["new_pids"]
+    assert not kill_problems(seen), seen
 
 
 def test_a_full_job_queue_answers_503_and_recovers(fault_server):
     seen = overflow_queue(fault_server.client, "sleepy", b"0.5", burst=4 * (SLEEPY_QUEUE + 1))
-    assert set(seen["statuses"]) == {200, 503}, seen  # nothing else: no connection dropped, no 500
+    assert not overflow_problems("sleepy", seen) and 503 in seen["statuses"], seen
     assert seen["statuses"][200] >= SLEEPY_QUEUE + 1, seen  # the one served and those queued
     assert seen["503_message"]
 
 
 def test_a_request_outlasting_response_timeout_fails_clearly_and_the_worker_is_replaced(fault_server):
     seen = outlast_response_timeout(fault_server)
-    assert seen["status"] == 500 and seen["answer"] == "Worker died.", seen
-    assert seen["seconds_until_answer"] < seen["response_timeout_s"] + 5, seen  # not the whole sleep (+8 s)
-    assert seen["worker_replaced"]
+    assert not timeout_problems(seen), seen
 
 
 def test_broken_archives_fail_to_register_and_the_serving_model_is_untouched(fault_server):
     seen = register_broken_archives(fault_server)
-    for archive in seen["archives"]:
-        assert archive["status"] >= 400 and archive["archive"].removesuffix(".mar") in archive["answer"], archive
-    assert seen["models_after"] == seen["models_before"]
-    assert seen["serving_worker_unchanged"] and seen["same_answer"]
+    assert not archive_problems(seen), seen
 
 
 def test_stop_and_start_serves_the_same_version_with_the_same_answers(fault_server, cifar_test_jpegs):
     images = [blob for per_class in cifar_test_jpegs.values() for blob in per_class[:2]]
     seen = restart(fault_server, images)
-    assert seen["version_after"] == seen["version_before"]
-    assert seen["same_answers"] == seen["images"] == len(images)
+    assert not restart_problems(seen) and seen["images"] == len(images), seen

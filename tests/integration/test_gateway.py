@@ -13,7 +13,6 @@ import ipaddress
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 
@@ -23,6 +22,7 @@ import requests
 from helpers import PORT_BASE
 from PIL import Image
 
+from fleet.manifest import read_pod
 from fleet.replica import Replica
 from serve.archive import REPO
 from serve.drain import DrainError, drain
@@ -100,13 +100,13 @@ def test_management_and_metrics_are_not_reachable_through_the_gateway(replica):
         ("POST", "/predictions/cifar10/../../models"),
     ):
         error_body(predict(replica, headers, method=method, path=path), 404)
-    assert replica.processes(), "TorchServe is not running"
+    assert replica.server.processes(), "TorchServe is not running"
 
 
 def test_torchserve_listens_on_loopback_only(replica):
     """In the pod, only the gateway's port and metrics are on the pod's interfaces; here metrics
     too are on loopback (this machine sends traffic to loopback only)."""
-    frontend = replica.processes()[0]
+    frontend = replica.server.processes()[0]
     listening = [c.laddr for c in frontend.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     ports = {address.port: address.ip for address in listening}
     assert {REPLICA_PORTS, REPLICA_PORTS + 1} <= ports.keys()
@@ -115,24 +115,26 @@ def test_torchserve_listens_on_loopback_only(replica):
     assert not (replica.root / "key_file.json").exists()  # token auth is off inside the pod
 
 
-def healthcheck(replica, *extra: str) -> subprocess.CompletedProcess:
-    """The pod's probe command, with this replica's ports, in its working directory (as in the pod,
-    with serve/ on PYTHONPATH)."""
-    command = [sys.executable, "-m", "serve.healthcheck", "--predict"]
-    command += ["--inference", replica.inference, "--management", replica.management, *extra]
+def probe(replica, name: str) -> subprocess.CompletedProcess:
+    """The Deployment's probe command (deploy/k8s), with this replica's ports, in its working
+    directory (as in the pod, with serve/ on PYTHONPATH)."""
+    command = getattr(read_pod(), name).on_replica(replica.root, replica.inference, replica.management)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=replica.root, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_the_probe_needs_a_prediction_and_readiness_fails_while_draining(replica):
-    result = healthcheck(replica, "--drain-file", str(replica.drain_file))
-    assert result.returncode == 0 and "predicts" in result.stdout, result.stdout
+def test_the_pods_probes_pass_and_readiness_fails_while_draining(replica):
+    result = probe(replica, "startup")
+    assert result.returncode == 0 and "predicts" in result.stdout, result.stdout  # the startup probe predicts
+    for name in ("readiness", "liveness"):
+        result = probe(replica, name)
+        assert result.returncode == 0 and "READY" in result.stdout and "predicts" not in result.stdout, result.stdout
     seconds = drain(replica.drain_file, replica.gateway.status_url, settle=1, quiet=0.5, timeout=20)
     try:
         assert 1 <= seconds < 20
-        result = healthcheck(replica, "--drain-file", str(replica.drain_file))
+        result = probe(replica, "readiness")
         assert result.returncode == 1 and "draining" in result.stdout
-        assert healthcheck(replica).returncode == 0  # liveness: draining is not dying
+        assert probe(replica, "liveness").returncode == 0  # draining is not dying
     finally:
         replica.drain_file.unlink()
 
@@ -164,4 +166,4 @@ def test_the_drain_waits_for_requests_in_flight(replica):
         replica.drain_file.unlink(missing_ok=True)
     assert answers and all(a.status_code == 200 for a in answers)
     counts = requests.get(replica.gateway.status_url, timeout=5).text
-    assert "Writing: 1 " in counts  # only this status request in flight
+    assert "Writing: 1 " in counts and "Active connections: 1 " in counts  # only this status request

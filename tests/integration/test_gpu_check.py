@@ -1,14 +1,11 @@
-"""`make gpu-check` and its bundle, on a machine without a GPU: what can run here does.
+"""`make gpu-check` on a machine without a GPU: what can run here does.
 
 - the check's command line and its report from a results dict (benchmarks/gpu_check.py);
-- on a machine without a GPU, `make gpu-check` says it needs one and exits non-zero;
-- the bundle for a bare GPU machine builds, each part fits one call's 64 MiB, and what it carries
-  installs offline and runs (a Java 17, torchserve, wrk). Slow (about a minute) and needs jlink
-  (openjdk-17-jdk-headless), dpkg and the package registries (pip download, apt-get download).
+- its serve stage's whole course with the GPU config's workers on this CPU;
+- on a machine without a GPU, `make gpu-check` says it needs one and exits non-zero.
 """
 
 import csv
-import os
 import shutil
 import subprocess
 
@@ -18,8 +15,6 @@ import yaml
 from helpers import PORT_BASE, REPO
 
 from benchmarks.gpu_check import GPU_TEST_FILES, TARGETS, parse_args, target_rows, write_report
-
-CARRY_LIMIT = 64 * 2**20
 
 
 def test_defaults_run_every_stage_at_the_issues_loads():
@@ -106,11 +101,11 @@ def test_targets_are_judged_from_the_results():
 def test_report_writes_markdown_and_csv(tmp_path):
     md_path, csv_path = write_report(RESULTS, tmp_path)
     text = md_path.read_text()
-    assert "on NVIDIA H200, 16 cores, torch 2.11.0" in text
+    assert "On NVIDIA H200, 16 cores, torch 2.11.0" in text
     assert "| train | gpu-large-batch | train_seconds | <= 3.0 | 3.4 | **NOT met** |" in text
-    assert "| serve | c=512 | errors | <= 0 | - | not run |" in text
+    assert "| serve | c=512 | errors | <= 0 | — | not run |" in text
     assert "| baseline (CUDA graph) | 10 | 6.5 | 0.65 |" in text
-    assert "| c=256 | 26000.0 | 9.0 | 20.0 | 61.0 | 0 | - | - |" in text
+    assert "| c=256 | 26,000.0 | 9 | 20.0 | 61.0 | 0 | — | — |" in text
     assert 'py-spy of one worker at c=256 (shares of samples): `{"samples": 10' in text
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[0].keys() == {"section", "name", "metric", "target", "value", "met"}
@@ -138,7 +133,7 @@ def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
 def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, data_source):
     """serve_one, as the serve stage runs it on a GPU machine, here with the GPU config's workers on
     the CPU (TorchServe's fallback), short loads, a real TorchServe, wrk and py-spy: what it records."""
-    from benchmarks.gpu_check import serve_one
+    from benchmarks.gpu_serving import serve_one
     from benchmarks.load import bench_images
     from serve.archive import GPU_MODEL_CONFIG
     from serve.gpu_sizing import Machine, sized_config
@@ -175,44 +170,3 @@ def test_make_gpu_check_without_a_gpu_says_so_and_fails():
     )
     assert python.returncode == 2 and "needs a machine with an NVIDIA GPU" in python.stderr
     assert "Traceback" not in python.stderr
-
-
-def test_bundle_fits_the_carry_limit_and_installs_offline(tmp_path, data_source):
-    """make gpu-check-bundle's script, then the GPU machine's install step (setup_env.sh) run here."""
-    for tool in ("jlink", "dpkg", "apt-get"):
-        assert shutil.which(tool), f"the bundle needs {tool} (CI: .ci/run installs openjdk-17-jdk-headless)"
-    bundle, env = tmp_path / "bundle", tmp_path / "env"
-    environment = {**os.environ, "CIFAR10_DATA": str(data_source), "PIP": str(REPO / ".venv" / "bin" / "pip")}
-    subprocess.run(["benchmarks/gpu/bundle.sh", str(bundle)], cwd=REPO, env=environment, check=True, timeout=900)
-    tracked = sum((REPO / name).stat().st_size for name in git_files())
-    parts = sorted(bundle.iterdir())
-    assert [part.name for part in parts] == ["part1", "part2"]
-    for part in parts:
-        size = sum(path.stat().st_size for path in part.rglob("*") if path.is_file())
-        assert size + tracked < CARRY_LIMIT, f"{part.name}: {size / 2**20:.1f} MiB + the repository"
-    names = {path.name for path in bundle.rglob("*") if path.is_file()}
-    assert {"jre.tar.xz", "cifar10-jpeg.tar.gz"} <= names
-    assert any(name.startswith("torchserve-0.12.0") for name in names)
-    assert any(name.startswith("torch_model_archiver-0.12.0") for name in names)
-    assert any(name.startswith("wrk_") for name in names) and any(name.startswith("libluajit") for name in names)
-
-    subprocess.run(["benchmarks/gpu/setup_env.sh", str(bundle), str(env)], cwd=REPO, check=True, timeout=300)
-    java = subprocess.run([str(env / "jre" / "bin" / "java"), "-version"], capture_output=True, text=True)
-    assert 'version "17' in java.stderr
-    assert (env / "bin" / "torchserve").exists() and (env / "bin" / "torch-model-archiver").exists()
-    imported = subprocess.run(
-        [str(env / "bin" / "python"), "-c", "import ts; print(ts.__version__)"], text=True, capture_output=True
-    )
-    assert imported.stdout.strip() == "0.12.0", imported.stderr
-    wrk = subprocess.run(
-        [str(env / "wrk" / "usr" / "bin" / "wrk"), "--version"],
-        env={**os.environ, "LD_LIBRARY_PATH": str(env / "wrk" / "usr" / "lib" / "x86_64-linux-gnu")},
-        capture_output=True,
-        text=True,
-    )
-    assert "wrk" in wrk.stdout + wrk.stderr and "error while loading" not in wrk.stderr
-
-
-def git_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    return [name for name in listed.decode().split("\0") if name and (REPO / name).is_file()]

@@ -4,6 +4,7 @@ command's answer on a machine without a GPU."""
 
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -72,3 +73,20 @@ def test_archive_for_a_gpu_says_there_is_none_and_exits_nonzero(tmp_path):
     assert result.returncode == 1
     assert "torch sees no CUDA device" in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_make_archive_follows_the_device_it_is_asked_for(tmp_path, trained_run):
+    """`make archive DEVICE=gpu` right after `make archive` packs the GPU config (and back again):
+    the archive is rebuilt whenever the device differs from the last archive's, not only when a file
+    changed. GPU_WORKERS sizes the GPU config without asking this machine for a GPU."""
+
+    def archive(*options: str) -> dict:
+        command = ["make", "--no-print-directory", "archive", f"RUN={trained_run}", f"STORE={tmp_path}", *options]
+        subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
+        with zipfile.ZipFile(tmp_path / "cifar10.mar") as mar:
+            return yaml.safe_load(mar.read("model-config.yaml"))
+
+    assert "deviceType" not in archive()
+    gpu = archive("DEVICE=gpu", "GPU_WORKERS=3")
+    assert gpu["deviceType"] == "gpu" and gpu["minWorkers"] == 3 and gpu["handler"]["gpu_decode"] is True
+    assert "deviceType" not in archive()

@@ -266,12 +266,14 @@ def test_ports_agree_across_the_gateway_the_config_and_the_manifests(rendered):
     serving_ports = {p["name"]: p["containerPort"] for p in container(objects, "torchserve")["ports"]}
     assert gateway_ports == {"http": POD_PORTS["listen"]}
     assert serving_ports == {"metrics": int(api_address(pod, "metrics_address").rsplit(":", 1)[1])}
-    # The Service reaches the gateway only; the PodMonitor and the NetworkPolicy name ports the pod has.
+    # The Service reaches the gateway only. The Service and the NetworkPolicy give ports by number: a
+    # port named on a sidecar (an init container) resolves only from Kubernetes 1.32.
     service = find(objects, "Service")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [gateway_ports["http"]]
     assert [e["port"] for e in find(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]] == ["metrics"]
     policy = find(objects, "NetworkPolicy")["spec"]
-    assert sorted(p["port"] for rule in policy["ingress"] for p in rule["ports"]) == ["http", "metrics"]
+    ports = sorted(p["port"] for rule in policy["ingress"] for p in rule["ports"])
+    assert ports == sorted([gateway_ports["http"], serving_ports["metrics"]])
     assert policy["egress"] == [] and "Egress" in policy["policyTypes"]
     # The gateway's body limit is TorchServe's max_request_size.
     limit = re.search(r"client_max_body_size (\d+)m;", gateway).group(1)
@@ -286,6 +288,10 @@ def test_paths_agree_with_the_serve_image(rendered):
     image = dockerfile()
     cmd = json.loads(re.search(r"^CMD (\[.*?\])$", image.replace("\\\n", ""), re.M | re.S).group(1))
     ts_config, model_store = cmd[cmd.index("--ts-config") + 1], cmd[cmd.index("--model-store") + 1]
+    # The pod runs the image's CMD (its PYTHONPATH set by the container's env) plus a log configuration.
+    command = container(objects, "torchserve")["command"]
+    assert cmd[0] == "env" and command[: len(cmd) - 2] == cmd[2:]
+    assert command[len(cmd) - 2 :] == ["--log-config", "/home/model-server/log4j2.xml"]
     serving = mounts(objects, "torchserve")
     config_mount = next(m for m in container(objects, "torchserve")["volumeMounts"] if m["name"] == "torchserve-config")
     assert config_mount["mountPath"] == ts_config and config_mount["subPath"] == "config.properties"
@@ -298,7 +304,7 @@ def test_paths_agree_with_the_serve_image(rendered):
     logs = re.search(r"LOG_LOCATION=(\S+)", image).group(1)
     assert serving["logs"] == logs
     assert "/home/model-server/metrics.yaml" in image and pod["metrics_config"] == "/home/model-server/metrics.yaml"
-    agent = pod["vmargs"].removeprefix("-javaagent:")
+    agent = pod["vmargs"].split()[0].removeprefix("-javaagent:")
     assert re.search(rf"^COPY --from=\S+ \S+ {agent}$", image, re.M)  # the image carries the agent it names
     assert re.search(r"^USER 1000:1000$", image, re.M)
     security = pod_spec(objects)["securityContext"]
@@ -318,11 +324,23 @@ def test_probes_and_the_drain_run_the_modules_the_image_ships(rendered):
     assert env["PYTHONPATH"] == "/home/model-server"  # where the image copies serve/
     probes = {name: serving[name]["exec"]["command"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
     for command in probes.values():
-        assert command[:4] == ["python", "-m", "serve.healthcheck", "--predict"]  # a prediction, not /ping
-        assert "serve/healthcheck.py" in copied
+        assert command[:3] == ["python", "-m", "serve.healthcheck"] and "serve/healthcheck.py" in copied
+    # Only the startup probe sends a prediction: one waits in the clients' queue, and under overload
+    # it would pull busy pods (readiness) or restart them (liveness).
+    assert "--predict" in probes["startupProbe"]
+    assert "--predict" not in probes["readinessProbe"] + probes["livenessProbe"]
+    assert "--live" in probes["livenessProbe"]
+    for name in probes:
+        timeout = float(probes[name][probes[name].index("--timeout") + 1])
+        assert timeout < serving[name]["timeoutSeconds"]  # the check gives up before the kubelet does
+    liveness = serving["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60  # a busy minute restarts nothing
     drain = serving["lifecycle"]["preStop"]["exec"]["command"]
     assert drain[:3] == ["python", "-m", "serve.drain"] and "serve/drain.py" in copied
     drain_file = drain[drain.index("--drain-file") + 1]
+    # The drain's settle outlasts the readiness probe's time to take the pod out.
+    probe = serving["readinessProbe"]
+    assert float(drain[drain.index("--settle") + 1]) >= probe["periodSeconds"] * probe["failureThreshold"]
     readiness = probes["readinessProbe"]
     assert readiness[readiness.index("--drain-file") + 1] == drain_file  # the drain fails readiness
     assert "--drain-file" not in probes["livenessProbe"]  # draining is not dying
@@ -355,8 +373,27 @@ def test_selectors_match_the_pods_and_the_autoscaler_reads_the_adapters_metric(r
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == rule["name"]["as"]
     assert "ts_inference_requests_total" in rule["seriesQuery"]
     assert {"scaleUp", "scaleDown"} <= hpa["spec"]["behavior"].keys()
+    assert hpa["spec"]["minReplicas"] >= 3  # a node drain leaves two
+    assert "replicas" not in find(objects, "Deployment")["spec"]  # the HPA owns the count
+
+
+def test_images_by_pull_policy_and_the_rollout_fits_the_nodes(rendered):
+    overlay, objects = rendered
+    spec = pod_spec(objects)
+    assert {c["imagePullPolicy"] for c in spec["containers"] + spec["initContainers"]} == {"IfNotPresent"}
     strategy = find(objects, "Deployment")["spec"]["strategy"]["rollingUpdate"]
-    assert strategy == {"maxSurge": 1, "maxUnavailable": 0}  # the fleet drill's rolling update
+    # CPU: surge one pod (the fleet drill's rolling update); GPU: no surge, a full GPU pool has no spare GPU.
+    expected = {"maxSurge": 0, "maxUnavailable": 1} if overlay == "gpu" else {"maxSurge": 1, "maxUnavailable": 0}
+    assert strategy == expected
+
+
+def test_torchserve_logs_to_the_console_only(rendered):
+    _overlay, objects = rendered
+    log_config = find(objects, "ConfigMap", "cifar10-torchserve")["data"]["log4j2.xml"]
+    assert log_config == (K8S / "base" / "log4j2.xml").read_text()
+    assert "<Console " in log_config and "File" not in log_config
+    config_mounts = [m for m in container(objects, "torchserve")["volumeMounts"] if m["name"] == "torchserve-config"]
+    assert {m["subPath"]: m["mountPath"] for m in config_mounts}["log4j2.xml"] == "/home/model-server/log4j2.xml"
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_gpu_nodes():

@@ -23,7 +23,8 @@ COMPOSE_FILES = {  # file -> the variables it requires
     "deploy/compose/gpu.yml": set(),
     "deploy/compose/local-data.yml": {"CIFAR10_DATA"},
 }
-DOCKERFILES = ["deploy/docker/serve.Dockerfile", "deploy/docker/train.Dockerfile"]
+SERVE_DOCKERFILES = ["deploy/docker/serve.Dockerfile", "deploy/docker/serve-slim.Dockerfile"]
+DOCKERFILES = [*SERVE_DOCKERFILES, "deploy/docker/train.Dockerfile"]
 
 
 def compose_config(*overrides: str, data_source: Path) -> dict:
@@ -111,10 +112,16 @@ def ignored(path: str) -> bool:
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_every_path_a_dockerfile_copies_is_in_the_build_context(name):
-    copies = [command for command in dockerfile.parse_file(str(REPO / name)) if command.cmd in ("COPY", "ADD")]
+    commands = dockerfile.parse_file(str(REPO / name))
+    stages = {command.value[2].lower() for command in commands if command.cmd == "FROM" and len(command.value) == 3}
+    copies = [command for command in commands if command.cmd in ("COPY", "ADD")]
     assert copies
     for command in copies:
-        assert command.cmd == "COPY" and not any(flag.startswith("--from") for flag in command.flags), command.original
+        assert command.cmd == "COPY", command.original
+        stage = next((flag.split("=", 1)[1] for flag in command.flags if flag.startswith("--from=")), None)
+        if stage is not None:  # from a stage of this Dockerfile, never from another image
+            assert stage.lower() in stages, command.original
+            continue
         for source in command.value[:-1]:
             assert (REPO / source).exists(), f"{name}: {command.original}: {source} is not in the repository"
             assert not ignored(source), f"{name}: {command.original}: .dockerignore leaves {source} out"
@@ -173,11 +180,12 @@ def test_operations_yaml_passes_yamllint():
     assert result.returncode == 0, result.stdout
 
 
-def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_paths(tmp_path):
+@pytest.mark.parametrize("name", SERVE_DOCKERFILES)
+def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_paths(name, tmp_path):
     """Runs the serve Dockerfile's own sed on the repository's config.properties."""
     run = " ".join(
         command.value[0]
-        for command in dockerfile.parse_file(str(REPO / "deploy/docker/serve.Dockerfile"))
+        for command in dockerfile.parse_file(str(REPO / name))
         if command.cmd == "RUN" and "sed -i" in command.value[0]
     )
     sed = re.search(r"sed -i .*? config\.properties", run).group(0)
@@ -191,7 +199,9 @@ def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_
         "management_address=http://127.0.0.1:8081": "management_address=http://0.0.0.0:8081",
         "metrics_address=http://127.0.0.1:8082": "metrics_address=http://0.0.0.0:8082",
         "metrics_config=deploy/torchserve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
-        "vmargs=-javaagent:frontend/build/drain-batching.jar": "vmargs=-javaagent:/home/model-server/drain-batching.jar",
+        "vmargs=-javaagent:frontend/build/drain-batching.jar -Xmx1g -XX:G1PeriodicGCInterval=15000": (
+            "vmargs=-javaagent:/home/model-server/drain-batching.jar -Xmx1g -XX:G1PeriodicGCInterval=15000"
+        ),
     }
 
 

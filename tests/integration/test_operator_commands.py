@@ -15,7 +15,8 @@ import requests
 from helpers import REPO, metadata, train_run
 
 
-def cli(server_paths, *args: str) -> str:
+def cli(server_paths, *args: str, status: int = 0) -> str:
+    """Runs `python -m serve ARGS` against the test server; asserts its exit status; its output."""
     command = [
         sys.executable,
         "-m",
@@ -27,8 +28,8 @@ def cli(server_paths, *args: str) -> str:
         *args,
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    assert result.returncode == status, result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 class PredictionStream:
@@ -102,6 +103,12 @@ def test_scale_workers_up_and_down(server, server_paths):
     assert f"{configured + 1}/{configured + 1} workers ready" in cli(server_paths, "versions")
     cli(server_paths, "scale", str(configured))
     assert f"{configured}/{configured} workers ready" in cli(server_paths, "versions")
+
+
+def test_scaling_beyond_what_the_memory_holds_is_refused(server, server_paths):
+    configured = len(server.describe()[0]["workers"])
+    assert "available memory holds at most" in cli(server_paths, "scale", "100000", status=1)
+    assert len(server.describe()[0]["workers"]) == configured
 
 
 def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test_jpegs):

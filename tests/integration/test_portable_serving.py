@@ -17,6 +17,7 @@ from helpers import PORT_BASE, metadata, torchserve
 
 from serve.archive import REPO, build_archive
 from serve.client import ServiceError
+from serve.verify import compare
 
 # --format -> (the file the archive must carry, the handler runtime its model config names)
 FORMATS = {"onnx": ("model.onnx", "onnxruntime"), "aotinductor": ("model.so", "aotinductor")}
@@ -53,17 +54,13 @@ def test_archive_carries_the_format_and_its_runtime(portable):
     assert f"runtime: {runtime}" in config
 
 
-def test_answers_are_torchscripts_through_torchserve(server, portable, cifar_test_jpegs):
-    """Same classes in the same order for every image; each confidence is rounded down to 4 decimals
-    from probabilities that differ by ~1e-7, so it may differ by at most one unit of the 4th decimal."""
+def test_answers_are_torchscripts_through_torchserve(server, portable, trained_run, data_source):
+    """Every test image of the run: served = evaluated, and the same top 3 as the TorchScript server
+    with each confidence within serve.verify's tolerance (one unit of the 4th decimal)."""
     _, _, client = portable
-    images = [image for per_class in cifar_test_jpegs.values() for image in per_class]
     assert client.describe()[0]["batchSize"] == server.describe()[0]["batchSize"]
-    for image in images:
-        expected, got = server.predict(image), client.predict(image)
-        assert [p["class"] for p in got["top3_predictions"]] == [p["class"] for p in expected["top3_predictions"]]
-        for mine, theirs in zip(got["top3_predictions"], expected["top3_predictions"]):
-            assert abs(mine["confidence"] - theirs["confidence"]) <= 1.5e-4
+    result = compare(client, trained_run, str(data_source), reference=server)
+    assert result.ok and result.same_answer == result.images, (result.mismatches[:5], result.errors[:5])
 
 
 def test_bad_input_gets_400(portable):
@@ -74,6 +71,6 @@ def test_bad_input_gets_400(portable):
 
 
 def test_handler_modules_import_without_onnxruntime():
-    """onnxruntime is needed only by ONNX archives: the handler's image module imports without it."""
-    blocked = "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, 'handler'); import cifar10_images"
+    """onnxruntime is needed only by ONNX archives: the handler imports without it."""
+    blocked = "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, 'handler'); import cifar10_handler"
     subprocess.run([sys.executable, "-c", blocked], cwd=REPO, check=True)

@@ -1,4 +1,4 @@
-"""GPU JPEG decoding in the handler (handler/cifar10_images.py): which files go to the GPU, and
+"""GPU JPEG decoding in the handler (handler/cifar10_torch_runtimes.py): which files go to the GPU, and
 that the answers do not change. The selection and the fallbacks run here on the CPU (torchvision's
 CPU decoder stands in for nvJPEG: the same call, another device); the GPU-marked tests compare
 nvJPEG with the CPU path where a CUDA device exists."""
@@ -7,8 +7,9 @@ import io
 
 import pytest
 import torch
-from cifar10_images import InvalidImage, decode_batch, decode_image, gpu_decodable, gpu_jpeg_decoder, pixel_batch
-from helpers import gpu_test
+from cifar10_images import InvalidImage, decode_image
+from cifar10_torch_runtimes import decode_batch, gpu_decodable, gpu_jpeg_decoder, pixel_batch
+from helpers import gpu_test, synthetic_jpegs
 from PIL import Image
 from torchvision.io import decode_jpeg
 
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvi
 
 
 @pytest.fixture(scope="module")
-def jpegs(cifar_test_jpegs) -> list[bytes]:
-    return [data for images in cifar_test_jpegs.values() for data in images]
+def jpegs() -> list[bytes]:
+    return synthetic_jpegs(50)
 
 
 @pytest.fixture(scope="module")
-def cat(cifar_test_jpegs) -> Image.Image:
-    return Image.open(io.BytesIO(cifar_test_jpegs["cat"][0])).convert("RGB")
+def cat(jpegs) -> Image.Image:
+    return Image.open(io.BytesIO(jpegs[0])).convert("RGB")
 
 
 def with_exif(image: Image.Image) -> bytes:
@@ -41,7 +42,7 @@ def progressive(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_real_cifar_jpegs_go_to_the_gpu(jpegs):
+def test_cifar_like_jpegs_go_to_the_gpu(jpegs):
     assert all(gpu_decodable(data) for data in jpegs)
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -30,11 +33,17 @@ def jpeg(color, size: int = 32) -> bytes:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """What TorchServe unpacks a cifar10.mar into: the TorchScript file and index_to_name.json."""
+    """What TorchServe unpacks a cifar10.mar into: the model file (TorchScript or ONNX) and index_to_name.json."""
     folder = tmp_path_factory.mktemp("cifar10-mar")
     torch.manual_seed(0)
     model = SimpleCNN().eval()
     export_torchscript(model, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), folder / "model.pt")
+    with warnings.catch_warnings():  # the TorchScript-based exporter: far quicker than train.export's checked one
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),), folder / "model.onnx", dynamo=False,
+            input_names=["pixels"], output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}},
+        )  # fmt: skip
     (folder / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
     return folder
 
@@ -126,3 +135,48 @@ def test_the_answer_is_the_models(handler, context, model_dir):
     pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image)).convert("RGB")).copy())
     logits = torch.jit.load(str(model_dir / "model.pt"))(pixels.permute(2, 0, 1).unsqueeze(0))
     assert status == 200 and body["prediction"] == CLASSES[int(logits.argmax())]
+
+
+# The handler serving model.onnx in a Python where `import torch` fails, as in the slim serving image:
+# the JSON bodies of one batch of JPEGs (argv[2:]) on stdout.
+WITHOUT_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # import torch raises ImportError
+sys.path.insert(0, "handler")
+from cifar10_handler import Cifar10Handler
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+metrics = MetricsCacheYamlImpl(config_file_path="deploy/torchserve/metrics.yaml")
+metrics.initialize_cache()
+manifest = {"model": {"modelName": "cifar10", "modelVersion": "1.0", "serializedFile": "model.onnx"}}
+context = Context("cifar10", sys.argv[1], manifest, 8, None, "0.12.0", metrics=metrics,
+                  model_yaml_config={"handler": {"runtime": "onnxruntime", "torch_threads": 1}})
+handler = Cifar10Handler()
+handler.initialize(context)
+rows = [{"body": bytearray(open(path, "rb").read())} for path in sys.argv[2:]] + [{"body": bytearray(b"junk")}]
+context.request_processor = [RequestProcessor({"body": {"content-type": "image/jpeg"}}) for _ in rows]
+print(json.dumps([[context.get_response_status(i)[0], json.loads(body)] for i, body in enumerate(handler.handle(rows, context))]))
+"""
+
+
+def test_onnx_runtime_answers_without_torch_as_torchscript_does(handler, context, model_dir, tmp_path):
+    """The ONNX path imports no torch (the slim image has none) and answers as TorchScript does:
+    the same top 3 classes, confidences within 1e-4 (float32 rounding moves a 1e-4 step rarely)."""
+    files = []
+    for i in range(BATCH_SIZE):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(jpeg((i * 30, 255 - i * 25, 60 + i * 20)))
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, str(model_dir), *map(str, files)],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    served = json.loads(run.stdout.splitlines()[-1])
+    expected = handle(handler, context, [raw_body(path.read_bytes()) for path in files])
+    assert served[-1][0] == 400 and served[-1][1]["reason"] == "not_an_image"
+    for (status, body), (expected_status, expected_body) in zip(served, expected):
+        assert status == expected_status == 200
+        top3 = [(p["class"], p["confidence"]) for p in body["top3_predictions"]]
+        expected_top3 = [(p["class"], p["confidence"]) for p in expected_body["top3_predictions"]]
+        assert [c for c, _ in top3] == [c for c, _ in expected_top3]
+        assert all(abs(a - b) <= 1e-4 + 1e-9 for (_, a), (_, b) in zip(top3, expected_top3))

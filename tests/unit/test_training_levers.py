@@ -1,11 +1,12 @@
-"""The second round's training levers: weight decay on weights only, the weight average, the
-training-time dropout rate, flip-only epochs, and the recipe that uses them."""
+"""The training levers: weight decay on weights only, the weight average, the
+training-time dropout rate, flip-only epochs, the recipe that uses them, and the whole-batch
+augmentation (crops and mirror images)."""
 
 import torch
 
 from model import SimpleCNN
 from train.config import parse_args
-from train.main import random_crop_flip
+from train.data import random_crop_flip
 from train.optim import WeightAverage, make_optimizer, parameter_groups, set_dropout
 
 
@@ -66,3 +67,25 @@ def test_flip_only_epochs_show_whole_images():
         out = random_crop_flip(padded, 2, True, generator, crop=False)
         for n in range(2):
             assert torch.equal(out[n], images[n]) or torch.equal(out[n], images[n].flip(2))
+
+
+def test_augmentation_crops_and_mirrors_whole_batches():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    generator = torch.Generator().manual_seed(0)
+    crops = [random_crop_flip(padded, 2, True, generator) for _ in range(50)]
+    assert all(c.shape == images.shape for c in crops)
+    # each crop is a window of the padded image, possibly mirrored
+    windows = {(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)}
+    seen = set()
+    for crop in crops:
+        for n in range(2):
+            match = [
+                (dy, dx, f)
+                for dy, dx, f in windows
+                if torch.equal(crop[n], (lambda w: w.flip(2) if f else w)(padded[n, :, dy : dy + 8, dx : dx + 8]))
+            ]
+            assert match, "crop is not a window of the padded image"
+            seen.update(match)
+    assert any(f for _, _, f in seen) and any(not f for _, _, f in seen)
+    assert len({(dy, dx) for dy, dx, _ in seen}) > 10

@@ -4,8 +4,7 @@ import torch
 from helpers import metadata
 
 from model import CLASSES, SimpleCNN
-from train.data import load_cifar10
-from train.main import random_crop_flip, subset
+from train.data import load_cifar10, subset
 
 
 def test_run_writes_checkpoint_torchscript_metadata_and_plots(trained_run):
@@ -38,25 +37,3 @@ def test_torchscript_export_gives_the_eager_models_outputs(trained_run, data_sou
         torch.testing.assert_close(scripted(test_images), eager(test_images), rtol=1e-4, atol=1e-5)
         accuracy = (scripted(test_images).argmax(1) == test_labels).float().mean().item()
     assert abs(accuracy - metadata(trained_run)["test_accuracy"]) < 1e-3  # the export is the model it reports
-
-
-def test_augmentation_crops_and_mirrors_whole_batches():
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
-    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-    generator = torch.Generator().manual_seed(0)
-    crops = [random_crop_flip(padded, 2, True, generator) for _ in range(50)]
-    assert all(c.shape == images.shape for c in crops)
-    # each crop is a window of the padded image, possibly mirrored
-    windows = {(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)}
-    seen = set()
-    for crop in crops:
-        for n in range(2):
-            match = [
-                (dy, dx, f)
-                for dy, dx, f in windows
-                if torch.equal(crop[n], (lambda w: w.flip(2) if f else w)(padded[n, :, dy : dy + 8, dx : dx + 8]))
-            ]
-            assert match, "crop is not a window of the padded image"
-            seen.update(match)
-    assert any(f for _, _, f in seen) and any(not f for _, _, f in seen)
-    assert len({(dy, dx) for dy, dx, _ in seen}) > 10

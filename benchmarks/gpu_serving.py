@@ -1,0 +1,253 @@
+"""The GPU check's serve stage: TorchServe with the GPU config sized for this machine, its answers
+against the offline model's, wrk at several loads, GPU utilization and memory, where a worker's time
+goes (py-spy, TorchServe's counters), and one connection right after a scale-up."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / "data" / "gpu-check"
+BENCH_IMAGES = 500
+# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
+# its metrics logging and the JSON answers.
+HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
+HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
+PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
+
+
+class GpuCheckError(RuntimeError):
+    """A stage cannot run here (a missing tool, or an earlier stage's output)."""
+
+
+class GpuSampler:
+    """nvidia-smi's utilization and memory, sampled every 200 ms while in a `with` block."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+
+    def _sample(self):
+        while not self._stop.wait(0.2):
+            output = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            try:
+                busy, memory = (float(value) for value in output.strip().split(","))
+            except ValueError:
+                continue
+            self.samples.append((busy, memory))
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {
+            "gpu_busy_percent": round(sum(busy for busy, _ in self.samples) / len(self.samples), 1),
+            "gpu_memory_mib": max(memory for _, memory in self.samples),
+        }
+
+
+def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
+    """The served class of every benchmark image against the TorchScript model run on the CPU. Sent
+    by `clients` threads at once, so that batches form and a GPU worker decodes them on the GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from cifar10_images import decode_image
+    from cifar10_torch_runtimes import pixel_batch
+
+    from model import CLASSES
+
+    blobs = [Path(path).read_bytes() for path in listing.read_text().split()]
+    model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    with torch.inference_mode():
+        offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
+    local = threading.local()
+
+    def served_class(blob: bytes) -> str:
+        if not hasattr(local, "client"):
+            local.client = client.copy()
+        return local.client.predict(blob)["prediction"]
+
+    with ThreadPoolExecutor(clients) as pool:
+        served = list(pool.map(served_class, blobs))
+    return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
+
+
+def worker_gpu_memory(metrics_text: str) -> list[float]:
+    """MiB per worker from the handler's cifar10_gpu_memory_bytes samples."""
+    values = []
+    for line in metrics_text.splitlines():
+        if line.startswith("cifar10_gpu_memory_bytes{"):
+            values.append(round(float(line.rsplit(" ", 1)[1]) / 2**20, 1))
+    return values
+
+
+def metric_total(metrics_text: str, name: str) -> float:
+    """The sum of a metric's samples over all its label sets, from Prometheus text."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def time_breakdown(metrics_text: str) -> dict:
+    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
+    queue wait and frontend-measured inference per request, mean batch size, and the handler's
+    decode and model time per batch (milliseconds)."""
+    requests = metric_total(metrics_text, "ts_inference_requests_total")
+    batches = metric_total(metrics_text, "cifar10_batch_size_count")
+    if not requests or not batches:
+        return {}
+    return {
+        "queue_ms_per_request": round(metric_total(metrics_text, "ts_queue_latency_microseconds") / requests / 1e3, 3),
+        "inference_ms_per_request": round(
+            metric_total(metrics_text, "ts_inference_latency_microseconds") / requests / 1e3, 3
+        ),
+        "batch_size_mean": round(metric_total(metrics_text, "cifar10_batch_size_sum") / batches, 1),
+        "decode_ms_per_batch": round(metric_total(metrics_text, "cifar10_decode_seconds_sum") / batches * 1e3, 3),
+        "model_ms_per_batch": round(metric_total(metrics_text, "cifar10_inference_seconds_sum") / batches * 1e3, 3),
+    }
+
+
+def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
+    """py-spy samples one TorchServe worker's Python stacks for `seconds`; returns the functions
+    where its samples ended (self time) and the handler steps they ran under, as shares of samples."""
+    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy not found (pip install py-spy)"}
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "stacks.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
+        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
+        if completed.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
+        stacks = raw.read_text().splitlines()
+    leaves, steps, total = {}, {}, 0
+    for line in stacks:
+        frames, _, count = line.rpartition(" ")
+        if not frames or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = frames.split(";")[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+        for step in HANDLER_STEPS:
+            if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames):  # "Cifar10Handler.preprocess (file:line)"
+                steps[step] = steps.get(step, 0) + int(count)
+    if not total:
+        return {"error": "py-spy recorded no samples"}
+    share = {name: round(count / total, 3) for name, count in sorted(leaves.items(), key=lambda item: -item[1])}
+    return {
+        "samples": total,
+        "self": dict(list(share.items())[:top]),
+        "under": {step: round(count / total, 3) for step, count in sorted(steps.items(), key=lambda item: -item[1])},
+    }
+
+
+def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
+    import yaml
+
+    from serve.archive import GPU_MODEL_CONFIG
+    from serve.client import ServiceError
+    from serve.gpu_sizing import sized_config, this_machine
+
+    run_dir = STATE / "models" / "baseline"
+    listing = REPO / "data" / "bench-images" / f"images-{BENCH_IMAGES}.txt"
+    if not (run_dir / "model.pt").exists() or not listing.exists():
+        raise GpuCheckError("the serve stage needs the train stage's model and images: run --stages train first")
+    if shutil.which("wrk") is None:
+        raise GpuCheckError("wrk not found (apt-get install -y wrk)")
+    machine = this_machine()
+    template = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
+    results = {"machine": {"cpus": machine.cpus, "gpus": machine.gpus, "gpu": machine.gpu_name}}
+    for choice in worker_choices:
+        config = sized_config(template, machine, None if choice == "auto" else int(choice))
+        label = f"{config['minWorkers']} workers" + (" (sized)" if choice == "auto" else "")
+        print(f"== serve: {label}, {json.dumps(config)}", flush=True)
+        try:
+            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies, port_base)
+        except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
+            results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
+    return results
+
+
+def serve_one(
+    config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
+) -> dict:
+    """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
+    import yaml
+
+    from benchmarks.load import run_wrk
+    from serve.archive import build_archive
+    from serve.server import LocalServer
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        store, model_config = Path(scratch) / "model-store", Path(scratch) / "model-config.yaml"
+        model_config.write_text(yaml.safe_dump(config))
+        build_archive(run_dir, store, model_config=model_config)
+        server = LocalServer(Path(scratch), store, port_base, settings={"job_queue_size": str(config["jobQueueSize"])})
+        with server:
+            client = server.client
+            url, token = f"{client.inference}/predictions/cifar10", client.keys.get("inference")
+            part = {"config": config, "cold_start_seconds": round(server.ready_seconds, 1)}
+            part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
+            run_wrk(url, listing, 64, 3, token, False, threads=4)  # warm-up
+            for concurrency in concurrencies:
+                profiled = {}
+                profiler = None
+                if concurrency == PROFILED_CONCURRENCY:  # a worker's stacks in the middle of this load
+                    pid = int(client.describe()[0]["workers"][0]["pid"])
+                    profiler = threading.Timer(
+                        1.0,
+                        lambda pid=pid, into=profiled: into.update(profile_worker(pid, max(1, seconds // 2))),
+                    )
+                    profiler.start()
+                with GpuSampler() as sampler:
+                    result = run_wrk(url, listing, concurrency, seconds, token, False, 4)
+                if profiler is not None:
+                    profiler.join()
+                    part[f"py-spy of one worker at c={concurrency}"] = profiled
+                part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
+                print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
+            metrics_text = client.metrics()
+            part["worker_gpu_mib"] = worker_gpu_memory(metrics_text)
+            part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
+            scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
+            client.scale(scaled)  # synchronous: returns once the new workers are up
+            result = run_wrk(url, listing, 1, max(5, seconds // 2), token, False)
+            part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
+            print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
+    return part
+
+
+def pick(wrk_result: dict) -> dict:
+    return {
+        "rps": round(wrk_result["rps"], 1),
+        "p50_ms": round(wrk_result["p50_ms"], 2),
+        "p90_ms": round(wrk_result["p90_ms"], 2),
+        "p99_ms": round(wrk_result["p99_ms"], 2),
+        "errors": wrk_result["errors"],
+        "requests": wrk_result["requests"],
+    }

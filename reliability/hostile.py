@@ -1,0 +1,219 @@
+"""Hostile and careless clients beside a steady good one: each attack runs for a few seconds on
+its own connections while a good client posts a 32 x 32 JPEG back to back, and the drill records
+what the attackers were answered and how fast, the good client's success and p99, worker
+restarts, and the server's memory (frontend + workers) until it is back to its baseline.
+The payloads are made here, on the spot. reliability/rules.py says what passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import socket
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from reliability.bad_inputs import png_chunk
+from reliability.drills import Call, Clients, call, error_message, wait_for, worker_pids
+from reliability.rules import MEMORY_BACK_SECONDS
+from serve.client import Client
+from serve.server import LocalServer
+
+
+def rle_bmp(width: int = 60_000_000) -> bytes:
+    """1 KB: an 8-bit run-length-encoded BMP one row high, whose one pixel and end-of-line code make
+    Pillow's pure-Python RLE decoder pad `width` bytes one at a time."""
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    pixels = b"\x01\x00\x00\x00\x00\x01"  # one pixel, end of line, end of bitmap
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, 1, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def many_scan_jpeg(side: int = 2048, scans: int = 2000) -> bytes:
+    """A progressive JPEG whose last scan (a few bytes for a flat image) is repeated `scans` times:
+    libjpeg reads every block of the image once per scan."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 80, 200)).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    previous_end = data.rindex(b"\xff", 0, starts[-1])  # the table segment before the last scan
+    while data[previous_end + 1] in (0x00, *range(0xD0, 0xD8)):
+        previous_end = data.rindex(b"\xff", 0, previous_end)
+    last = data[previous_end:-2]
+    return data[:-2] + last * (scans - 1) + b"\xff\xd9"
+
+
+def deep_png(side: int = 8000) -> bytes:
+    """A 64-megapixel 16-bit grayscale PNG of zeros: 120 KB."""
+    compressor = zlib.compressobj(9)
+    rows = b"".join(compressor.compress(b"\0" * (1 + 2 * side)) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+
+
+def truncated_images(image: bytes) -> list[bytes]:
+    """A photo-sized JPEG and PNG of `image`, cut short: the JPEG at 70 %, the PNG before IEND."""
+    big = Image.open(io.BytesIO(image)).convert("RGB").resize((640, 480))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    big.save(jpeg, "JPEG", quality=90)
+    big.save(png, "PNG")
+    return [jpeg.getvalue()[: len(jpeg.getvalue()) * 7 // 10], png.getvalue()[:-12]]
+
+
+def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Call]:
+    """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
+    read=False the client goes away at once, and each request counts as 'abandoned'. Requests
+    left unanswered when the server closes the connection count as 'dropped'."""
+    host, port = client.inference.split("//")[1].split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
+    started, answers = time.monotonic(), []
+    with socket.create_connection((host, int(port)), timeout=120) as connection:
+        with contextlib.suppress(OSError):
+            for body in bodies:
+                request = (
+                    f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                )
+                connection.sendall(request.encode() + body)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while read and len(answers) < len(bodies):
+                response = http.client.HTTPResponse(connection, method="POST")
+                response.begin()
+                response.read()
+                answers.append(Call(started, time.monotonic(), response.status, ""))
+    missing = len(bodies) - len(answers)
+    return answers + [Call(started, time.monotonic(), "dropped" if read else "abandoned", "")] * missing
+
+
+@dataclass
+class Attack:
+    name: str
+    round: Callable[[Client], list[Call]]  # one attacker's requests and their answers
+    allowed: tuple = (400,)  # the answers the attacker may get
+    connections: int = 4
+    once: bool = False  # one round (an operation), else rounds back to back for the whole attack
+    good_clients: int = 1
+    operation: bool = False  # an operator's command (its workers come and go): its seconds, no restart count
+
+
+@cache
+def attacks(good: bytes, max_body: int) -> list[Attack]:
+    junk = np.random.default_rng(1).bytes(max_body - 64)
+    truncated, bmp, jpeg, png = truncated_images(good), rle_bmp(), many_scan_jpeg(), deep_png()
+    return [
+        Attack("RLE BMP, 1 KB, 60 MP", lambda c: [call(c, bmp)]),
+        Attack("progressive JPEG, 2,000 scans", lambda c: [call(c, jpeg)]),
+        Attack("64 MP 16-bit PNG", lambda c: [call(c, png)]),
+        Attack("truncated JPEG and PNG", lambda c: [call(c, body) for body in truncated]),
+        Attack("/explanations", lambda c: [call(c, good, route="explanations")], connections=2),
+        Attack("max-size bodies, 16 pipelined per connection", lambda c: pipelined(c, [junk] * 16), (400, 503), 8),
+        Attack("250 pipelined, then gone", lambda c: pipelined(c, [good] * 250, read=False), ("abandoned",), 1, True),
+    ]
+
+
+def rss_bytes(server: LocalServer) -> int:
+    total = 0
+    for process in server.processes():
+        with contextlib.suppress(psutil.Error):  # a worker that is exiting
+            total += process.memory_info().rss
+    return total
+
+
+def run_attack(
+    server: LocalServer, attack: Attack, good: bytes, seconds: float, settle: float = MEMORY_BACK_SECONDS
+) -> dict:
+    """`attack` for `seconds` beside `attack.good_clients` good clients, then up to `settle` seconds
+    for the memory to come back; one row of the report."""
+    pids, baseline, peak, done = worker_pids(server.client), rss_bytes(server), [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], rss_bytes(server))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with Clients(server.client, attack.good_clients, lambda client: [call(client, good)]) as load:
+        time.sleep(0.5)
+        with Clients(server.client, attack.connections, attack.round, once=attack.once) as attackers:
+            time.sleep(0 if attack.once else seconds)
+    done.set()
+    back = wait_for(lambda: rss_bytes(server) <= baseline * 1.1 + 64 * 2**20, settle, 1, None)
+    answers, seconds_taken = attackers.calls, [c.ended - c.started for c in attackers.calls]
+    latencies = sorted(c.ended - c.started for c in load.calls)
+    failures = [c for c in load.calls if c.status != 200]
+    return {
+        "attack": attack.name,
+        "allowed": list(attack.allowed),
+        "attacker_requests": len(answers),
+        "attacker_answers": dict(Counter(c.status for c in answers)),
+        "attacker_max_s": None
+        if attack.operation or "abandoned" in attack.allowed
+        else max(seconds_taken, default=None),
+        "operation_s": max(seconds_taken, default=None) if attack.operation else None,
+        "good_requests": len(load.calls),
+        "good_success": 1 - len(failures) / max(len(load.calls), 1),
+        "good_failures": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failures)),
+        "good_p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
+        "worker_restarts": None if attack.operation else len(set(pids) - set(worker_pids(server.client))),
+        "memory_baseline_mib": baseline / 2**20,
+        "memory_peak_mib": peak[0] / 2**20,
+        "memory_back_s": back,
+    }
+
+
+def versioned_copy(archive: bytes, version: str) -> bytes:
+    """The same .mar with another modelVersion in its manifest: a second version to retire."""
+    source, out = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelVersion"] = version
+                data = json.dumps(manifest).encode()
+            target.writestr(item, data)
+    return out.getvalue()
+
+
+def operations(server: LocalServer) -> list[Attack]:
+    """Retiring a version and scaling down, under 4 good clients: no request may be lost."""
+    store = server.paths.model_store
+    (store / "cifar10-next.mar").write_bytes(versioned_copy((store / "cifar10.mar").read_bytes(), "next"))
+
+    def retire(client: Client):
+        started, old = time.monotonic(), client.describe()[0]["modelVersion"]
+        client.register("cifar10-next.mar", workers=1)
+        client.set_default("next")
+        client.retire(old)
+        return [Call(started, time.monotonic(), 200, "")]
+
+    def scale_down(client: Client):
+        client.scale(2, version="next")
+        time.sleep(1)
+        started = time.monotonic()
+        client.scale(1, version="next")
+        return [Call(started, time.monotonic(), 200, "")]
+
+    return [
+        Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4, operation=True),
+        Attack("scale down 2 -> 1 workers under load", scale_down, (200,), 1, True, 4, operation=True),
+    ]
+
+
+def hostile_drill(server: LocalServer, good: bytes, max_body: int, seconds: float = 5.0, names=None) -> list[dict]:
+    """Every attack (or those named), then the operations, one after the other on `server`."""
+    chosen = [a for a in attacks(good, max_body) + operations(server) if names is None or a.name in names]
+    return [run_attack(server, attack, good, seconds) for attack in chosen]

@@ -1,0 +1,59 @@
+"""Hostile and careless clients beside a steady good client, on a TorchServe of its own (ports
+TEST_PORT_BASE+10..+14) serving the test run's cifar10.mar: each attacker is answered 4xx or 503,
+the good client is served, no worker restarts, and retiring a version under load loses nothing.
+The attacks and their rules are the drill's (reliability/hostile.py, reliability/rules.py);
+`make reliability` runs them longer and reports the timings, and the flood of pipelined max-size
+bodies, which TorchServe's frontend answers by closing the connection after the first 400."""
+
+import shutil
+
+import pytest
+from helpers import PORT_BASE
+
+from reliability.hostile import attacks, operations, run_attack
+from reliability.rules import hostile_problems
+from serve.client import sample_jpeg
+from serve.config import properties
+from serve.server import LocalServer
+
+GOOD = sample_jpeg()
+SECONDS = 2  # per attack: enough for a few rounds of every attacker
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory, model_store):
+    store = tmp_path_factory.mktemp("hostile-store")
+    shutil.copy(model_store / "cifar10.mar", store / "cifar10.mar")
+    with LocalServer(tmp_path_factory.mktemp("hostile"), store, PORT_BASE + 10) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def attack_list(hostile_server):
+    return {
+        attack.name: attack
+        for attack in attacks(GOOD, int(properties(hostile_server.paths.config)["max_request_size"]))
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RLE BMP, 1 KB, 60 MP",
+        "progressive JPEG, 2,000 scans",
+        "64 MP 16-bit PNG",
+        "truncated JPEG and PNG",
+        "/explanations",
+        "250 pipelined, then gone",
+    ],
+)
+def test_an_attacker_is_refused_and_the_good_client_served(hostile_server, attack_list, name):
+    row = run_attack(hostile_server, attack_list[name], GOOD, SECONDS, settle=0)
+    assert not hostile_problems(row, timing=False), row
+
+
+def test_retiring_a_version_under_load_answers_every_request(hostile_server):
+    retire = next(a for a in operations(hostile_server) if a.name.startswith("retire"))
+    row = run_attack(hostile_server, retire, GOOD, SECONDS, settle=0)
+    assert not hostile_problems(row, timing=False), row
+    assert [v["modelVersion"] for v in hostile_server.client.describe("cifar10", "all")] == ["next"]
