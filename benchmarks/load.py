@@ -69,34 +69,23 @@ def run_wrk(
     return result
 
 
-def ceiling_work(model, blobs: list[bytes], seconds: float, batch_size: int = 64) -> tuple[int, float, float]:
-    """Decode + batch + forward + top-3 of `blobs` in turn for `seconds`, in this process, as a
-    worker does it without HTTP or queues: (images done, wall seconds, CPU seconds)."""
+def ceiling_work(runtime: str, run_dir: Path, listing: Path, seconds: float) -> tuple[int, float, float]:
+    """Decode + batch of 64 + forward + top-3 of the listed images in turn for `seconds`, in this
+    process on one thread, as a worker does it without HTTP or queues: (images, wall s, CPU s)."""
+    torch.set_num_threads(1)
+    if runtime == "onnxruntime":
+        model = OnnxModel(str(run_dir / "model.onnx"), threads=1)
+    else:
+        model = load_model(str(run_dir / "model.pt"))
+    blobs = [Path(p).read_bytes() for p in listing.read_text().split()]
     done, started, cpu_started = 0, time.monotonic(), time.process_time()
     with torch.inference_mode():
         while time.monotonic() - started < seconds:
-            for first in range(0, len(blobs), batch_size):
-                chunk = blobs[first : first + batch_size]
+            for first in range(0, len(blobs), 64):
+                chunk = blobs[first : first + 64]
                 model(pixel_batch([decode_image(b) for b in chunk])).softmax(1).topk(3)
                 done += len(chunk)
     return done, time.monotonic() - started, time.process_time() - cpu_started
-
-
-def load_runtime(runtime: str, run_dir: Path):
-    """The run's model as a worker of that runtime prepares it, on one thread."""
-    torch.set_num_threads(1)
-    if runtime == "onnxruntime":
-        return OnnxModel(str(run_dir / "model.onnx"), threads=1)
-    return load_model(str(run_dir / "model.pt"))
-
-
-def _one_core(runtime: str, run_dir: Path, listing: Path, seconds: float) -> float:
-    done, wall, _ = ceiling_work(load_runtime(runtime, run_dir), read_images(listing), seconds)
-    return done / wall
-
-
-def read_images(listing: Path) -> list[bytes]:
-    return [Path(p).read_bytes() for p in listing.read_text().split()]
 
 
 def ceiling_rate(runtime: str, run_dir: Path, listing: Path, seconds: float) -> float:
@@ -104,15 +93,15 @@ def ceiling_rate(runtime: str, run_dir: Path, listing: Path, seconds: float) -> 
     this machine can do at most, right now, with nothing spent on serving."""
     cores = os.cpu_count() or 1
     with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
-        rates = pool.map(_one_core, *zip(*[(runtime, run_dir, listing, seconds)] * cores))
-        return sum(rates)
+        runs = pool.map(ceiling_work, *zip(*[(runtime, run_dir, listing, seconds)] * cores))
+        return sum(done / wall for done, wall, _ in runs)
 
 
 def cpu_per_image(runtime: str, run_dir: Path, listing: Path, seconds: float) -> float:
     """CPU seconds per image of the ceiling's work on one thread: other load hardly changes it."""
     threads = torch.get_num_threads()
     try:
-        done, _, cpu = ceiling_work(load_runtime(runtime, run_dir), read_images(listing), seconds)
+        done, _, cpu = ceiling_work(runtime, run_dir, listing, seconds)
     finally:
         torch.set_num_threads(threads)
     return cpu / done

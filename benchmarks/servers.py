@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,13 @@ from serve.archive import REPO, build_archive
 from serve.client import ServiceError, sample_jpeg
 from serve.server import LOG_CONFIG, LocalServer, cpu_seconds, wait_until_serving
 
+BATCHING_SUMS = (
+    "ts_inference_requests_total",
+    "ts_queue_latency_microseconds",
+    "cifar10_batch_size_count",
+    "cifar10_batch_size_sum",
+)
+
 
 @dataclass
 class System:
@@ -34,6 +42,17 @@ class System:
     form: bool = False  # multipart `image` field (the Flask service's form) instead of a raw body
     cold_start_seconds: float = 0.0
     runtime: str = "torchscript"  # which ceiling its efficiency is measured against
+    metrics: Callable[[], str] | None = None  # TorchServe's Prometheus text
+
+    def batching(self) -> dict[str, float]:
+        """TorchServe's running sums: requests, their queue time (µs), batches and their requests."""
+        if self.metrics is None:
+            return {}
+        text = self.metrics()
+        return {
+            name: sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M))
+            for name in BATCHING_SUMS
+        }
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the server's processes."""
@@ -83,6 +102,7 @@ def torchserve_system(
         token=server.client.keys.get("inference"),
         cold_start_seconds=time.monotonic() - started,
         runtime="onnxruntime" if model_format == "onnx" else "torchscript",
+        metrics=server.client.metrics,
     )
 
 

@@ -29,7 +29,7 @@ from frontend import without_agent
 from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.config import properties
-from serve.server import LOG_CONFIG
+from serve.server import LOG_CONFIG, cpu_seconds
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
@@ -55,6 +55,7 @@ def quiet_log_config(scratch: Path) -> Path:
 def systems(args, scratch: Path) -> dict:
     """name -> a function that starts that system and returns it."""
     run_dir, ports = args.run.resolve(), args.port_base
+    scratch.mkdir(parents=True)
     shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     onnx = yaml.safe_load(FORMATS["onnx"][1].read_text())
 
@@ -121,9 +122,15 @@ def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
         run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
         rows = []
         for concurrency in args.concurrency:
-            cpu_before = system.cpu_seconds()
+            processes, batching = system.processes(), system.batching()
+            cpu_before, frontend_before = cpu_seconds(processes), cpu_seconds(processes[:1])
             result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
-            result["server_cpu_seconds"] = system.cpu_seconds() - cpu_before
+            result["server_cpu_seconds"] = cpu_seconds(processes) - cpu_before
+            result["frontend_cpu_seconds"] = cpu_seconds(processes[:1]) - frontend_before
+            if batching:
+                done = {name: value - batching[name] for name, value in system.batching().items()}
+                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
+                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
             rows.append({"system": system.name, "concurrency": concurrency, "runtime": system.runtime, **result})
             print(
                 f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  "
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--ceiling-seconds", type=float, default=5)
     parser.add_argument("--systems", nargs="+", help=f"default: {' '.join(DEFAULT_SYSTEMS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="measure every system this many times, in turn")
     parser.add_argument("--variants", action="store_true", help="also the configurations measured and not kept")
     parser.add_argument("--levers", action="store_true", help="instead: TorchServe alone, one setting at a time")
     parser.add_argument("--out", type=Path, default=REPO / "reports")
@@ -169,16 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     listing = bench_images(args.data, args.images, REPO / "data" / "bench-images")
     rows, cold, failed = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
-        every = systems(args, Path(scratch))
-        names = list(every) if args.levers or args.variants else (args.systems or DEFAULT_SYSTEMS)
-        for name in names:
-            print(f"== {name}", flush=True)
-            try:
-                measured, cold[name] = measure(args, every[name], listing)
-                rows += measured
-            except (RuntimeError, TimeoutError, ServiceError, WrkError) as error:  # one system down: report it, go on
-                print(f"   {name} failed: {error}", flush=True)
-                failed[name] = str(error).splitlines()[0][:200]
+        for round_ in range(1, args.rounds + 1):
+            every = systems(args, Path(scratch) / f"round{round_}")
+            names = list(every) if args.levers or args.variants else (args.systems or DEFAULT_SYSTEMS)
+            for name in names:
+                print(f"== {name}, round {round_}", flush=True)
+                try:
+                    measured, cold[name] = measure(args, every[name], listing)
+                    rows += [{**row, "round": round_} for row in measured]
+                except (RuntimeError, TimeoutError, ServiceError, WrkError) as error:  # one system down: go on
+                    print(f"   {name} failed: {error}", flush=True)
+                    failed[name] = str(error).splitlines()[0][:200]
     print("== CPU time per image of the ceilings (one thread)", flush=True)
     runtimes = dict.fromkeys(row["runtime"] for row in rows)
     per_image = {
