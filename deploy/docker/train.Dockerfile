@@ -33,6 +33,8 @@ COPY model/ model/
 COPY handler/ handler/
 COPY train/ train/
 COPY serve/ serve/
+# serve.server names the batching agent's module (the operator's commands start no TorchServe here).
+COPY frontend/__init__.py frontend/
 
 FROM base AS loadtest
 RUN pip install -c requirements.txt locust
