@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,3 +108,29 @@ def gpu_test(test):
     for mark in needs_gpu:
         test = mark(test)
     return test
+
+
+def container_engine_problem(env: dict[str, str]) -> str | None:
+    """Why no container can run on this machine, or None: a docker daemon answers, or podman runs a
+    container (runc, namespaces, cgroups) on a root file system of the host's /usr: no image needed."""
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        return None
+    if not shutil.which("podman"):
+        return "no container engine: neither a docker daemon nor podman (docs/containers.md says what to install)"
+    with tempfile.TemporaryDirectory() as rootfs:
+        os.mkdir(f"{rootfs}/usr")
+        for name in ("bin", "lib", "lib64"):
+            os.symlink(f"usr/{name}", f"{rootfs}/{name}")
+        probe = ["podman", "run", "--rm", "--network", "none", "-v", "/usr:/usr:ro", "--rootfs", rootfs, "/bin/true"]
+        result = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        return f"podman cannot run a container here (`{' '.join(probe)}`): {result.stderr.strip()[-500:]}"
+    return None
+
+
+def require_container_engine(env: dict[str, str]) -> None:
+    """Skips the calling test where no container can run here, with the reason; under CI=true, where
+    the container tier must run, fails instead."""
+    problem = container_engine_problem(env)
+    if problem:
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"container tier not run: {problem}")

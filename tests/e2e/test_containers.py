@@ -25,14 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import PORT_BASE, REPO
+from helpers import PORT_BASE, REPO, require_container_engine
 
 from model import CLASSES
 from serve.client import Client, ServiceError
@@ -95,24 +94,6 @@ SERVING = {"torch": ("serve", "torchscript"), "slim": ("serve_slim", "onnx")}
 SLIM_IMAGE_LIMIT = 500_000_000  # bytes, uncompressed
 
 
-def engine_problem(env: dict[str, str]) -> str | None:
-    """Why no container can run on this machine, or None: a docker daemon answers, or podman runs a
-    container (runc, namespaces, cgroups) on a root file system of the host's /usr: no image needed."""
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-        return None
-    if not shutil.which("podman"):
-        return "no container engine: neither a docker daemon nor podman (docs/containers.md says what to install)"
-    with tempfile.TemporaryDirectory() as rootfs:
-        os.mkdir(f"{rootfs}/usr")
-        for name in ("bin", "lib", "lib64"):
-            os.symlink(f"usr/{name}", f"{rootfs}/{name}")
-        probe = ["podman", "run", "--rm", "--network", "none", "-v", "/usr:/usr:ro", "--rootfs", rootfs, "/bin/true"]
-        result = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        return f"podman cannot run a container here (`{' '.join(probe)}`): {result.stderr.strip()[-500:]}"
-    return None
-
-
 def build(env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
     """deploy/docker/build.sh: both images; its decisions and the build output go to `log`."""
     with log.open("w") as stderr:
@@ -132,9 +113,7 @@ def images(tmp_path_factory) -> Images:
     container can run."""
     env = {**os.environ}
     env.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "docker" / "containers.conf"))
-    problem = engine_problem(env)
-    if problem:
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"container tier not run: {problem}")
+    require_container_engine(env)
     log = tmp_path_factory.mktemp("build") / "build.log"
     started = time.monotonic()
     built = build(env, log)

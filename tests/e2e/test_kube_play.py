@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from helpers import PORT_BASE, REPO
+from helpers import PORT_BASE, REPO, require_container_engine
 
 from serve.archive import build_archive
 from serve.healthcheck import probe_png
@@ -97,6 +97,7 @@ def playable(objects: list[dict], images: dict[str, str], token: str, files: Pat
 
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory, trained_run):
+    require_container_engine(ENV)
     # The CPU overlay serves the slim image, which runs ONNX archives only.
     model_store = tmp_path_factory.mktemp("onnx-store")
     build_archive(trained_run, model_store, model_format="onnx")
