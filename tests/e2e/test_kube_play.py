@@ -66,7 +66,10 @@ def playable(objects: list[dict], images: dict[str, str], token: str, files: Pat
     """The Deployment and its ConfigMaps, with what podman 4.3 cannot play changed (module docstring);
     `files` receives the ConfigMap files the pod mounts by subPath (podman mounts them as hostPath files)."""
     deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
-    deployment["metadata"] = {"name": NAME}
+    # podman 4.3 removes a "once" init container right after it exits, and at times before its own
+    # state says it has ("cannot remove container ... as it is running"): keep it ("always"). It
+    # reads the annotation from the Deployment's own metadata, not the pod template's.
+    deployment["metadata"] = {"name": NAME, "annotations": {"io.podman.annotations.init.container.type": "always"}}
     spec = deployment["spec"]["template"]["spec"]
     sidecars = [c for c in spec["initContainers"] if c.get("restartPolicy") == "Always"]
     spec["initContainers"] = [c for c in spec["initContainers"] if c not in sidecars]
