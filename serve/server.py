@@ -44,6 +44,13 @@ class ServerPaths:
         live there, so two instances on one machine do not collide."""
         return self.workdir / ".torchserve"
 
+    def frontend_pid(self) -> int | None:
+        """The frontend's (Java) process id, from the launcher's pid file; None before it started."""
+        try:
+            return int((self.runtime / ".model_server.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
 
 def java_major_version() -> int | None:
     """17 for 'openjdk version "17.0.15"'; None when there is no java."""
@@ -187,9 +194,8 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
 
 def _check_frontend_alive(paths: ServerPaths) -> None:
     """Raises FrontendExited, with the end of the frontend's own output, once its process is gone."""
-    try:
-        pid = int((paths.runtime / ".model_server.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
+    pid = paths.frontend_pid()
+    if pid is None:
         return  # not started yet, or started elsewhere (make serve's pid file)
     try:
         alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -277,10 +283,7 @@ class LocalServer:
 
     def pid(self) -> int | None:
         """The frontend's (Java) process id while it runs."""
-        try:
-            return int((self.paths.runtime / ".model_server.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return self.paths.frontend_pid()
 
     def processes(self) -> list[psutil.Process]:
         """The frontend and its workers."""
