@@ -35,7 +35,7 @@ from serve.server import LOG_CONFIG, cpu_seconds
 # LitServe on +6; --port-base moves them all.
 PORT_BASE = 8090
 FLASK_OFFSET, LITSERVE_OFFSET = 5, 6
-# config.properties without the drain-batching agent: TorchServe's own batching
+# config.properties without the frontend agent: TorchServe's own batching
 STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}  # registered: a model config cannot say 0 (it means 100 ms)
 DEFAULT_SYSTEMS = ["torchserve", "torchserve-stock", "torchserve-onnx", "flask", "litserve"]

@@ -1,5 +1,6 @@
-"""What we change in TorchServe's Java frontend: the drain-the-queue batching policy, a Java agent
-(src/, built by build.sh into build/drain-batching.jar) that config.properties' `vmargs` loads.
+"""What we change in TorchServe's Java frontend: the drain-the-queue batching policy and a
+scale-down that answers the removed worker's batch first, a Java agent (src/, built by build.sh
+into build/frontend-agent.jar) that config.properties' `vmargs` loads.
 
 `agent_jar()` builds the jar when it is missing or older than its sources, so that every way of
 starting TorchServe from this repository (`make serve`, the tests, the benchmarks) runs the
@@ -13,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
-JAR = HERE / "build" / "drain-batching.jar"
+JAR = HERE / "build" / "frontend-agent.jar"
 
 
 class AgentBuildError(RuntimeError):
@@ -28,14 +29,14 @@ def agent_jar() -> Path:
     result = subprocess.run(["bash", str(BUILD_SCRIPT), str(JAR)], capture_output=True, text=True)
     if result.returncode != 0:
         raise AgentBuildError(
-            f"building the batching agent failed ({BUILD_SCRIPT}):\n{result.stdout}{result.stderr}"
+            f"building the frontend agent failed ({BUILD_SCRIPT}):\n{result.stdout}{result.stderr}"
             "setup/system-packages.sh serve installs what it needs (a JDK 17, libasm-java); "
-            "or remove -javaagent from vmargs in config.properties to run TorchServe's own batching."
+            "or remove -javaagent from vmargs in config.properties to run TorchServe unchanged."
         )
     return JAR
 
 
 def without_agent(vmargs: str) -> str:
-    """`vmargs` with the -javaagent option taken out (TorchServe's own batching); the other JVM
-    options, the heap among them, kept."""
+    """`vmargs` with the -javaagent option taken out (TorchServe's own batching and scale-down);
+    the other JVM options, the heap among them, kept."""
     return " ".join(option for option in vmargs.split() if not option.startswith("-javaagent:"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the drain-batching Java agent (src/) into build/drain-batching.jar, with ASM inside it, so
+# Builds the Java agent that changes TorchServe's frontend (src/) into build/frontend-agent.jar, with ASM inside it, so
 # that the jar is all the JVM needs. Needs a JDK 17 (javac, jar) and Debian's libasm-java
 # (setup/system-packages.sh serve installs both). Usage: frontend/build.sh [OUT_JAR]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/build/drain-batching.jar}
+out=${1:-$here/build/frontend-agent.jar}
 asm_dir=${ASM_DIR:-/usr/share/java}
 for tool in javac jar; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found: the agent needs a JDK 17 (openjdk-17-jdk-headless)" >&2; exit 2; }
@@ -22,7 +22,7 @@ javac --release 17 -nowarn -cp "$asm_dir/asm.jar:$asm_dir/asm-tree.jar" -d "$wor
 # ASM's BSD licence travels with its classes.
 mkdir -p "$work/classes/META-INF"
 cp /usr/share/doc/libasm-java/copyright "$work/classes/META-INF/ASM-LICENSE" 2>/dev/null || true
-printf 'Premain-Class: cifar10.frontend.DrainBatching\n' >"$work/manifest"
+printf 'Premain-Class: cifar10.frontend.Agent\n' >"$work/manifest"
 jar cfm "$work/agent.jar" "$work/manifest" -C "$work/classes" .
 mv "$work/agent.jar" "$out"  # whole or not at all: a TorchServe may be starting from it
 echo "built $out"

@@ -13,6 +13,8 @@ Each request of a batch stands alone: one that is not a decodable image gets HTT
 error naming the problem, the others of its batch get their predictions, the worker stays up.
 """
 
+import contextlib
+import ctypes
 import json
 import os
 import time
@@ -24,6 +26,18 @@ from cifar10_runtimes import load_runtime
 
 STATUS_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
 GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's default threshold, kept fixed
+
+
+def keep_large_blocks_returnable() -> None:
+    """Large request bodies must not stay in the worker's memory after their batch. glibc serves a
+    block of 128 KiB or more with its own mmap (returned to the system when freed) until one such
+    block is freed; then it raises that threshold, and later large blocks come from the heap,
+    which keeps them once freed. Fixing the threshold (mallopt) keeps every large block returnable.
+    Nothing to do where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 class Cifar10Handler:
@@ -44,6 +58,7 @@ class Cifar10Handler:
         # files on the CPU; gpu_decode_min_batch: only batches with at least this many such JPEGs
         # (smaller ones: the CPU).
         self.context = context
+        keep_large_blocks_returnable()
         options = (context.model_yaml_config or {}).get("handler", {})
         mapping_file = os.path.join(context.system_properties.get("model_dir"), "index_to_name.json")
         if not os.path.isfile(mapping_file):

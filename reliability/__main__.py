@@ -129,7 +129,8 @@ def write_report(report: dict, command: str, out: Path) -> None:
         ).table(
             rows,
             ["attack", "attacker_requests", "attacker_answers", "attacker_max_s", "good_requests", "good_success",
-             "good_p99_s", "worker_restarts", "memory_baseline_mib", "memory_peak_mib", "memory_back_s"],
+             "good_p99_s", "worker_restarts", "memory_baseline_mib", "memory_peak_mib", "memory_back_s",
+             "memory_after_mib"],
             {"good_success": percent},
         )  # fmt: skip
     page.text("## Problems", *([f"- {p}" for p in report["problems"]] or ["none"])).write(out)

@@ -172,6 +172,7 @@ def run_attack(
         "memory_baseline_mib": baseline / 2**20,
         "memory_peak_mib": peak[0] / 2**20,
         "memory_back_s": back,
+        "memory_after_mib": rss_bytes(server) / 2**20,  # at the end of the wait: where it settled
     }
 
 
@@ -201,16 +202,17 @@ def operations(server: LocalServer) -> list[Attack]:
         client.retire(old)
         return [Call(started, time.monotonic(), 200, "")]
 
-    def scale_down(client: Client):
-        client.scale(2, version="next")
-        time.sleep(1)
+    def scale_down(client: Client, times: int = 3):
         started = time.monotonic()
-        client.scale(1, version="next")
+        for _ in range(times):
+            client.scale(2)
+            time.sleep(1)
+            client.scale(1)
         return [Call(started, time.monotonic(), 200, "")]
 
     return [
         Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4, operation=True),
-        Attack("scale down 2 -> 1 workers under load", scale_down, (200,), 1, True, 4, operation=True),
+        Attack("scale 1 -> 2 -> 1 workers under load, 3 times", scale_down, (200,), 1, True, 4, operation=True),
     ]
 
 

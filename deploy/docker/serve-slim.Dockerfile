@@ -35,7 +35,7 @@ RUN patch --forward --fuzz=0 -p1 -d /opt/venv/lib/python3.11/site-packages < /tm
 # The drain-the-queue batching agent (frontend/), built from source; the image carries only the jar.
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
-RUN bash /build/frontend/build.sh /build/drain-batching.jar
+RUN bash /build/frontend/build.sh /build/frontend-agent.jar
 
 # --- the image: Debian, Python 3.11, procps, the Java above and the venv -------------------------
 FROM ${DEBIAN_IMAGE}
@@ -56,11 +56,11 @@ WORKDIR /home/model-server
 # The repository's config, changed as in serve.Dockerfile: the APIs listen on the container's
 # interfaces, and the metrics file and the batching agent are named by their paths here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
-COPY --from=build /build/drain-batching.jar /home/model-server/drain-batching.jar
+COPY --from=build /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
-        -e 's#-javaagent:frontend/build/drain-batching.jar#-javaagent:/home/model-server/drain-batching.jar#' config.properties \
+        -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
  && mkdir -p model-store run logs \
  && chown model-server:model-server run logs
 

@@ -15,7 +15,7 @@ RUN mkdir -p /usr/share/man/man1 \
  && rm -rf /var/lib/apt/lists/*
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
-RUN bash /build/frontend/build.sh /build/drain-batching.jar
+RUN bash /build/frontend/build.sh /build/frontend-agent.jar
 
 FROM ${PYTHON_IMAGE}
 
@@ -48,13 +48,13 @@ WORKDIR /home/model-server
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file and
 # the batching agent are named by their paths here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
-COPY --from=frontend /build/drain-batching.jar /home/model-server/drain-batching.jar
+COPY --from=frontend /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 # serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
 # probes; serve.drain: the Kubernetes preStop hook.
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
-        -e 's#-javaagent:frontend/build/drain-batching.jar#-javaagent:/home/model-server/drain-batching.jar#' config.properties \
+        -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
  && mkdir -p model-store run logs \
  && chown model-server:model-server run logs
 

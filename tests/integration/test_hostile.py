@@ -1,6 +1,7 @@
 """Hostile and careless clients beside a steady good client, on a TorchServe of its own (ports
 TEST_PORT_BASE+10..+14) serving the test run's cifar10.mar: each attacker is answered 4xx or 503,
-the good client is served, no worker restarts, and retiring a version under load loses nothing.
+the good client is served, no worker restarts, and retiring a version or scaling down under load
+loses nothing.
 The attacks and their rules are the drill's (reliability/hostile.py, reliability/rules.py);
 `make reliability` runs them longer and reports the timings, and the flood of pipelined max-size
 bodies, which TorchServe's frontend answers by closing the connection after the first 400."""
@@ -57,3 +58,10 @@ def test_retiring_a_version_under_load_answers_every_request(hostile_server):
     row = run_attack(hostile_server, retire, GOOD, SECONDS, settle=0)
     assert not hostile_problems(row, timing=False), row
     assert [v["modelVersion"] for v in hostile_server.client.describe("cifar10", "all")] == ["next"]
+
+
+def test_scaling_down_under_load_answers_every_request(hostile_server):
+    scale = next(a for a in operations(hostile_server) if a.name.startswith("scale"))
+    row = run_attack(hostile_server, scale, GOOD, SECONDS, settle=0)
+    assert not hostile_problems(row, timing=False), row
+    assert len(hostile_server.client.describe()[0]["workers"]) == 1

@@ -199,8 +199,8 @@ def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_
         "management_address=http://127.0.0.1:8081": "management_address=http://0.0.0.0:8081",
         "metrics_address=http://127.0.0.1:8082": "metrics_address=http://0.0.0.0:8082",
         "metrics_config=deploy/torchserve/metrics.yaml": "metrics_config=/home/model-server/metrics.yaml",
-        "vmargs=-javaagent:frontend/build/drain-batching.jar -Xmx1g -XX:G1PeriodicGCInterval=15000": (
-            "vmargs=-javaagent:/home/model-server/drain-batching.jar -Xmx1g -XX:G1PeriodicGCInterval=15000"
+        "vmargs=-javaagent:frontend/build/frontend-agent.jar -Xms64m -Xmx1g -XX:G1PeriodicGCInterval=15000 -Dio.netty.allocator.type=unpooled": (
+            "vmargs=-javaagent:/home/model-server/frontend-agent.jar -Xms64m -Xmx1g -XX:G1PeriodicGCInterval=15000 -Dio.netty.allocator.type=unpooled"
         ),
     }
 

@@ -1,14 +1,11 @@
 package cifar10.frontend;
 
-import java.io.IOException;
-import java.io.InputStream;
-import java.lang.instrument.ClassFileTransformer;
-import java.lang.instrument.Instrumentation;
-import java.security.ProtectionDomain;
+import cifar10.frontend.Agent.UnexpectedBytecode;
 import java.util.ArrayList;
 import java.util.List;
-import org.objectweb.asm.ClassReader;
-import org.objectweb.asm.ClassWriter;
+import java.util.Map;
+import java.util.concurrent.LinkedBlockingDeque;
+import java.util.concurrent.TimeUnit;
 import org.objectweb.asm.Opcodes;
 import org.objectweb.asm.tree.AbstractInsnNode;
 import org.objectweb.asm.tree.ClassNode;
@@ -20,99 +17,45 @@ import org.objectweb.asm.tree.MethodNode;
 import org.objectweb.asm.tree.VarInsnNode;
 
 /**
- * The drain-the-queue batching policy for TorchServe 0.12's frontend, as a Java agent.
+ * The drain-the-queue batching policy for TorchServe 0.12's frontend (applied by {@link Agent}).
  *
  * <p>TorchServe's {@code Model.pollBatch} blocks for a worker's first job, then polls the queue
  * with what is left of {@code maxBatchDelay} and stops once that delay is used up: a lone request
- * always waits the whole delay, and a delay of 0 caps every batch at two requests. This agent
- * rewrites two instructions of that method when the class loads: the loop polls with a timeout of
+ * always waits the whole delay, and a delay of 0 caps every batch at two requests. This rewrites
+ * two instructions of that method when the class loads: the loop polls with a timeout of
  * 0 (it takes a job only if one is already queued) and the break on the used-up delay is removed.
  * A worker then never waits for a request that has not arrived, and takes everything already
- * queued, up to {@code batchSize}. {@code maxBatchDelay} is no longer read by that loop.
- *
- * <p>If the method is not the bytecode this was written against, the JVM stops before TorchServe
- * starts, saying why: a TorchServe that silently batches differently is worse than none.
+ * queued, up to {@code batchSize} and up to BATCH_BYTES of request bodies: a batch of large
+ * bodies (a flood of maximum-size requests) stays small enough to reach the worker and be
+ * answered quickly. Queued requests whose client has gone away are dropped instead of computed.
+ * {@code maxBatchDelay} is no longer read by that loop.
  */
-public final class DrainBatching implements ClassFileTransformer {
+public final class DrainBatching {
     static final String MODEL = "org/pytorch/serve/wlm/Model";
     static final String METHOD = "pollBatch";
     static final String DESCRIPTOR = "(Ljava/lang/String;JLjava/util/Map;)V";
     static final String QUEUE = "java/util/concurrent/LinkedBlockingDeque";
     static final String POLL = "(JLjava/util/concurrent/TimeUnit;)Ljava/lang/Object;";
-    static final String OFF =
-            "To run TorchServe's own batching instead, remove -javaagent from vmargs in config.properties.";
+    static final String POLL_WITHIN =
+            "(Ljava/util/concurrent/LinkedBlockingDeque;JLjava/util/concurrent/TimeUnit;Ljava/util/Map;)Ljava/lang/Object;";
+    static final int JOBS_REPO = 4; // pollBatch's third argument: the batch being filled (this, String, long, Map)
+    /** The most body bytes one batch carries to a worker, past its first job. */
+    static final long BATCH_BYTES = 16L << 20;
 
-    /** The bytecode is not what this policy was written against. */
-    static final class UnexpectedBytecode extends Exception {
-        UnexpectedBytecode(String message) {
-            super(message);
-        }
-    }
-
-    public static void premain(String arguments, Instrumentation instrumentation) {
-        try {
-            rewrite(modelClassBytes()); // checked before TorchServe starts, not when a model loads
-        } catch (UnexpectedBytecode | IOException error) {
-            System.err.println(
-                    "drain-batching agent: cannot apply the drain-the-queue batching policy: "
-                            + error.getMessage()
-                            + ". TorchServe was not started. "
-                            + OFF);
-            System.exit(78);
-        }
-        instrumentation.addTransformer(new DrainBatching());
-        System.err.println(
-                "drain-batching agent: " + MODEL.replace('/', '.') + "." + METHOD
-                        + " takes what is queued and never waits for more (maxBatchDelay unused)");
-    }
-
-    @Override
-    public byte[] transform(
-            ClassLoader loader, String name, Class<?> redefined, ProtectionDomain domain, byte[] bytes) {
-        if (!MODEL.equals(name)) {
-            return null;
-        }
-        try {
-            return rewrite(bytes);
-        } catch (UnexpectedBytecode error) { // another Model class than the one checked at start
-            System.err.println("drain-batching agent: " + error.getMessage() + ". Stopping. " + OFF);
-            Runtime.getRuntime().halt(78);
-            return null;
-        }
-    }
-
-    static byte[] modelClassBytes() throws IOException, UnexpectedBytecode {
-        try (InputStream in = ClassLoader.getSystemResourceAsStream(MODEL + ".class")) {
-            if (in == null) {
-                throw new UnexpectedBytecode(MODEL + ".class is not on the class path (is this TorchServe?)");
-            }
-            return in.readAllBytes();
-        }
-    }
+    private DrainBatching() {}
 
     /** Model's class file with pollBatch's loop rewritten; throws if any step does not match. */
     static byte[] rewrite(byte[] original) throws UnexpectedBytecode {
-        ClassNode model = new ClassNode();
-        new ClassReader(original).accept(model, 0);
-        MethodNode poll = null;
-        for (MethodNode method : model.methods) {
-            if (METHOD.equals(method.name) && DESCRIPTOR.equals(method.desc)) {
-                poll = method;
-            }
-        }
-        if (poll == null) {
-            throw new UnexpectedBytecode(MODEL + " has no " + METHOD + DESCRIPTOR);
-        }
+        ClassNode model = Agent.read(original);
+        MethodNode poll = Agent.method(model, METHOD, DESCRIPTOR);
         int maxDelay = maxDelayLocal(poll);
         pollWithoutWaiting(poll, maxDelay);
         removeDelayBreak(poll, maxDelay);
-        ClassWriter writer = new ClassWriter(0); // same frames and stack depth: nothing to compute
-        model.accept(writer);
-        return writer.toByteArray();
+        return Agent.write(model);
     }
 
     /** The local that `long maxDelay = maxBatchDelay;` stores into: GETFIELD maxBatchDelay, I2L, LSTORE. */
-    static int maxDelayLocal(MethodNode method) throws UnexpectedBytecode {
+    private static int maxDelayLocal(MethodNode method) throws UnexpectedBytecode {
         List<Integer> found = new ArrayList<>();
         for (AbstractInsnNode insn : method.instructions) {
             if (insn instanceof FieldInsnNode field
@@ -133,7 +76,10 @@ public final class DrainBatching implements ClassFileTransformer {
         return found.get(0);
     }
 
-    /** `jobsQueue.poll(maxDelay, MILLISECONDS)` becomes `jobsQueue.poll(0, MILLISECONDS)`. */
+    /**
+     * `jobsQueue.poll(maxDelay, MILLISECONDS)` becomes `DrainBatching.pollWithin(jobsQueue, 0,
+     * MILLISECONDS, jobsRepo)`: no wait, and no job that would take the batch past BATCH_BYTES.
+     */
     static void pollWithoutWaiting(MethodNode method, int maxDelay) throws UnexpectedBytecode {
         List<AbstractInsnNode> loads = new ArrayList<>();
         for (AbstractInsnNode insn : method.instructions) {
@@ -152,7 +98,72 @@ public final class DrainBatching implements ClassFileTransformer {
             throw new UnexpectedBytecode(
                     METHOD + ": expected one jobsQueue.poll(maxDelay, MILLISECONDS), found " + loads.size());
         }
-        method.instructions.set(loads.get(0), new InsnNode(Opcodes.LCONST_0));
+        AbstractInsnNode load = loads.get(0);
+        AbstractInsnNode call = next(next(load));
+        method.instructions.set(load, new InsnNode(Opcodes.LCONST_0));
+        method.instructions.insertBefore(call, new VarInsnNode(Opcodes.ALOAD, JOBS_REPO));
+        method.instructions.set(
+                call,
+                new MethodInsnNode(Opcodes.INVOKESTATIC, "cifar10/frontend/DrainBatching", "pollWithin", POLL_WITHIN));
+        method.maxStack += 1;
+    }
+
+    /**
+     * The next queued job if one is there and the batch's bodies stay within BATCH_BYTES with it;
+     * else null (the batch is complete) and the job stays first in the queue. Jobs whose client's
+     * connection is closed are dropped on the way: nobody could read their answer. Called with
+     * Model's lock held: no other worker takes from the queue meanwhile.
+     */
+    public static Object pollWithin(LinkedBlockingDeque<Object> queue, long timeout, TimeUnit unit, Map<?, ?> batch)
+            throws InterruptedException {
+        Object job = queue.poll(timeout, unit);
+        while (job != null && clientLeft(job)) {
+            job = queue.poll(timeout, unit);
+        }
+        if (job == null || batch.isEmpty()) {
+            return job;
+        }
+        long[] counted = COUNTED.get(); // {jobs, bytes} of this thread's batch so far
+        if (counted[0] != batch.size()) {
+            counted[0] = batch.size();
+            counted[1] = 0;
+            for (Object taken : batch.values()) {
+                counted[1] += bodyBytes(taken);
+            }
+        }
+        long bytes = counted[1] + bodyBytes(job);
+        if (bytes > BATCH_BYTES) {
+            queue.addFirst(job);
+            return null;
+        }
+        counted[0] += 1; // the caller puts the job into the batch
+        counted[1] = bytes;
+        return job;
+    }
+
+    private static final ThreadLocal<long[]> COUNTED = ThreadLocal.withInitial(() -> new long[2]);
+
+    /** The job's connection is closed (Job.isOpen() is false): its client went away. */
+    static boolean clientLeft(Object job) {
+        try {
+            return !(Boolean) job.getClass().getMethod("isOpen").invoke(job);
+        } catch (ReflectiveOperationException | RuntimeException unexpected) {
+            return false; // a job that cannot say: computed as before
+        }
+    }
+
+    /** The bytes of a job's request parameters (its body or form fields): Job.getPayload().getParameters(). */
+    static long bodyBytes(Object job) {
+        try {
+            Object payload = job.getClass().getMethod("getPayload").invoke(job);
+            long bytes = 0;
+            for (Object parameter : (List<?>) payload.getClass().getMethod("getParameters").invoke(payload)) {
+                bytes += ((byte[]) parameter.getClass().getMethod("getValue").invoke(parameter)).length;
+            }
+            return bytes;
+        } catch (ReflectiveOperationException | RuntimeException unexpected) {
+            return 0; // a job of another shape (a control command): no body to count
+        }
     }
 
     /**

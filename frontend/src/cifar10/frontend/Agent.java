@@ -1,0 +1,107 @@
+package cifar10.frontend;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.lang.instrument.ClassFileTransformer;
+import java.lang.instrument.Instrumentation;
+import java.security.ProtectionDomain;
+import java.util.Map;
+import org.objectweb.asm.ClassReader;
+import org.objectweb.asm.ClassWriter;
+import org.objectweb.asm.tree.ClassNode;
+import org.objectweb.asm.tree.MethodNode;
+
+/**
+ * What we change in TorchServe 0.12's frontend, as a Java agent that rewrites two classes when they
+ * load: {@link DrainBatching} (Model: a worker takes what is queued and never waits for more) and
+ * {@link ScaleDownDrain} (WorkerThread: a worker removed by a scale-down answers its batch first).
+ *
+ * <p>Both rewrites are tried on TorchServe's own class files before it starts. If a class is not
+ * the bytecode they were written against, the JVM stops, saying why: a TorchServe that silently
+ * behaves differently is worse than none.
+ */
+public final class Agent implements ClassFileTransformer {
+    static final String OFF =
+            "To run TorchServe without these changes, remove -javaagent from vmargs in config.properties.";
+
+    /** A class's bytes, rewritten: the class name (with slashes) maps to its rewrite. */
+    interface Rewrite {
+        byte[] apply(byte[] original) throws UnexpectedBytecode;
+    }
+
+    static final Map<String, Rewrite> REWRITES =
+            Map.of(DrainBatching.MODEL, DrainBatching::rewrite, ScaleDownDrain.WORKER, ScaleDownDrain::rewrite);
+
+    /** The bytecode is not what a rewrite was written against. */
+    static final class UnexpectedBytecode extends Exception {
+        UnexpectedBytecode(String message) {
+            super(message);
+        }
+    }
+
+    public static void premain(String arguments, Instrumentation instrumentation) {
+        try {
+            for (Map.Entry<String, Rewrite> rewrite : REWRITES.entrySet()) {
+                rewrite.getValue().apply(classBytes(rewrite.getKey())); // checked now, not when a model loads
+            }
+        } catch (UnexpectedBytecode | IOException error) {
+            System.err.println(
+                    "frontend agent: cannot change TorchServe's frontend: "
+                            + error.getMessage()
+                            + ". TorchServe was not started. "
+                            + OFF);
+            System.exit(78);
+        }
+        instrumentation.addTransformer(new Agent());
+        System.err.println(
+                "frontend agent: Model.pollBatch takes what is queued and never waits for more (maxBatchDelay"
+                        + " unused); WorkerThread.shutdown lets a scaled-down worker answer its batch first");
+    }
+
+    @Override
+    public byte[] transform(
+            ClassLoader loader, String name, Class<?> redefined, ProtectionDomain domain, byte[] bytes) {
+        Rewrite rewrite = REWRITES.get(name);
+        if (rewrite == null) {
+            return null;
+        }
+        try {
+            return rewrite.apply(bytes);
+        } catch (UnexpectedBytecode error) { // another class of that name than the one checked at start
+            System.err.println("frontend agent: " + error.getMessage() + ". Stopping. " + OFF);
+            Runtime.getRuntime().halt(78);
+            return null;
+        }
+    }
+
+    static byte[] classBytes(String name) throws IOException, UnexpectedBytecode {
+        try (InputStream in = ClassLoader.getSystemResourceAsStream(name + ".class")) {
+            if (in == null) {
+                throw new UnexpectedBytecode(name + ".class is not on the class path (is this TorchServe?)");
+            }
+            return in.readAllBytes();
+        }
+    }
+
+    static ClassNode read(byte[] bytes) {
+        ClassNode type = new ClassNode();
+        new ClassReader(bytes).accept(type, 0);
+        return type;
+    }
+
+    static MethodNode method(ClassNode type, String name, String descriptor) throws UnexpectedBytecode {
+        for (MethodNode method : type.methods) {
+            if (name.equals(method.name) && descriptor.equals(method.desc)) {
+                return method;
+            }
+        }
+        throw new UnexpectedBytecode(type.name + " has no " + name + descriptor);
+    }
+
+    /** The class written back with the frames and stack depths it was read with (the rewrites keep both). */
+    static byte[] write(ClassNode type) {
+        ClassWriter writer = new ClassWriter(0);
+        type.accept(writer);
+        return writer.toByteArray();
+    }
+}

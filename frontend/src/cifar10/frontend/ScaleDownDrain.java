@@ -1,0 +1,151 @@
+package cifar10.frontend;
+
+import cifar10.frontend.Agent.UnexpectedBytecode;
+import java.lang.reflect.Field;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicReference;
+import org.objectweb.asm.Opcodes;
+import org.objectweb.asm.tree.ClassNode;
+import org.objectweb.asm.tree.InsnList;
+import org.objectweb.asm.tree.MethodInsnNode;
+import org.objectweb.asm.tree.MethodNode;
+import org.objectweb.asm.tree.VarInsnNode;
+
+/**
+ * A scale-down that answers the removed worker's batch (applied by {@link Agent}).
+ *
+ * <p>TorchServe's {@code WorkerThread.shutdown} interrupts the worker's thread and closes its
+ * connection to the Python process at once: the batch in flight on that worker is lost (its
+ * clients get 500 "Worker died."), while the rest of the queue goes to the other workers. This
+ * rewrite calls {@link #finishBatch} first thing in {@code shutdown}: the worker takes no new
+ * batch, and shutdown waits until the one in flight is answered (at most {@code responseTimeout})
+ * before it goes on as before.
+ */
+public final class ScaleDownDrain {
+    static final String WORKER = "org/pytorch/serve/wlm/WorkerThread";
+    static final String MODEL_CLASS = "org.pytorch.serve.wlm.Model";
+    static final long IDLE_MILLIS = 100;
+    static final String[] FIELDS = {"running", "state", "currentThread", "aggregator", "responseTimeout"};
+
+    private ScaleDownDrain() {}
+
+    /** WorkerThread's class file with shutdown() starting with finishBatch(this). */
+    static byte[] rewrite(byte[] original) throws UnexpectedBytecode {
+        ClassNode worker = Agent.read(original);
+        MethodNode shutdown = Agent.method(worker, "shutdown", "()V");
+        if (shutdown.maxStack < 1) {
+            throw new UnexpectedBytecode(WORKER + ".shutdown has no operand stack for its argument");
+        }
+        for (String name : FIELDS) {
+            if (worker.fields.stream().noneMatch(field -> field.name.equals(name))) {
+                throw new UnexpectedBytecode(WORKER + " has no field " + name);
+            }
+        }
+        InsnList call = new InsnList();
+        call.add(new VarInsnNode(Opcodes.ALOAD, 0));
+        call.add(new MethodInsnNode(
+                Opcodes.INVOKESTATIC, "cifar10/frontend/ScaleDownDrain", "finishBatch", "(Ljava/lang/Object;)V"));
+        shutdown.instructions.insert(call);
+        return Agent.write(worker);
+    }
+
+    /**
+     * Stops a serving {@code worker} taking new batches and lets it answer the one it holds: its
+     * thread ends its loop after its batch. A worker marked not running may still be waiting
+     * for a job inside Model, and under traffic it soon gets one, answers it and ends; a worker
+     * idle for IDLE_MILLIS (no traffic) is interrupted here, while it waits, and a job it took in
+     * that instant goes back to the queue for the other workers. It is marked scaled down first, so
+     * that its thread's exit does not schedule a restart. A worker still loading its model holds no
+     * batch: shutdown goes on as it was.
+     */
+    public static void finishBatch(Object worker) {
+        try {
+            Field state = field(worker, "state");
+            if (state.get(worker) != workerState(state.getType(), "WORKER_MODEL_LOADED")) {
+                return;
+            }
+            ((AtomicBoolean) field(worker, "running").get(worker)).set(false);
+            state.set(worker, workerState(state.getType(), "WORKER_SCALED_DOWN"));
+            AtomicReference<?> current = (AtomicReference<?>) field(worker, "currentThread").get(worker);
+            Object aggregator = field(worker, "aggregator").get(worker);
+            Map<?, ?> jobs = (Map<?, ?>) field(aggregator, "jobs").get(aggregator);
+            long now = System.nanoTime();
+            long deadline = now + TimeUnit.SECONDS.toNanos(field(worker, "responseTimeout").getInt(worker));
+            long idleSince = now;
+            while (now < deadline && now - idleSince < TimeUnit.MILLISECONDS.toNanos(IDLE_MILLIS)) {
+                Thread thread = (Thread) current.get();
+                if (thread == null) {
+                    return; // its loop ended after its last batch
+                }
+                if (!(jobs.isEmpty() && waitsForAJob(thread))) {
+                    idleSince = System.nanoTime();
+                }
+                Thread.sleep(2);
+                now = System.nanoTime();
+            }
+            Thread thread = (Thread) current.get();
+            if (thread != null && jobs.isEmpty() && waitsForAJob(thread)) {
+                thread.interrupt();
+                while (inWorkerLoop(thread) && System.nanoTime() < deadline) {
+                    Thread.sleep(2);
+                }
+                aggregator.getClass()
+                        .getMethod("sendError", requestType(), String.class, int.class)
+                        .invoke(aggregator, null, "Worker scaled down.", 500); // puts taken jobs back in the queue
+            }
+        } catch (ReflectiveOperationException | RuntimeException error) {
+            System.err.println("frontend agent: scale-down without waiting for the batch in flight: " + error);
+        } catch (InterruptedException error) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    static Class<?> requestType() throws ClassNotFoundException {
+        return Class.forName("org.pytorch.serve.util.messages.BaseModelRequest");
+    }
+
+    /** The thread still runs WorkerThread's loop (or its exit). */
+    static boolean inWorkerLoop(Thread thread) {
+        for (StackTraceElement frame : thread.getStackTrace()) {
+            if (frame.getClassName().equals(WORKER.replace('/', '.'))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** The thread is blocked inside Model (its queue or its lock): it holds no batch. */
+    static boolean waitsForAJob(Thread thread) {
+        Thread.State state = thread.getState();
+        if (state != Thread.State.WAITING && state != Thread.State.TIMED_WAITING) {
+            return false;
+        }
+        for (StackTraceElement frame : thread.getStackTrace()) {
+            if (MODEL_CLASS.equals(frame.getClassName())) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @SuppressWarnings({"unchecked", "rawtypes"})
+    static Object workerState(Class<?> type, String name) {
+        return Enum.valueOf((Class<Enum>) type, name);
+    }
+
+    /** A field declared by the object's class or one of its superclasses, made accessible. */
+    static Field field(Object owner, String name) throws NoSuchFieldException {
+        for (Class<?> type = owner.getClass(); type != null; type = type.getSuperclass()) {
+            try {
+                Field found = type.getDeclaredField(name);
+                found.setAccessible(true);
+                return found;
+            } catch (NoSuchFieldException notHere) {
+                // look in the superclass
+            }
+        }
+        throw new NoSuchFieldException(owner.getClass().getName() + "." + name);
+    }
+}
