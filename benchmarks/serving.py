@@ -23,13 +23,13 @@ from pathlib import Path
 import yaml
 
 from benchmarks import serving_report
-from benchmarks.load import WrkError, bench_images, ceiling_rate, cpu_per_image, run_wrk
+from benchmarks.load import WrkError, bench_images, ceiling_rate, cpu_per_image
 from benchmarks.servers import process_system, torchserve_system
 from frontend import without_agent
 from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.config import properties
-from serve.server import LOG_CONFIG, cpu_seconds
+from serve.server import LOG_CONFIG
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
@@ -119,31 +119,12 @@ def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
     """One system: its rows (one per concurrency) and its cold start."""
     system = launch()
     try:
-        run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
-        rows = []
-        for concurrency in args.concurrency:
-            processes, batching = system.processes(), system.batching()
-            cpu_before, frontend_before = cpu_seconds(processes), cpu_seconds(processes[:1])
-            result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
-            result["server_cpu_seconds"] = cpu_seconds(processes) - cpu_before
-            result["frontend_cpu_seconds"] = cpu_seconds(processes[:1]) - frontend_before
-            if batching:
-                done = {name: value - batching[name] for name, value in system.batching().items()}
-                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
-                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
-            rows.append({"system": system.name, "concurrency": concurrency, "runtime": system.runtime, **result})
-            print(
-                f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-                f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  server cpu "
-                f"{1e3 * result['server_cpu_seconds'] / max(result['requests'], 1):.3f} ms/req",
-                flush=True,
-            )
+        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
     finally:
         system.stop()
     beside = ceiling_rate(system.runtime, args.run.resolve(), listing, args.ceiling_seconds)
-    for row in rows:
-        row["ceiling_rps_beside"] = beside
     print(f"   ceiling ({system.runtime}) right after: {beside:.0f} images/s", flush=True)
+    rows = [{"system": system.name, "runtime": system.runtime, **row, "ceiling_rps_beside": beside} for row in loads]
     return rows, system.cold_start_seconds
 
 

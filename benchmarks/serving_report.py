@@ -51,8 +51,6 @@ def ratio(value: object) -> str:
 def add_efficiency(rows: list[dict], cpu_per_image: dict[str, float]) -> None:
     """`cpu_per_image`: runtime -> the ceiling's CPU seconds per image."""
     for row in rows:
-        row["server_cpu_ms_per_request"] = 1e3 * row["server_cpu_seconds"] / max(row["requests"], 1)
-        row["frontend_cpu_ms_per_request"] = 1e3 * row["frontend_cpu_seconds"] / max(row["requests"], 1)
         row["cpu_efficiency"] = 1e3 * cpu_per_image[row["runtime"]] / row["server_cpu_ms_per_request"]
         row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
 
