@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.load import metric_samples, run_wrk
+from benchmarks.servers import torchserve_system
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / "data" / "gpu-check"
@@ -171,20 +172,11 @@ def serve_one(
     config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
 ) -> dict:
     """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
-    import yaml
-
-    from serve.archive import build_archive
-    from serve.server import LocalServer
-
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        store, model_config = Path(scratch) / "model-store", Path(scratch) / "model-config.yaml"
-        model_config.write_text(yaml.safe_dump(config))
-        build_archive(run_dir, store, model_config=model_config)
-        server = LocalServer(Path(scratch), store, port_base, settings={"job_queue_size": str(config["jobQueueSize"])})
-        with server:
-            client = server.client
-            url, token = f"{client.inference}/predictions/cifar10", client.keys.get("inference")
-            part = {"config": config, "cold_start_seconds": round(server.ready_seconds, 1)}
+        settings = {"job_queue_size": str(config["jobQueueSize"])}
+        with torchserve_system("gpu-check", run_dir, config, Path(scratch), port_base, **settings) as system:
+            client, url, token = system.client, system.url, system.token
+            part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
             part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
             run_wrk(url, listing, 64, 3, token, False, threads=4)  # warm-up
             for concurrency in concurrencies:

@@ -75,9 +75,9 @@ def pulled_bytes(image: str) -> int:
     return total
 
 
-def start_container(image: str, store: Path, port: int, name: str, scratch: Path) -> tuple[System, Client]:
-    """`image` serving `store`, ready once it answered a prediction (its cold start: from `run -d`),
-    and a client of it; the System's CPU time is that of the container's processes, read on the host."""
+def start_container(image: str, store: Path, port: int, name: str, scratch: Path) -> System:
+    """`image` serving `store`, ready once it answered a prediction (its cold start: from `run -d`);
+    its CPU time is that of the container's processes, read on the host."""
     key_dir = scratch / name
     key_dir.mkdir()
     client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", "", key_file=key_dir / "key_file.json")
@@ -98,15 +98,15 @@ def start_container(image: str, store: Path, port: int, name: str, scratch: Path
     except BaseException:
         engine("rm", "-f", name, check=False)
         raise
-    system = System(
+    return System(
         image,
         url=f"{client.inference}/predictions/cifar10",
         stop=lambda: engine("rm", "-f", name, check=False),
         processes=lambda: process_tree(pid),
         token=client.keys["inference"],
         cold_start_seconds=time.monotonic() - started,
+        client=client,
     )
-    return system, client
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,18 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         listing = bench_images(args.data, args.images, scratch / "bench-images")
         rows, verification = [], None
         for index, (image, model_format) in enumerate(SERVING.items()):
-            system, client = start_container(
-                image, stores[model_format], args.port_base, f"{args.prefix}-{index}", scratch
-            )
-            try:
+            name = f"{args.prefix}-{index}"
+            with start_container(image, stores[model_format], args.port_base, name, scratch) as system:
                 next(row for row in sizes if row["image"] == image)["first_prediction_s"] = system.cold_start_seconds
                 loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
                 rows += [{"image": image, "connections": row["concurrency"], **row} for row in loads]
                 if image == SLIM:
                     with LocalServer(scratch / "reference", stores["torchscript"], args.port_base + 10) as reference:
-                        verification = compare(client, args.run, args.data, reference=reference.client)
-            finally:
-                system.stop()
+                        verification = compare(system.client, args.run, args.data, reference=reference.client)
         write(args, sizes, rows, verification, load_before)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

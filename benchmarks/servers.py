@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks.load import metric_samples, run_wrk
 from serve.archive import REPO, build_archive
-from serve.client import ServiceError, sample_jpeg
+from serve.client import Client, ServiceError, sample_jpeg
 from serve.server import LOG_CONFIG, LocalServer, cpu_seconds, wait_until_serving
 
 BATCHING_SUMS = (
@@ -43,13 +43,20 @@ class System:
     form: bool = False  # multipart `image` field (the Flask service's form) instead of a raw body
     cold_start_seconds: float = 0.0
     runtime: str = "torchscript"  # which ceiling its efficiency is measured against
-    metrics: Callable[[], str] | None = None  # TorchServe's Prometheus text
+    client: Client | None = None  # a TorchServe's
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def batching(self) -> dict[str, float]:
-        """TorchServe's running sums: requests, their queue time (µs), batches and their requests."""
-        if self.metrics is None:
+        """TorchServe's running sums, where its metrics API is reachable: requests, their queue
+        time (µs), batches and their requests."""
+        if self.client is None or not self.client.metrics_url:
             return {}
-        text = self.metrics()
+        text = self.client.metrics()
         return {name: sum(metric_samples(text, name)) for name in BATCHING_SUMS}
 
     def loads(self, listing: Path, concurrencies: list[int], seconds: int, warmup: int) -> list[dict]:
@@ -150,7 +157,7 @@ def torchserve_system(
         token=client.keys.get("inference"),
         cold_start_seconds=time.monotonic() - started,
         runtime="onnxruntime" if model_format == "onnx" else "torchscript",
-        metrics=client.metrics,
+        client=client,
     )
 
 

@@ -117,11 +117,8 @@ def levers(shipped: dict) -> list[tuple[str, dict, dict]]:
 
 def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
     """One system: its rows (one per concurrency) and its cold start."""
-    system = launch()
-    try:
+    with launch() as system:
         loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
-    finally:
-        system.stop()
     beside = ceiling_rate(system.runtime, args.run.resolve(), listing, args.ceiling_seconds)
     print(f"   ceiling ({system.runtime}) right after: {beside:.0f} images/s", flush=True)
     rows = [{"system": system.name, "runtime": system.runtime, **row, "ceiling_rps_beside": beside} for row in loads]
