@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     command = "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:])
     stem = "bench-serve-levers" if args.levers else "bench-serve-variants" if args.variants else "bench-serve"
-    serving_report.write(rows, per_image, cold, failed, [], args.out, stem, command)
+    serving_report.write(rows, per_image, cold, failed, args.out, stem, command)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,6 @@ def write(
     cpu_per_image: dict[str, float],
     cold: dict[str, float],
     failed: dict[str, str],
-    notes: list[str],
     out: Path,
     stem: str,
     command: str,
@@ -114,7 +113,6 @@ def write(
         "server's per request; "
         "`ceiling_rps_beside`: the ceiling's images/s (one single-threaded process per core, all at once) "
         "measured right after the system ran, and `of_ceiling_beside` the system's requests/s over it.",
-        *notes,
     )
     formats = {"cpu_efficiency": ratio, "of_ceiling_beside": ratio}
     report.table(rows, COLUMNS, formats)
