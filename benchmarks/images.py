@@ -9,7 +9,7 @@ no torch), cifar10-train. For each: its size (`image inspect`) and the bytes of 
 a node pulls, near enough: registries hold layers gzipped). For each serving image, serving an
 archive of --run in the format it takes (TorchScript, ONNX) mounted read-only where Compose mounts
 the store: seconds from `run -d` to the first prediction, then wrk at each --concurrency after a
-warm-up (benchmarks.serving's run_wrk and images), with the server's CPU time per request (the
+warm-up (the serving benchmark's images and wrk loop), with the server's CPU time per request (the
 container's processes, read on the host). Last, every test image through the slim container and a
 TorchServe run as `make serve` runs it (serve.server.LocalServer, TorchScript): serve.verify's
 compare with that server as the reference (same top 3, confidences within its tolerance).
