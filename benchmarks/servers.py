@@ -98,14 +98,16 @@ def process_tree(pid: int) -> list[psutil.Process]:
 
 def until(attempt: Callable[[], object], errors: tuple[type[Exception], ...], timeout: float, what: str) -> object:
     """Calls `attempt` until it returns something true without raising one of `errors`; raises
-    TimeoutError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    TimeoutError naming `what` (and the last error) after `timeout` seconds."""
+    deadline, last_error = time.monotonic() + timeout, None
     while True:
-        with contextlib.suppress(*errors):
+        try:
             if result := attempt():
                 return result
+        except errors as error:
+            last_error = error
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f} s")
+            raise TimeoutError(f"{what} within {timeout:.0f} s (last error: {last_error})")
         time.sleep(0.25)
 
 
