@@ -163,10 +163,11 @@ def torchserve_system(
     )
 
 
-def process_system(name: str, module: str, port: int, model_path: Path) -> System:
-    """A comparison server run as `python -m module`; ready once it answers a real prediction."""
+def process_system(name: str, port: int, model_path: Path) -> System:
+    """A comparison server, `python -m benchmarks.alternatives.{name}_app`; ready once it answers a
+    real prediction."""
     process = subprocess.Popen(
-        [sys.executable, "-m", module, "--model", str(model_path), "--port", str(port)],
+        [sys.executable, "-m", f"benchmarks.alternatives.{name}_app", "--model", str(model_path), "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -71,12 +71,8 @@ def systems(args, scratch: Path) -> dict:
         "torchserve": torchserve("torchserve", shipped),
         "torchserve-stock": torchserve("torchserve-stock", shipped, **STOCK),
         "torchserve-onnx": torchserve("torchserve-onnx", onnx, model_format="onnx"),
-        "flask": lambda: process_system(
-            "flask", "benchmarks.alternatives.flask_app", ports + FLASK_OFFSET, run_dir / "model.pt"
-        ),
-        "litserve": lambda: process_system(
-            "litserve", "benchmarks.alternatives.litserve_app", ports + LITSERVE_OFFSET, run_dir / "model.pt"
-        ),
+        "flask": lambda: process_system("flask", ports + FLASK_OFFSET, run_dir / "model.pt"),
+        "litserve": lambda: process_system("litserve", ports + LITSERVE_OFFSET, run_dir / "model.pt"),
         # --variants: measured, not kept
         "torchserve-quiet-logs": torchserve("torchserve-quiet-logs", shipped, log_config=quiet_log_config(scratch)),
         "torchserve-onnx-stock": torchserve("torchserve-onnx-stock", onnx, model_format="onnx", **STOCK),
