@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from benchmarks.gpu_serving import BENCH_IMAGES, REPO, STATE, GpuCheckError, stage_serve
+from benchmarks.load import bench_images
 from serve.report import Report, write_csv
 
 GPU_TEST_FILES = (
@@ -37,6 +39,7 @@ GPU_TEST_FILES = (
     "tests/unit/test_gpu_decode.py",
 )
 STAGES = ("tests", "train", "serve")
+COMPARISONS = {"<=": operator.le, ">=": operator.ge}
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
 
 # (section, name, metric, comparison, bound): what the GPU path must reach on a GPU machine.
@@ -131,29 +134,17 @@ def stage_tests(python: str) -> dict:
 
 
 TRAIN_RUNS = {
-    # name: (run folder under data/gpu-check/models, python -m train arguments)
-    "baseline (CUDA graph)": ("baseline", ["--recipe", "baseline", "--device", "cuda"]),
-    "baseline, eager (1 epoch)": (
-        "baseline-eager",
-        ["--recipe", "baseline", "--device", "cuda", "--cuda-graph", "off", "--epochs", "1"],
-    ),
+    # name: (run folder under data/gpu-check/models, `python -m train` arguments besides --device cuda)
+    "baseline (CUDA graph)": ("baseline", "--recipe baseline"),
+    "baseline, eager (1 epoch)": ("baseline-eager", "--recipe baseline --cuda-graph off --epochs 1"),
     # make train's default recipe: on the graphed path its one-cycle schedule leaves beta1 at 0.9
-    "fast (CUDA graph)": ("fast", ["--recipe", "fast", "--device", "cuda"]),
-    "gpu-large-batch": ("gpu-large-batch", ["--recipe", "gpu-large-batch", "--device", "cuda"]),
+    "fast (CUDA graph)": ("fast", "--recipe fast"),
+    "gpu-large-batch": ("gpu-large-batch", "--recipe gpu-large-batch"),
     # the recipe's epochs and rate were chosen without a GPU: shorter runs show the time/accuracy trade,
     # a lower rate whether 8e-3 is too high (docs/gpu.md: a small CPU trial)
-    "gpu-large-batch, 8 epochs": (
-        "gpu-large-batch-8",
-        ["--recipe", "gpu-large-batch", "--device", "cuda", "--epochs", "8"],
-    ),
-    "gpu-large-batch, 12 epochs": (
-        "gpu-large-batch-12",
-        ["--recipe", "gpu-large-batch", "--device", "cuda", "--epochs", "12"],
-    ),
-    "gpu-large-batch, lr 4e-3": (
-        "gpu-large-batch-lr4e-3",
-        ["--recipe", "gpu-large-batch", "--device", "cuda", "--lr", "4e-3"],
-    ),
+    "gpu-large-batch, 8 epochs": ("gpu-large-batch-8", "--recipe gpu-large-batch --epochs 8"),
+    "gpu-large-batch, 12 epochs": ("gpu-large-batch-12", "--recipe gpu-large-batch --epochs 12"),
+    "gpu-large-batch, lr 4e-3": ("gpu-large-batch-lr4e-3", "--recipe gpu-large-batch --lr 4e-3"),
 }
 
 
@@ -162,17 +153,18 @@ def stage_train(python: str, data: str) -> dict:
     for name, (run_name, arguments) in TRAIN_RUNS.items():
         command = [python, "-m", "train", "--data", data, "--out-dir", str(STATE / "models"), "--run-name", run_name]
         print(f"== train: {name}", flush=True)
-        completed = subprocess.run([*command, *arguments], cwd=REPO)
+        completed = subprocess.run([*command, "--device", "cuda", *arguments.split()], cwd=REPO)
         if completed.returncode != 0:  # recorded; the other runs still give their figures
             results[name] = {"error": f"python -m train exited {completed.returncode}"}
             continue
         meta = json.loads((STATE / "models" / run_name / "metadata.json").read_text())
         epochs = meta["history"]
+        train_seconds = sum(epoch["train_seconds"] for epoch in epochs)
         results[name] = {
             "run": str((STATE / "models" / run_name).relative_to(REPO)),
             "epochs": len(epochs),
-            "train_seconds": round(sum(epoch["train_seconds"] for epoch in epochs), 2),
-            "seconds_per_epoch": round(sum(epoch["train_seconds"] for epoch in epochs) / len(epochs), 3),
+            "train_seconds": round(train_seconds, 2),
+            "seconds_per_epoch": round(train_seconds / len(epochs), 3),
             "eval_seconds": round(sum(epoch["eval_seconds"] for epoch in epochs), 2),
             "total_seconds": meta["total_seconds"],
             "test_accuracy": meta["final_test_accuracy"],
@@ -180,8 +172,6 @@ def stage_train(python: str, data: str) -> dict:
             "cuda_graph": meta.get("cuda_graph"),
             "device": meta["device"],
         }
-    from benchmarks.load import bench_images
-
     bench_images(data, BENCH_IMAGES, REPO / "data" / "bench-images")  # for the serve stage, which may lack the data
     return results
 
@@ -194,27 +184,23 @@ def target_rows(results: dict) -> list[dict]:
     failed) and whether it is met."""
     rows = []
     for section, name, metric, comparison, bound in TARGETS:
-        measured = []
         if section == "serve":  # every served configuration is checked
-            for label, part in results.get("serve", {}).items():
-                if label == "machine":
-                    continue
-                if "error" in part:
-                    measured.append((f"{label}: {name}", "error"))
-                elif metric in part.get(name, {}):
-                    measured.append((f"{label}: {name}", part[name][metric]))
-        elif "error" in results.get(section, {}).get(name, {}):
-            measured.append((name, "error"))
-        elif metric in results.get(section, {}).get(name, {}):
-            measured.append((name, results[section][name][metric]))
+            served = [(label, part) for label, part in results.get("serve", {}).items() if label != "machine"]
+            candidates = [
+                (f"{label}: {name}", part if "error" in part else part.get(name, {})) for label, part in served
+            ]
+        else:
+            candidates = [(name, results.get(section, {}).get(name, {}))]
+        measured = [
+            (label, "error" if "error" in figures else figures[metric])
+            for label, figures in candidates
+            if "error" in figures or metric in figures
+        ]
         for label, value in measured or [(name, None)]:
-            if value in (None, "error"):
-                met = None if value is None else False
-            else:
-                met = value <= bound if comparison == "<=" else value >= bound
+            met = None if value is None else value != "error" and COMPARISONS[comparison](value, bound)
+            target = f"{comparison} {bound}"
             rows.append(
-                {"section": section, "name": label, "metric": metric, "target": f"{comparison} {bound}", "value": value}
-                | {"met": met}
+                {"section": section, "name": label, "metric": metric, "target": target, "value": value, "met": met}
             )
     return rows
 

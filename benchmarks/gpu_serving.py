@@ -4,6 +4,7 @@ goes (py-spy, TorchServe's counters), and one connection right after a scale-up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -11,7 +12,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+from benchmarks.load import metric_samples, run_wrk
+from benchmarks.servers import torchserve_system
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / "data" / "gpu-check"
@@ -27,44 +33,32 @@ class GpuCheckError(RuntimeError):
     """A stage cannot run here (a missing tool, or an earlier stage's output)."""
 
 
-class GpuSampler:
-    """nvidia-smi's utilization and memory, sampled every 200 ms while in a `with` block."""
+@contextlib.contextmanager
+def gpu_use() -> Iterator[dict]:
+    """nvidia-smi's utilization and memory, sampled every 200 ms while in the block; yields a dict
+    that holds their mean and peak once the block is left (empty without nvidia-smi)."""
+    query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+    figures, samples, stop = {}, [], threading.Event()
 
-    def __init__(self):
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
+    def sample():
+        while not stop.wait(0.2):
+            output = subprocess.run(query, capture_output=True, text=True).stdout
+            with contextlib.suppress(ValueError):
+                busy, memory = map(float, output.split(","))
+                samples.append((busy, memory))
 
-    def _sample(self):
-        while not self._stop.wait(0.2):
-            output = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                capture_output=True,
-                text=True,
-            ).stdout
-            try:
-                busy, memory = (float(value) for value in output.strip().split(","))
-            except ValueError:
-                continue
-            self.samples.append((busy, memory))
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def summary(self) -> dict:
-        if not self.samples:
-            return {}
-        return {
-            "gpu_busy_percent": round(sum(busy for busy, _ in self.samples) / len(self.samples), 1),
-            "gpu_memory_mib": max(memory for _, memory in self.samples),
-        }
+    sampler = threading.Thread(target=sample, daemon=True)
+    if shutil.which("nvidia-smi"):
+        sampler.start()
+    try:
+        yield figures
+    finally:
+        stop.set()
+        if sampler.is_alive():
+            sampler.join()
+    if samples:
+        figures["gpu_busy_percent"] = round(sum(busy for busy, _ in samples) / len(samples), 1)
+        figures["gpu_memory_mib"] = max(memory for _, memory in samples)
 
 
 def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
@@ -94,40 +88,23 @@ def served_equals_offline(client, listing: Path, model_path: Path, clients: int 
     return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
 
 
-def worker_gpu_memory(metrics_text: str) -> list[float]:
-    """MiB per worker from the handler's cifar10_gpu_memory_bytes samples."""
-    values = []
-    for line in metrics_text.splitlines():
-        if line.startswith("cifar10_gpu_memory_bytes{"):
-            values.append(round(float(line.rsplit(" ", 1)[1]) / 2**20, 1))
-    return values
-
-
-def metric_total(metrics_text: str, name: str) -> float:
-    """The sum of a metric's samples over all its label sets, from Prometheus text."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def time_breakdown(metrics_text: str) -> dict:
     """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
     queue wait and frontend-measured inference per request, mean batch size, and the handler's
     decode and model time per batch (milliseconds)."""
-    requests = metric_total(metrics_text, "ts_inference_requests_total")
-    batches = metric_total(metrics_text, "cifar10_batch_size_count")
+
+    def total(name: str) -> float:
+        return sum(metric_samples(metrics_text, name))
+
+    requests, batches = total("ts_inference_requests_total"), total("cifar10_batch_size_count")
     if not requests or not batches:
         return {}
     return {
-        "queue_ms_per_request": round(metric_total(metrics_text, "ts_queue_latency_microseconds") / requests / 1e3, 3),
-        "inference_ms_per_request": round(
-            metric_total(metrics_text, "ts_inference_latency_microseconds") / requests / 1e3, 3
-        ),
-        "batch_size_mean": round(metric_total(metrics_text, "cifar10_batch_size_sum") / batches, 1),
-        "decode_ms_per_batch": round(metric_total(metrics_text, "cifar10_decode_seconds_sum") / batches * 1e3, 3),
-        "model_ms_per_batch": round(metric_total(metrics_text, "cifar10_inference_seconds_sum") / batches * 1e3, 3),
+        "queue_ms_per_request": round(total("ts_queue_latency_microseconds") / requests / 1e3, 3),
+        "inference_ms_per_request": round(total("ts_inference_latency_microseconds") / requests / 1e3, 3),
+        "batch_size_mean": round(total("cifar10_batch_size_sum") / batches, 1),
+        "decode_ms_per_batch": round(total("cifar10_decode_seconds_sum") / batches * 1e3, 3),
+        "model_ms_per_batch": round(total("cifar10_inference_seconds_sum") / batches * 1e3, 3),
     }
 
 
@@ -145,25 +122,23 @@ def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
         if completed.returncode != 0 or not raw.exists():
             return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
         stacks = raw.read_text().splitlines()
-    leaves, steps, total = {}, {}, 0
+    leaves, steps = Counter(), Counter()
     for line in stacks:
         frames, _, count = line.rpartition(" ")
-        if not frames or not count.isdigit():
-            continue
-        total += int(count)
-        leaf = frames.split(";")[-1]
-        leaves[leaf] = leaves.get(leaf, 0) + int(count)
-        for step in HANDLER_STEPS:
-            if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames):  # "Cifar10Handler.preprocess (file:line)"
-                steps[step] = steps.get(step, 0) + int(count)
+        if frames and count.isdigit():
+            leaves[frames.split(";")[-1]] += int(count)
+            # a step's frame reads "Cifar10Handler.preprocess (file:line)"
+            steps.update(
+                {step: int(count) for step in HANDLER_STEPS if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames)}
+            )
+    total = leaves.total()
     if not total:
         return {"error": "py-spy recorded no samples"}
-    share = {name: round(count / total, 3) for name, count in sorted(leaves.items(), key=lambda item: -item[1])}
-    return {
-        "samples": total,
-        "self": dict(list(share.items())[:top]),
-        "under": {step: round(count / total, 3) for step, count in sorted(steps.items(), key=lambda item: -item[1])},
-    }
+
+    def shares(counts: Counter, most: int | None = None) -> dict:
+        return {name: round(count / total, 3) for name, count in counts.most_common(most)}
+
+    return {"samples": total, "self": shares(leaves, top), "under": shares(steps)}
 
 
 def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
@@ -197,21 +172,11 @@ def serve_one(
     config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
 ) -> dict:
     """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
-    import yaml
-
-    from benchmarks.load import run_wrk
-    from serve.archive import build_archive
-    from serve.server import LocalServer
-
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        store, model_config = Path(scratch) / "model-store", Path(scratch) / "model-config.yaml"
-        model_config.write_text(yaml.safe_dump(config))
-        build_archive(run_dir, store, model_config=model_config)
-        server = LocalServer(Path(scratch), store, port_base, settings={"job_queue_size": str(config["jobQueueSize"])})
-        with server:
-            client = server.client
-            url, token = f"{client.inference}/predictions/cifar10", client.keys.get("inference")
-            part = {"config": config, "cold_start_seconds": round(server.ready_seconds, 1)}
+        settings = {"job_queue_size": str(config["jobQueueSize"])}
+        with torchserve_system("gpu-check", run_dir, config, Path(scratch), port_base, **settings) as system:
+            client, url, token = system.client, system.url, system.token
+            part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
             part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
             run_wrk(url, listing, 64, 3, token, False, threads=4)  # warm-up
             for concurrency in concurrencies:
@@ -224,15 +189,16 @@ def serve_one(
                         lambda pid=pid, into=profiled: into.update(profile_worker(pid, max(1, seconds // 2))),
                     )
                     profiler.start()
-                with GpuSampler() as sampler:
+                with gpu_use() as gpu:
                     result = run_wrk(url, listing, concurrency, seconds, token, False, 4)
                 if profiler is not None:
                     profiler.join()
                     part[f"py-spy of one worker at c={concurrency}"] = profiled
-                part[f"c={concurrency}"] = {**pick(result), **sampler.summary()}
+                part[f"c={concurrency}"] = {**pick(result), **gpu}
                 print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
             metrics_text = client.metrics()
-            part["worker_gpu_mib"] = worker_gpu_memory(metrics_text)
+            worker_bytes = metric_samples(metrics_text, "cifar10_gpu_memory_bytes")
+            part["worker_gpu_mib"] = [round(value / 2**20, 1) for value in worker_bytes]
             part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
             scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
             client.scale(scaled)  # synchronous: returns once the new workers are up
@@ -243,11 +209,10 @@ def serve_one(
 
 
 def pick(wrk_result: dict) -> dict:
+    latencies = {key: round(wrk_result[key], 2) for key in ("p50_ms", "p90_ms", "p99_ms")}
     return {
         "rps": round(wrk_result["rps"], 1),
-        "p50_ms": round(wrk_result["p50_ms"], 2),
-        "p90_ms": round(wrk_result["p90_ms"], 2),
-        "p99_ms": round(wrk_result["p99_ms"], 2),
+        **latencies,
         "errors": wrk_result["errors"],
         "requests": wrk_result["requests"],
     }

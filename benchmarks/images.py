@@ -9,7 +9,7 @@ no torch), cifar10-train. For each: its size (`image inspect`) and the bytes of 
 a node pulls, near enough: registries hold layers gzipped). For each serving image, serving an
 archive of --run in the format it takes (TorchScript, ONNX) mounted read-only where Compose mounts
 the store: seconds from `run -d` to the first prediction, then wrk at each --concurrency after a
-warm-up (benchmarks.serving's run_wrk and images), with the server's CPU time per request (the
+warm-up (the serving benchmark's images and wrk loop), with the server's CPU time per request (the
 container's processes, read on the host). Last, every test image through the slim container and a
 TorchServe run as `make serve` runs it (serve.server.LocalServer, TorchScript): serve.verify's
 compare with that server as the reference (same top 3, confidences within its tolerance).
@@ -19,18 +19,16 @@ Writes reports/images.md and reports/images.csv.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.serving import System, bench_images, run_wrk
+from benchmarks.load import bench_images
+from benchmarks.servers import System, process_tree, until
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.report import Report, write_csv
@@ -48,10 +46,16 @@ class EngineError(RuntimeError):
     """The container engine refused a command."""
 
 
-def engine(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """podman (ENGINE=docker for docker), with the project's podman settings unless CONTAINERS_CONF is set."""
+def engine_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """podman (ENGINE=docker for docker) and its environment: the project's podman settings unless
+    CONTAINERS_CONF is set."""
     env = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
-    result = subprocess.run([os.environ.get("ENGINE", "podman"), *args], env=env, capture_output=True, text=True)
+    return [os.environ.get("ENGINE", "podman"), *args], env
+
+
+def engine(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command, env = engine_command(*args)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise EngineError(f"{' '.join(args[:2])} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
     return result
@@ -59,8 +63,8 @@ def engine(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def pulled_bytes(image: str) -> int:
     """The bytes of `save IMAGE | gzip` (default level), counted as they stream by."""
-    env = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
-    save = subprocess.Popen([os.environ.get("ENGINE", "podman"), "save", image], stdout=subprocess.PIPE, env=env)
+    command, env = engine_command("save", image)
+    save = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
     gzip = subprocess.Popen(["gzip", "-c"], stdin=save.stdout, stdout=subprocess.PIPE)
     save.stdout.close()
     total = 0
@@ -71,25 +75,9 @@ def pulled_bytes(image: str) -> int:
     return total
 
 
-@dataclass
-class Container:
-    name: str
-    client: Client
-
-    def refresh_keys(self) -> None:
-        """key_file.json from the container (TorchServe writes it at start)."""
-        self.client.key_file.write_text(engine("exec", self.name, "cat", KEY_FILE).stdout)
-        self.client.refresh_keys()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the container's processes so far (its init and descendants)."""
-        pid = int(engine("inspect", "--format", "{{.State.Pid}}", self.name).stdout)
-        return System(self.name, root_pid=pid).cpu_seconds()
-
-
-@contextlib.contextmanager
-def serving(image: str, store: Path, port: int, name: str, scratch: Path, timeout: float = 300) -> Iterator:
-    """(container, seconds from `run -d` to its first prediction) of `image` serving `store`."""
+def start_container(image: str, store: Path, port: int, name: str, scratch: Path) -> System:
+    """`image` serving `store`, ready once it answered a prediction (its cold start: from `run -d`);
+    its CPU time is that of the container's processes, read on the host."""
     key_dir = scratch / name
     key_dir.mkdir()
     client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", "", key_file=key_dir / "key_file.json")
@@ -98,42 +86,27 @@ def serving(image: str, store: Path, port: int, name: str, scratch: Path, timeou
         "run", "-d", "--name", name, "--init", "-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{port + 1}:8081",
         "-v", f"{store}:{MODEL_STORE}:ro", image,
     )  # fmt: skip
+
+    def answers() -> dict:
+        client.key_file.write_text(engine("exec", name, "cat", KEY_FILE).stdout)  # TorchServe writes it at start
+        client.refresh_keys()
+        return client.predict(sample_jpeg(), timeout=10)
+
     try:
-        container = Container(name, client)
-        while True:
-            try:
-                container.refresh_keys()
-                container.client.predict(sample_jpeg(), timeout=10)
-                break
-            except (EngineError, ServiceError, OSError, KeyError, ValueError):
-                if time.monotonic() - started > timeout:
-                    raise TimeoutError(f"{image}: no prediction {timeout:.0f} s after `run -d`") from None
-                time.sleep(0.2)
-        yield container, time.monotonic() - started
-    finally:
+        until(answers, (EngineError, ServiceError, OSError, KeyError, ValueError), 300, f"{image}: no prediction")
+        pid = int(engine("inspect", "--format", "{{.State.Pid}}", name).stdout)  # its init, on the host
+    except BaseException:
         engine("rm", "-f", name, check=False)
-
-
-def serving_rows(container: Container, image: str, listing: Path, args) -> list[dict]:
-    """wrk at each concurrency after a warm-up, with the server's CPU time per request."""
-    url = f"{container.client.inference}/predictions/cifar10"
-    token = container.client.keys["inference"]
-    run_wrk(url, listing, 16, args.warmup, token, False)
-    rows = []
-    for concurrency in args.concurrency:
-        cpu_before = container.cpu_seconds()
-        result = run_wrk(url, listing, concurrency, args.seconds, token, False)
-        cpu = container.cpu_seconds() - cpu_before
-        rows.append(
-            {
-                "image": image,
-                "connections": concurrency,
-                **result,
-                "server_cpu_ms_per_request": 1e3 * cpu / max(result["requests"], 1),
-            }
-        )
-        print(f"{image} c={concurrency}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms")
-    return rows
+        raise
+    return System(
+        image,
+        url=f"{client.inference}/predictions/cifar10",
+        stop=lambda: engine("rm", "-f", name, check=False),
+        processes=lambda: process_tree(pid),
+        token=client.keys["inference"],
+        cold_start_seconds=time.monotonic() - started,
+        client=client,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,12 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         rows, verification = [], None
         for index, (image, model_format) in enumerate(SERVING.items()):
             name = f"{args.prefix}-{index}"
-            with serving(image, stores[model_format], args.port_base, name, scratch) as (container, cold):
-                next(row for row in sizes if row["image"] == image)["first_prediction_s"] = cold
-                rows += serving_rows(container, image, listing, args)
+            with start_container(image, stores[model_format], args.port_base, name, scratch) as system:
+                next(row for row in sizes if row["image"] == image)["first_prediction_s"] = system.cold_start_seconds
+                loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
+                rows += [{"image": image, "connections": row["concurrency"], **row} for row in loads]
                 if image == SLIM:
                     with LocalServer(scratch / "reference", stores["torchscript"], args.port_base + 10) as reference:
-                        verification = compare(container.client, args.run, args.data, reference=reference.client)
+                        verification = compare(system.client, args.run, args.data, reference=reference.client)
         write(args, sizes, rows, verification, load_before)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

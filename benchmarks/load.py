@@ -69,6 +69,11 @@ def run_wrk(
     return result
 
 
+def metric_samples(metrics_text: str, name: str) -> list[float]:
+    """The values of a metric's samples, over all its label sets, from Prometheus text."""
+    return [float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", metrics_text, re.M)]
+
+
 def ceiling_work(runtime: str, run_dir: Path, listing: Path, seconds: float) -> tuple[int, float, float]:
     """Decode + batch of 64 + forward + top-3 of the listed images in turn for `seconds`, in this
     process on one thread, as a worker does it without HTTP or queues: (images, wall s, CPU s)."""

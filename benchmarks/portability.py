@@ -16,7 +16,6 @@ AOTInductor forms compile C++ with the machine's compiler (g++). Writes reports/
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -29,9 +28,11 @@ import torch
 from benchmarks.alternatives import OnnxModel, load_model
 from model import SimpleCNN
 from serve.archive import REPO
+from serve.report import Report, write_csv
 from train.data import load_cifar10
 
 CHECK_IMAGES = 1000
+DYNAMIC_BATCH = {"pixels": {0: torch.export.Dim("batch", min=1, max=1024)}}
 
 
 def per_call_ms(model, batch: torch.Tensor, rounds: int = 7, seconds: float = 0.5) -> float:
@@ -52,21 +53,14 @@ def per_call_ms(model, batch: torch.Tensor, rounds: int = 7, seconds: float = 0.
 
 def aot_so(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
     """TorchServe 0.12's form: a shared library, loaded by torch._export.aot_load."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    path = torch._export.aot_compile(
-        eager,
-        (sample,),
-        dynamic_shapes={"pixels": {0: batch}},
-        options={"aot_inductor.output_path": str(folder / "model.so")},
-    )
-    runner = torch._export.aot_load(path, "cpu")
-    return Path(path), runner
+    options = {"aot_inductor.output_path": str(folder / "model.so")}
+    path = torch._export.aot_compile(eager, (sample,), dynamic_shapes=DYNAMIC_BATCH, options=options)
+    return Path(path), torch._export.aot_load(path, "cpu")
 
 
 def aot_package(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
     """torch's current form: torch.export, then an AOTInductor package (.pt2)."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(eager, (sample,), dynamic_shapes={"pixels": {0: batch}})
+    program = torch.export.export(eager, (sample,), dynamic_shapes=DYNAMIC_BATCH)
     path = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "model.pt2"))
     return Path(path), torch._inductor.aoti_load_package(path)
 
@@ -125,27 +119,16 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             measure(name, runner, file, time.monotonic() - started, loader)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0])
-    with open(args.out / "portability.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
     command = "python -m benchmarks.portability " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [
-        "# Portable forms of the model",
-        "",
-        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {os.cpu_count()} cores "
-        f"(shared: timings noisy, best of 7 rounds), 1 thread (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
-        f"checked on the first {CHECK_IMAGES} test images against the eager model. build_seconds: with "
-        "TorchInductor's compile cache as found (a first build on a fresh machine takes longer).",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows),
-    ]
-    (args.out / "portability.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    columns = list(rows[0])
+    write_csv(args.out / "portability.csv", rows, columns)
+    report = Report("Portable forms of the model", command).text(
+        f"torch {torch.__version__} (shared machine: timings noisy, best of 7 rounds), 1 thread "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); checked on the first {CHECK_IMAGES} test "
+        "images against the eager model. build_seconds: with TorchInductor's compile cache as found (a first build "
+        "on a fresh machine takes longer)."
+    )
+    report.table(rows, columns).write(args.out / "portability.md")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ from pathlib import Path
 import yaml
 
 from benchmarks import serving_report
-from benchmarks.load import WrkError, bench_images, ceiling_rate, cpu_per_image, run_wrk
+from benchmarks.load import WrkError, bench_images, ceiling_rate, cpu_per_image
 from benchmarks.servers import process_system, torchserve_system
 from frontend import without_agent
 from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.config import properties
-from serve.server import LOG_CONFIG, cpu_seconds
+from serve.server import LOG_CONFIG
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
@@ -71,12 +71,8 @@ def systems(args, scratch: Path) -> dict:
         "torchserve": torchserve("torchserve", shipped),
         "torchserve-stock": torchserve("torchserve-stock", shipped, **STOCK),
         "torchserve-onnx": torchserve("torchserve-onnx", onnx, model_format="onnx"),
-        "flask": lambda: process_system(
-            "flask", "benchmarks.alternatives.flask_app", ports + FLASK_OFFSET, run_dir / "model.pt"
-        ),
-        "litserve": lambda: process_system(
-            "litserve", "benchmarks.alternatives.litserve_app", ports + LITSERVE_OFFSET, run_dir / "model.pt"
-        ),
+        "flask": lambda: process_system("flask", ports + FLASK_OFFSET, run_dir / "model.pt"),
+        "litserve": lambda: process_system("litserve", ports + LITSERVE_OFFSET, run_dir / "model.pt"),
         # --variants: measured, not kept
         "torchserve-quiet-logs": torchserve("torchserve-quiet-logs", shipped, log_config=quiet_log_config(scratch)),
         "torchserve-onnx-stock": torchserve("torchserve-onnx-stock", onnx, model_format="onnx", **STOCK),
@@ -117,33 +113,11 @@ def levers(shipped: dict) -> list[tuple[str, dict, dict]]:
 
 def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
     """One system: its rows (one per concurrency) and its cold start."""
-    system = launch()
-    try:
-        run_wrk(system.url, listing, 16, args.warmup, system.token, system.form)
-        rows = []
-        for concurrency in args.concurrency:
-            processes, batching = system.processes(), system.batching()
-            cpu_before, frontend_before = cpu_seconds(processes), cpu_seconds(processes[:1])
-            result = run_wrk(system.url, listing, concurrency, args.seconds, system.token, system.form)
-            result["server_cpu_seconds"] = cpu_seconds(processes) - cpu_before
-            result["frontend_cpu_seconds"] = cpu_seconds(processes[:1]) - frontend_before
-            if batching:
-                done = {name: value - batching[name] for name, value in system.batching().items()}
-                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
-                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
-            rows.append({"system": system.name, "concurrency": concurrency, "runtime": system.runtime, **result})
-            print(
-                f"   c={concurrency:3d}  {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-                f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}  server cpu "
-                f"{1e3 * result['server_cpu_seconds'] / max(result['requests'], 1):.3f} ms/req",
-                flush=True,
-            )
-    finally:
-        system.stop()
+    with launch() as system:
+        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
     beside = ceiling_rate(system.runtime, args.run.resolve(), listing, args.ceiling_seconds)
-    for row in rows:
-        row["ceiling_rps_beside"] = beside
     print(f"   ceiling ({system.runtime}) right after: {beside:.0f} images/s", flush=True)
+    rows = [{"system": system.name, "runtime": system.runtime, **row, "ceiling_rps_beside": beside} for row in loads]
     return rows, system.cold_start_seconds
 
 
@@ -195,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     command = "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:])
     stem = "bench-serve-levers" if args.levers else "bench-serve-variants" if args.variants else "bench-serve"
-    serving_report.write(rows, per_image, cold, failed, [], args.out, stem, command)
+    serving_report.write(rows, per_image, cold, failed, args.out, stem, command)
 
 
 if __name__ == "__main__":

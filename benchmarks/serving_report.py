@@ -51,8 +51,6 @@ def ratio(value: object) -> str:
 def add_efficiency(rows: list[dict], cpu_per_image: dict[str, float]) -> None:
     """`cpu_per_image`: runtime -> the ceiling's CPU seconds per image."""
     for row in rows:
-        row["server_cpu_ms_per_request"] = 1e3 * row["server_cpu_seconds"] / max(row["requests"], 1)
-        row["frontend_cpu_ms_per_request"] = 1e3 * row["frontend_cpu_seconds"] / max(row["requests"], 1)
         row["cpu_efficiency"] = 1e3 * cpu_per_image[row["runtime"]] / row["server_cpu_ms_per_request"]
         row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
 
@@ -94,7 +92,6 @@ def write(
     cpu_per_image: dict[str, float],
     cold: dict[str, float],
     failed: dict[str, str],
-    notes: list[str],
     out: Path,
     stem: str,
     command: str,
@@ -116,7 +113,6 @@ def write(
         "server's per request; "
         "`ceiling_rps_beside`: the ceiling's images/s (one single-threaded process per core, all at once) "
         "measured right after the system ran, and `of_ceiling_beside` the system's requests/s over it.",
-        *notes,
     )
     formats = {"cpu_efficiency": ratio, "of_ceiling_beside": ratio}
     report.table(rows, COLUMNS, formats)

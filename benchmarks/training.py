@@ -14,6 +14,7 @@ accuracy, peak memory, time to reach the baseline recipe's final accuracy, and t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -90,35 +91,17 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
 def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
     run_name = f"bench-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "train",
-            "--recipe",
-            recipe,
-            "--data",
-            data,
-            "--out-dir",
-            str(out_dir),
-            "--run-name",
-            run_name,
-            *extra,
-        ],
-        check=True,
-    )
+    command = [sys.executable, "-m", "train", "--recipe", recipe, "--data", data, "--out-dir", str(out_dir)]
+    subprocess.run([*command, "--run-name", run_name, *extra], check=True)
     wall = time.time() - started
     meta = json.loads((out_dir / run_name / "metadata.json").read_text())
     history = meta["history"]
-    elapsed, clock = [], 0.0
-    for record in history:
-        clock += record["train_seconds"] + record["eval_seconds"]
-        elapsed.append(clock)
+    elapsed = list(itertools.accumulate(r["train_seconds"] + r["eval_seconds"] for r in history))
     return {
         "recipe": recipe,
         "run": run_name,
         "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
-        "seconds_per_epoch": round(sum(r["train_seconds"] + r["eval_seconds"] for r in history) / len(history), 1),
+        "seconds_per_epoch": round(elapsed[-1] / len(history), 1),
         "total_seconds": round(wall, 1),
         "final_accuracy": meta["final_test_accuracy"],
         "best_accuracy": meta["test_accuracy"],

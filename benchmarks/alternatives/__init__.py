@@ -1,14 +1,8 @@
 """Servers the serving benchmark compares ours against; each uses handler/cifar10_images.py so that
-all of them decode and answer exactly as our TorchServe handler does. Importing this package puts
-handler/ on the path; the benchmarks take the handler's helpers from here."""
-
-import sys
-from pathlib import Path
+all of them decode and answer exactly as our TorchServe handler does (benchmarks/__init__.py puts
+handler/ on the path); the benchmarks take the handler's helpers from here."""
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "handler"))
-
 from cifar10_images import decode_image
 from cifar10_runtimes import OnnxRuntime
 from cifar10_torch_runtimes import inference_model, pixel_batch

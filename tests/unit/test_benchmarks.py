@@ -1,0 +1,64 @@
+"""The benchmarks' commands load and take their options, and the small pieces they share behave;
+the measurements themselves are run by hand (docs/performance.md) or on a GPU machine (make gpu-check)."""
+
+import importlib
+
+import pytest
+
+from benchmarks.gpu_serving import gpu_use
+from benchmarks.load import metric_samples
+from benchmarks.servers import until
+
+COMMANDS = ["serving", "images", "portability", "training", "gpu_check"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_documented_command_loads_and_shows_its_options(command, capsys):
+    main = importlib.import_module(f"benchmarks.{command}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert f"python -m benchmarks.{command}" in capsys.readouterr().out
+
+
+def test_the_comparison_servers_load():
+    for module in ("flask_app", "litserve_app"):
+        importlib.import_module(f"benchmarks.alternatives.{module}")
+
+
+def test_metric_samples_reads_every_label_set_of_that_metric_only():
+    text = "\n".join(
+        [
+            "# TYPE ts_inference_requests_total counter",
+            'ts_inference_requests_total{model_name="cifar10",model_version="default"} 12.0',
+            'ts_inference_requests_total{model_name="other",model_version="default"} 3.0',
+            "ts_inference_requests_total_other 100.0",
+            "cifar10_batch_size_sum 1.5e3",
+        ]
+    )
+    assert metric_samples(text, "ts_inference_requests_total") == [12.0, 3.0]
+    assert metric_samples(text, "cifar10_batch_size_sum") == [1500.0]
+    assert metric_samples(text, "cifar10_batch_size_count") == []
+
+
+def test_until_retries_the_named_errors_then_gives_up():
+    attempts = iter([OSError("not yet"), None, "ready"])
+
+    def attempt():
+        outcome = next(attempts)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert until(attempt, (OSError,), 5, "never") == "ready"
+    with pytest.raises(TimeoutError, match="no answer within 0 s"):
+        until(lambda: False, (OSError,), 0, "no answer")
+    with pytest.raises(ValueError):
+        until(lambda: int("x"), (OSError,), 5, "other errors are not retried")
+
+
+def test_gpu_use_without_a_gpu_reports_nothing(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with gpu_use() as figures:
+        pass
+    assert figures == {}
