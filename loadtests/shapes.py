@@ -10,6 +10,8 @@ stage alone: the ramp's steps, the spike's recovery.
   or a p99 above --p99-ms); the last step that held is the capacity;
 - spike: --spike-low-users for --spike-before seconds, --spike-high-users at once for
   --spike-duration seconds, then --spike-low-users again for --spike-after seconds (the recovery).
+
+Their options are in loadtests/users.py (OPTIONS), with the users'.
 """
 
 from __future__ import annotations
@@ -17,38 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from locust import LoadTestShape, events
+from locust import LoadTestShape
 from locust.stats import RequestStats
 
 from loadtests.users import WrongAnswer, group_of
 
 DEFAULT_STEADY_SECONDS = 60
-
-
-# Each also reads LOADTEST_<NAME> (e.g. LOADTEST_RAMP_STEP_TIME) and Locust's --config files.
-SHAPE_OPTIONS = (  # name, type, default, help
-    ("ramp-start-users", int, 2, "ramp: users of the first step"),
-    ("ramp-step-users", int, 2, "ramp: users added at each step"),
-    ("ramp-step-time", float, 20, "ramp: seconds per step"),
-    ("ramp-max-users", int, 64, "ramp: users of the last step, if no step breaks before"),
-    ("spike-low-users", int, 4, "spike: users before and after the spike, the operator included"),
-    ("spike-high-users", int, 32, "spike: users during the spike, the operator included"),
-    ("spike-before", float, 20, "spike: seconds of low load before the spike"),
-    ("spike-duration", float, 20, "spike: seconds of the spike"),
-    ("spike-after", float, 30, "spike: seconds of low load after the spike, to recover"),
-)
-
-
-@events.init_command_line_parser.add_listener
-def add_options(parser):
-    for name, kind, default, text in SHAPE_OPTIONS:
-        parser.add_argument(
-            f"--{name}",
-            env_var="LOADTEST_" + name.upper().replace("-", "_"),
-            type=kind,
-            default=default,
-            help=f"{text} (default: {default})",
-        )
 
 
 @dataclass
