@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.images import engine
 from fleet.load import read_sent, start_locust
 from fleet.manifest import read_pod
 from fleet.replica import K8S
-from fleet.verdicts import percentile
+from fleet.verdicts import load_figures
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
@@ -31,25 +31,15 @@ TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst 
 COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "failed"]
 
 
-def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(REPO / "deploy/docker/containers.conf")),
-    }
-    return subprocess.run(["podman", *args], env=env, check=check, capture_output=True, text=True)
-
-
 def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Path) -> list[dict]:
     rows = []
     for users in steps:
         log = root / f"users-{users}.csv"
         locust = start_locust(url, "", users, payloads, log, seconds=f"{seconds:.0f}s")
         locust.wait(timeout=seconds + 120)
-        sent = [s for s in read_sent(log) if s.time >= min(s.time for s in read_sent(log)) + 5]  # 5 s to spawn
-        span = max(s.time for s in sent) - min(s.time for s in sent)
-        good = [s.ms for s in sent if not s.failure]
-        rows.append({"users": users, "seconds": span, "requests": len(sent), "per_second": len(sent) / span,
-                     "p50_ms": percentile(good, 0.5), "p99_ms": percentile(good, 0.99), "failed": sum(bool(s.failure) for s in sent)})  # fmt: skip
+        logged = read_sent(log)
+        sent = [s for s in logged if s.time >= min(s.time for s in logged) + 5]  # 5 s to spawn
+        rows.append({"users": users, **load_figures(sent, max(s.time for s in sent) - min(s.time for s in sent))})
         print(rows[-1], flush=True)
     return rows
 
@@ -67,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet")
     parser.add_argument("--payloads", type=Path, default=PAYLOADS)
     args = parser.parse_args(argv)
-    if podman("image", "exists", args.image, check=False).returncode != 0:
+    if engine("image", "exists", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
     store = args.workdir.resolve() / "model-store"
     build_archive(args.run, store)
     requests = read_pod().requests
     name, home = f"fleet-capacity-{secrets.token_hex(4)}", "/home/model-server"
-    podman("run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g"),
+    engine("run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g"),
            "-p", f"127.0.0.1:{args.port}:8080", "-v", f"{store}:{home}/model-store:ro",
            "-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro", args.image, "env", f"PYTHONPATH={home}", "python", "-m",
            "serve.entrypoint", "--ncs", "--ts-config", f"{home}/config.properties", "--model-store", f"{home}/model-store",
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             url, args.workdir.resolve(), [int(n) for n in args.users.split(",")], args.seconds, args.payloads
         )
     finally:
-        podman("rm", "-f", name, check=False)
+        engine("rm", "-f", name, check=False)
     best = max(rows, key=lambda row: row["per_second"])
     command = "python -m fleet.capacity " + " ".join(argv if argv is not None else sys.argv[1:])
     write_csv(args.out / "capacity.csv", rows, COLUMNS)
