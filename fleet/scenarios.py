@@ -143,12 +143,7 @@ class Fleet:
         after = self.balancer.states()[slot]
         self.event("out of rotation", replica=slot, seconds=round(down_seconds, 1))
         self.balancer.disable(slot)
-        return {
-            "killed_at": killed_at,
-            "open_connections": before.connections,
-            "arrived": after.total - before.total,
-            "down_seconds": down_seconds,
-        }
+        return {"killed_at": killed_at, "open_connections": before.connections, "arrived": after.total - before.total}
 
     def close(self) -> None:
         if self.balancer.process is not None:

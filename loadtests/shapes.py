@@ -141,7 +141,7 @@ class StagedShape(LoadTestShape):
         return merged
 
     def levels(self) -> list[Level]:
-        """Nothing fails, every bad payload gets its 400, and the p99 of the `bounded_stages` holds."""
+        """Nothing fails, every bad payload gets its 400, and the p99 of each bounded stage holds."""
         stages = self.ran()
         predictions, bad, manage = (self.total(group, stages) for group in ("predict", "bad", "manage"))
         levels = [
@@ -160,17 +160,12 @@ class StagedShape(LoadTestShape):
             levels.append(
                 Level("no management call failed while workers changed", manage.num_failures == 0, _count(manage))
             )
-        return levels + [self.p99_level(stage) for stage in self.bounded_stages()]
-
-    def bounded_stages(self) -> list[Stage]:
-        return [stage for stage in self.ran() if stage.bounded]
-
-    def p99_level(self, stage: Stage) -> Level:
-        return Level(
-            f"p99 of valid predictions <= {self.p99_bound_ms:g} ms ({stage.name})",
-            stage.p99_ms <= self.p99_bound_ms,
-            f"{stage.p99_ms:,.0f} ms",
-        )
+        bound = self.p99_bound_ms
+        p99 = [(stage.name, stage.p99_ms) for stage in stages if stage.bounded]
+        return levels + [
+            Level(f"p99 of valid predictions <= {bound:g} ms ({name})", ms <= bound, f"{ms:,.0f} ms")
+            for name, ms in p99
+        ]
 
 
 class SteadyShape(StagedShape):
