@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.images import engine
 from fleet.load import read_sent, start_locust
 from fleet.manifest import read_pod
 from fleet.replica import K8S
@@ -29,6 +29,11 @@ from serve.report import Report, write_csv
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
 COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "failed"]
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
+    return subprocess.run(["podman", *args], env=env, check=check, capture_output=True, text=True)
 
 
 def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Path) -> list[dict]:
@@ -57,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet")
     parser.add_argument("--payloads", type=Path, default=PAYLOADS)
     args = parser.parse_args(argv)
-    if engine("image", "exists", args.image, check=False).returncode != 0:
+    if podman("image", "exists", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
     store = args.workdir.resolve() / "model-store"
     build_archive(args.run, store)
     requests = read_pod().requests
     name, home = f"fleet-capacity-{secrets.token_hex(4)}", "/home/model-server"
-    engine("run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g"),
+    podman("run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g"),
            "-p", f"127.0.0.1:{args.port}:8080", "-v", f"{store}:{home}/model-store:ro",
            "-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro", args.image, "env", f"PYTHONPATH={home}", "python", "-m",
            "serve.entrypoint", "--ncs", "--ts-config", f"{home}/config.properties", "--model-store", f"{home}/model-store",
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             url, args.workdir.resolve(), [int(n) for n in args.users.split(",")], args.seconds, args.payloads
         )
     finally:
-        engine("rm", "-f", name, check=False)
+        podman("rm", "-f", name, check=False)
     best = max(rows, key=lambda row: row["per_second"])
     command = "python -m fleet.capacity " + " ".join(argv if argv is not None else sys.argv[1:])
     write_csv(args.out / "capacity.csv", rows, COLUMNS)
