@@ -21,7 +21,7 @@ from pathlib import Path
 from fleet.load import read_sent, start_locust
 from fleet.manifest import read_pod
 from fleet.replica import K8S
-from fleet.verdicts import percentile
+from fleet.verdicts import load_figures
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
@@ -32,10 +32,7 @@ COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "fa
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(REPO / "deploy/docker/containers.conf")),
-    }
+    env = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
     return subprocess.run(["podman", *args], env=env, check=check, capture_output=True, text=True)
 
 
@@ -45,11 +42,9 @@ def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Pa
         log = root / f"users-{users}.csv"
         locust = start_locust(url, "", users, payloads, log, seconds=f"{seconds:.0f}s")
         locust.wait(timeout=seconds + 120)
-        sent = [s for s in read_sent(log) if s.time >= min(s.time for s in read_sent(log)) + 5]  # 5 s to spawn
-        span = max(s.time for s in sent) - min(s.time for s in sent)
-        good = [s.ms for s in sent if not s.failure]
-        rows.append({"users": users, "seconds": span, "requests": len(sent), "per_second": len(sent) / span,
-                     "p50_ms": percentile(good, 0.5), "p99_ms": percentile(good, 0.99), "failed": sum(bool(s.failure) for s in sent)})  # fmt: skip
+        logged = read_sent(log)
+        sent = [s for s in logged if s.time >= min(s.time for s in logged) + 5]  # 5 s to spawn
+        rows.append({"users": users, **load_figures(sent, max(s.time for s in sent) - min(s.time for s in sent))})
         print(rows[-1], flush=True)
     return rows
 

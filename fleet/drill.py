@@ -4,7 +4,7 @@
 
 Replicas of the pod (fleet/replica.py) behind HAProxy with a Service's semantics (fleet/balancer.py),
 the Deployment's probes and drain read from deploy/k8s (fleet/manifest.py), Locust's load
-(fleet/load.py); the scenarios are in fleet/scenarios.py, the bounds in fleet/rules.py. Writes
+(fleet/load.py); the scenarios are in fleet/scenarios.py, the bounds in fleet/verdicts.py. Writes
 <out>/fleet-drill.md, .csv and .png; exits 1 when a bound is broken, 2 when the drill cannot play.
 """
 

@@ -20,6 +20,7 @@ import requests
 
 from serve.archive import REPO
 from serve.healthcheck import probe_png
+from serve.server import cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,7 @@ class Sampler(Periodic):
                 with contextlib.suppress(psutil.Error):
                     rss += process.memory_info().rss
             replicas[slot] = {"cpu": self.cores(slot, replica.server.cpu_seconds()), "rss_mb": rss / 2**20}
-        locust = 0.0
-        for process in self.locust:
-            with contextlib.suppress(psutil.Error):
-                locust += sum(process.cpu_times()[:2])
+        locust = cpu_seconds(self.locust)
         up = sum(s.status.startswith("UP") for s in self.fleet.balancer.states().values())
         busy = psutil.cpu_percent() / 100 * psutil.cpu_count()
         self.rows.append(
@@ -149,7 +147,7 @@ class Kubelet(Periodic):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         running = {}
         for slot, replica in list(self.fleet.replicas.items()):
-            command = self.probe.on_replica(replica.root, replica.inference, replica.management)
+            command = self.probe.on_replica(replica)
             running[slot] = subprocess.Popen(
                 command, cwd=replica.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )

@@ -32,9 +32,10 @@ class Probe:
             command[index] = str(run / Path(command[index]).name)
         return command
 
-    def on_replica(self, root: Path, inference: str, management: str) -> list[str]:
-        """The command for the replica in `root`, with its APIs' addresses."""
-        return [*self.local_command(root), "--inference", inference, "--management", management]
+    def on_replica(self, replica) -> list[str]:
+        """The command for a fleet.replica.Replica, with its TorchServe's addresses."""
+        client = replica.server.client
+        return [*self.local_command(replica.root), "--inference", client.inference, "--management", client.management]
 
 
 @dataclass(frozen=True)

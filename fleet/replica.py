@@ -65,14 +65,6 @@ class Replica:
     def drain_file(self) -> Path:
         return self.root / "draining"
 
-    @property
-    def inference(self) -> str:
-        return self.server.client.inference
-
-    @property
-    def management(self) -> str:
-        return self.server.client.management
-
     def wait_for_free_ports(self, timeout: float = 30) -> None:
         """The drill's ports may lie in Linux's ephemeral range (32768-60999), where a client
         connection can hold one as its own port for a while, and TorchServe exits when its gRPC port

@@ -10,6 +10,8 @@ from serve.report import Report, write_csv
 TIMELINE = ["second", "requests", "failed", "p50_ms", "p99_ms", "probe_a", "probe_b", "probe_failed",
             "overload_requests", "overload_503", "replicas_up", "torchserve_cpu_cores", "torchserve_rss_mb",
             "locust_cpu_cores", "machine_busy_cores"]  # fmt: skip
+LABELLED_EVENTS = ("in service", "drain", "kill -9", "overload")  # named on the plot
+MARKED_EVENTS = (*LABELLED_EVENTS, "SIGTERM", "out of rotation", "overload ends")  # a line on the plot
 
 
 def timeline(figures: dict) -> list[dict]:
@@ -62,25 +64,12 @@ def plot(figures: dict, rows: list[dict], path) -> None:
         axis.set_ylabel(label)
         axis.legend(loc="upper right", fontsize=7)
         for event in figures["events"]:
-            if event.what in (
-                "in service",
-                "drain",
-                "SIGTERM",
-                "kill -9",
-                "out of rotation",
-                "overload",
-                "overload ends",
-            ):
+            if event.what in MARKED_EVENTS:
                 axis.axvline(event.time - start, color="lightgrey", linewidth=0.8, zorder=0)
     for event in figures["events"]:
-        if event.what in ("in service", "drain", "kill -9", "overload"):
-            axes[0].annotate(
-                f"{event.what} {event.data.get('replica', '')}",
-                (event.time - start, 0),
-                rotation=90,
-                fontsize=7,
-                va="bottom",
-            )
+        if event.what in LABELLED_EVENTS:
+            label = f"{event.what} {event.data.get('replica', '')}"
+            axes[0].annotate(label, (event.time - start, 0), rotation=90, fontsize=7, va="bottom")
     axes[2].set_xlabel("seconds since the first replica started")
     fig.suptitle("Fleet drill: replicas behind a Service-like balancer under Locust's load")
     fig.tight_layout()

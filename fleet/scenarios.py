@@ -83,6 +83,7 @@ class Fleet:
         self.events: list[Event] = []
         self.retired: dict[str, dict] = {}
         self.counters = {"retries": 0, "redispatches": 0}
+        self.windows: dict[str, tuple[float, float]] = {}  # what the report measures: name -> (start, end)
         self.lock = threading.Lock()
 
     def event(self, what: str, **data) -> Event:
@@ -91,6 +92,11 @@ class Fleet:
             self.events.append(event)
         print(f"[{time.strftime('%H:%M:%S')}] {what} {data if data else ''}", flush=True)
         return event
+
+    def hold(self, seconds: float, window: str, start: float) -> None:
+        """Keeps the load on for `seconds`, then records the window `window` from `start` until now."""
+        time.sleep(seconds)
+        self.windows[window] = (start, time.time())
 
     def add(self, slot: str, version: Version) -> None:
         """Starts a replica of `version` in `slot`; returns once readiness has put it in service."""
@@ -137,12 +143,7 @@ class Fleet:
         after = self.balancer.states()[slot]
         self.event("out of rotation", replica=slot, seconds=round(down_seconds, 1))
         self.balancer.disable(slot)
-        return {
-            "killed_at": killed_at,
-            "open_connections": before.connections,
-            "arrived": after.total - before.total,
-            "down_seconds": down_seconds,
-        }
+        return {"killed_at": killed_at, "open_connections": before.connections, "arrived": after.total - before.total}
 
     def close(self) -> None:
         if self.balancer.process is not None:
@@ -167,7 +168,7 @@ def prepare_versions(options: DrillOptions) -> tuple[Version, Version]:
     return versions[0], versions[1]
 
 
-def overload(fleet: Fleet, options: DrillOptions, capacity: float, windows: dict) -> dict:
+def overload(fleet: Fleet, options: DrillOptions, capacity: float) -> dict:
     """Two replicas, twice `capacity` offered by PacedUsers, beside the steady load."""
     offered = 2 * capacity
     log = fleet.root / "overload.csv"
@@ -179,15 +180,42 @@ def overload(fleet: Fleet, options: DrillOptions, capacity: float, windows: dict
     )  # fmt: skip
     locust.wait(timeout=options.overload_seconds + 120)
     end = fleet.event("overload ends").time
-    windows["overload"] = (start, end)
-    time.sleep(options.hold * 2)
-    windows["after overload"] = (end, time.time())
+    fleet.windows["overload"] = (start, end)
+    fleet.hold(options.hold * 2, "after overload", end)
     return {
         "offered": offered,
         "capacity": capacity,
         "sent": read_sent(log),
         "removals": sum(state.downs for state in fleet.balancer.states().values()) - downs,
     }
+
+
+def rolling_update(fleet: Fleet, options: DrillOptions, version_a: Version, version_b: Version) -> None:
+    start = fleet.event("rolling update").time
+    for new, old in (("r3", "r1"), ("r4", "r2"))[: options.replicas]:
+        fleet.add(new, version_b)
+        fleet.retire(old)
+    fleet.hold(options.hold, "rolling update", start)
+    if version_a.probe_answer == version_b.probe_answer:
+        raise DrillError("versions A and B give the same answer to the probe image: cannot tell them apart")
+
+
+def kill(fleet: Fleet, options: DrillOptions) -> dict:
+    start = fleet.event("kill scenario").time
+    time.sleep(options.hold)
+    figures = fleet.kill("r4")
+    fleet.windows["before kill"] = (start, figures["killed_at"])
+    fleet.hold(options.hold, "kill -9", figures["killed_at"])
+    return figures
+
+
+def scale_up(fleet: Fleet, options: DrillOptions, version: Version) -> None:
+    """From one replica (r3) to two."""
+    for slot in [slot for slot in fleet.replicas if slot != "r3"]:
+        fleet.retire(slot)
+    fleet.hold(options.scale_hold, "one replica", fleet.event("one replica").time)
+    fleet.add("r1", version)
+    fleet.hold(options.scale_hold, "two replicas", fleet.event("two replicas").time)
 
 
 def play(options: DrillOptions) -> dict:
@@ -197,7 +225,6 @@ def play(options: DrillOptions) -> dict:
     options.root.mkdir(parents=True)
     version_a, version_b = prepare_versions(options)
     fleet = Fleet(options.root, options.port_base, secrets.token_hex(32), read_pod())
-    windows: dict[str, tuple[float, float]] = {}
     figures: dict = {"versions": {v.name: v.model_version for v in (version_a, version_b)}, "pod": fleet.pod}
     log = options.root / "requests.csv"
     load = threads = None
@@ -207,10 +234,9 @@ def play(options: DrillOptions) -> dict:
         for slot in (["r1", "r2"] if rolling else ["r3", "r4"])[: options.replicas]:
             fleet.add(slot, version_a if rolling else version_b)
         load = start_locust(fleet.balancer.url, fleet.token, options.users, options.payloads, log)
-        locust = psutil.Process(load.pid)
         threads = (
             Prober(fleet.balancer.url, fleet.token),
-            Sampler(fleet, [locust]),
+            Sampler(fleet, [psutil.Process(load.pid)]),
             Kubelet(fleet, fleet.pod.liveness),
         )
         for thread in threads:
@@ -218,38 +244,18 @@ def play(options: DrillOptions) -> dict:
         load_start = fleet.event("load", users=options.users).time
         time.sleep(options.warm)
         if rolling:
-            start = fleet.event("rolling update").time
-            for new, old in (("r3", "r1"), ("r4", "r2"))[: options.replicas]:
-                fleet.add(new, version_b)
-                fleet.retire(old)
-            time.sleep(options.hold)
-            windows["rolling update"] = (start, time.time())
-            if version_a.probe_answer == version_b.probe_answer:
-                raise DrillError("versions A and B give the same answer to the probe image: cannot tell them apart")
+            rolling_update(fleet, options, version_a, version_b)
         if "kill" in options.scenarios:
-            start = fleet.event("kill scenario").time
-            time.sleep(options.hold)
-            figures["kill"] = fleet.kill("r4")
-            time.sleep(options.hold)
-            windows["before kill"] = (start, figures["kill"]["killed_at"])
-            windows["kill -9"] = (figures["kill"]["killed_at"], time.time())
+            figures["kill"] = kill(fleet, options)
         if "scale" in options.scenarios:
-            for slot in [slot for slot in fleet.replicas if slot != "r3"]:
-                fleet.retire(slot)
-            start = fleet.event("one replica").time
-            time.sleep(options.scale_hold)
-            windows["one replica"] = (start, time.time())
-            fleet.add("r1", version_b)
-            start = fleet.event("two replicas").time
-            time.sleep(options.scale_hold)
-            windows["two replicas"] = (start, time.time())
+            scale_up(fleet, options, version_b)
         if "overload" in options.scenarios:
             capacity = options.capacity
-            if not capacity:
-                start, end = windows["two replicas"]
+            if not capacity:  # what two replicas answered in the scale scenario
+                start, end = fleet.windows["two replicas"]
                 capacity = sum(start <= s.time < end for s in read_sent(log)) / (end - start)
-            figures["overload"] = overload(fleet, options, capacity, windows)
-        windows["whole run"] = (load_start, time.time())
+            figures["overload"] = overload(fleet, options, capacity)
+        fleet.windows["whole run"] = (load_start, time.time())
     finally:
         for thread in threads or ():
             thread.stop()
@@ -260,7 +266,7 @@ def play(options: DrillOptions) -> dict:
     names = {version_a.probe_answer: "A", version_b.probe_answer: "B"}
     figures.update(
         events=fleet.events,
-        windows=windows,
+        windows=fleet.windows,
         sent=read_sent(log),
         probes=[(t, names.get(text, "other") if status == 200 else "failed") for t, status, text in prober.answers],
         samples=sampler.rows,

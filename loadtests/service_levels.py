@@ -18,7 +18,7 @@ from locust.runners import WorkerRunner
 
 from loadtests import users
 from loadtests.shapes import Level, RampShape, Stage, StagedShape
-from loadtests.users import GROUPS, MIX, ClassifierUser, OperatorUser, management_url
+from loadtests.users import MIX, ClassifierUser, OperatorUser, management_url
 from serve.report import Report
 
 log = logging.getLogger("loadtests")
@@ -38,50 +38,44 @@ def _ms(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def latencies(entry) -> dict:
+    """p50 (Locust's median), p95 and p99 of a Locust StatsEntry, in ms."""
+    p95, p99 = (entry.get_response_time_percentile(share) for share in (0.95, 0.99))
+    return {"p50 ms": entry.median_response_time, "p95 ms": p95, "p99 ms": p99}
+
+
 def stage_rows(stages: list[Stage]) -> list[dict]:
-    rows = []
-    for stage in stages:
-        predict = stage.group("predict")
-        rows.append(
-            {
-                "stage": stage.name,
-                "users": stage.users,
-                "seconds": round(stage.ran_seconds),
-                "valid predictions": predict.num_requests,
-                "per second": predict.num_requests / stage.ran_seconds if stage.ran_seconds else 0.0,
-                "p50 ms": predict.median_response_time,
-                "p95 ms": predict.get_response_time_percentile(0.95),
-                "p99 ms": stage.p99_ms,
-                "failed requests": stage.stats.num_failures,
-                "held": "yes" if stage.held else "**no**",
-            }
-        )
-    return rows
+    return [
+        {
+            "stage": stage.name,
+            "users": stage.users,
+            "seconds": round(stage.ran_seconds),
+            "valid predictions": stage.group("predict").num_requests,
+            "per second": stage.group("predict").num_requests / stage.ran_seconds if stage.ran_seconds else 0.0,
+            **latencies(stage.group("predict")),
+            "failed requests": stage.stats.num_failures,
+            "held": "yes" if stage.held else "**no**",
+        }
+        for stage in stages
+    ]
 
 
-def group_rows(stats) -> list[dict]:
-    """Locust's own statistics of the whole run, summed by request group."""
-    rows = []
-    for group in GROUPS:
-        entries = [entry for (name, _method), entry in stats.entries.items() if name.split(" ", 1)[0] == group]
-        if not entries:
-            continue
-        total = locust.stats.StatsEntry(stats, group, "")
-        for entry in entries:
-            total.extend(entry)
-        rows.append(
-            {
-                "requests": GROUP_TITLES[group],
-                "count": total.num_requests,
-                "failed": total.num_failures,
-                "per second": total.total_rps,
-                "p50 ms": total.median_response_time,
-                "p95 ms": total.get_response_time_percentile(0.95),
-                "p99 ms": total.get_response_time_percentile(0.99),
-                "max ms": total.max_response_time,
-            }
-        )
-    return rows
+def group_rows(shape: StagedShape, stats) -> list[dict]:
+    """The whole run's requests, by group; per second over the run's span, as Locust's own total_rps."""
+    totals = {group: shape.total(group, shape.stages) for group in GROUP_TITLES}
+    span = (stats.last_request_timestamp or stats.start_time) - stats.start_time
+    return [
+        {
+            "requests": GROUP_TITLES[group],
+            "count": total.num_requests,
+            "failed": total.num_failures,
+            "per second": total.num_requests / span if span > 0 else 0.0,
+            **latencies(total),
+            "max ms": total.max_response_time,
+        }
+        for group, total in totals.items()
+        if total.num_requests
+    ]
 
 
 def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool) -> Report:
@@ -98,7 +92,7 @@ def summary(environment, shape: StagedShape, scenario: str, levels, passed: bool
         f"{options.bad_share:.0%} bad payloads; valid payloads: {mix}; half raw body, half multipart `image`",
     )
     report.table(stage_rows(shape.ran()), STAGE_COLUMNS, milliseconds)
-    report.table(group_rows(environment.stats), GROUP_COLUMNS, milliseconds)
+    report.table(group_rows(shape, environment.stats), GROUP_COLUMNS, milliseconds)
     if isinstance(shape, RampShape):
         report.text(*capacity_lines(shape))
     report.text(f"## Service levels (p99 bound {shape.p99_bound_ms:g} ms)")
@@ -138,20 +132,11 @@ def check_service_levels(environment, **_kwargs):
     restored = users.RESTORED  # set by the test_stop listener, which runs before this one
     if restored is not None:
         levels.append(
-            Level(
-                f"workers restored to {restored.workers} after the run",
-                restored.error is None,
-                restored.error or "done",
-            )
+            Level(f"workers restored to {restored.workers} after the run", not restored.error, restored.error or "done")
         )
     if environment.runner.exceptions:
-        levels.append(
-            Level(
-                "no error inside the load generator",
-                False,
-                f"{len(environment.runner.exceptions)} exceptions (see the log)",
-            )
-        )
+        count = len(environment.runner.exceptions)
+        levels.append(Level("no error inside the load generator", False, f"{count} exceptions (see the log)"))
     passed = all(level.met for level in levels)
     scenario = Path(environment.parsed_options.locustfile).stem if environment.parsed_options.locustfile else "load"
     report = summary(environment, shape, scenario, levels, passed)

@@ -10,6 +10,8 @@ stage alone: the ramp's steps, the spike's recovery.
   or a p99 above --p99-ms); the last step that held is the capacity;
 - spike: --spike-low-users for --spike-before seconds, --spike-high-users at once for
   --spike-duration seconds, then --spike-low-users again for --spike-after seconds (the recovery).
+
+Their options are in loadtests/users.py (OPTIONS), with the users'.
 """
 
 from __future__ import annotations
@@ -17,38 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from locust import LoadTestShape, events
+from locust import LoadTestShape
 from locust.stats import RequestStats
 
 from loadtests.users import WrongAnswer, group_of
 
 DEFAULT_STEADY_SECONDS = 60
-
-
-# Each also reads LOADTEST_<NAME> (e.g. LOADTEST_RAMP_STEP_TIME) and Locust's --config files.
-SHAPE_OPTIONS = (  # name, type, default, help
-    ("ramp-start-users", int, 2, "ramp: users of the first step"),
-    ("ramp-step-users", int, 2, "ramp: users added at each step"),
-    ("ramp-step-time", float, 20, "ramp: seconds per step"),
-    ("ramp-max-users", int, 64, "ramp: users of the last step, if no step breaks before"),
-    ("spike-low-users", int, 4, "spike: users before and after the spike, the operator included"),
-    ("spike-high-users", int, 32, "spike: users during the spike, the operator included"),
-    ("spike-before", float, 20, "spike: seconds of low load before the spike"),
-    ("spike-duration", float, 20, "spike: seconds of the spike"),
-    ("spike-after", float, 30, "spike: seconds of low load after the spike, to recover"),
-)
-
-
-@events.init_command_line_parser.add_listener
-def add_options(parser):
-    for name, kind, default, text in SHAPE_OPTIONS:
-        parser.add_argument(
-            f"--{name}",
-            env_var="LOADTEST_" + name.upper().replace("-", "_"),
-            type=kind,
-            default=default,
-            help=f"{text} (default: {default})",
-        )
 
 
 @dataclass
@@ -165,7 +141,7 @@ class StagedShape(LoadTestShape):
         return merged
 
     def levels(self) -> list[Level]:
-        """Nothing fails, every bad payload gets its 400, and the p99 of the `bounded_stages` holds."""
+        """Nothing fails, every bad payload gets its 400, and the p99 of each bounded stage holds."""
         stages = self.ran()
         predictions, bad, manage = (self.total(group, stages) for group in ("predict", "bad", "manage"))
         levels = [
@@ -184,17 +160,12 @@ class StagedShape(LoadTestShape):
             levels.append(
                 Level("no management call failed while workers changed", manage.num_failures == 0, _count(manage))
             )
-        return levels + [self.p99_level(stage) for stage in self.bounded_stages()]
-
-    def bounded_stages(self) -> list[Stage]:
-        return [stage for stage in self.ran() if stage.bounded]
-
-    def p99_level(self, stage: Stage) -> Level:
-        return Level(
-            f"p99 of valid predictions <= {self.p99_bound_ms:g} ms ({stage.name})",
-            stage.p99_ms <= self.p99_bound_ms,
-            f"{stage.p99_ms:,.0f} ms",
-        )
+        bound = self.p99_bound_ms
+        p99 = [(stage.name, stage.p99_ms) for stage in stages if stage.bounded]
+        return levels + [
+            Level(f"p99 of valid predictions <= {bound:g} ms ({name})", ms <= bound, f"{ms:,.0f} ms")
+            for name, ms in p99
+        ]
 
 
 class SteadyShape(StagedShape):

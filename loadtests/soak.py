@@ -154,7 +154,7 @@ def stop_sampling(environment, **_):
 
 
 def growth(samples: list[dict], warmup: float) -> dict[str, dict]:
-    baseline = next(s for s in samples if s["t"] >= warmup) if any(s["t"] >= warmup for s in samples) else samples[0]
+    baseline = next((s for s in samples if s["t"] >= warmup), samples[0])
     end = samples[-1]
     return {
         name: {

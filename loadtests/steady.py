@@ -5,7 +5,7 @@
     python -m locust -f loadtests/steady.py ClassifierUser ...  # without the operator
 
 Service levels: no request fails, every bad payload gets its 400, p99 of valid predictions under
---p99-ms. See loadtests/shapes.py for the options of every scenario.
+--p99-ms. loadtests/users.py (OPTIONS) lists the options of every scenario.
 """
 
 from loadtests import service_levels  # noqa: F401  (registers the end-of-run check)

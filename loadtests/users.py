@@ -28,7 +28,6 @@ MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5
 TRANSPORTS = ("raw", "multipart")  # the raw body (curl -T) or a multipart field `image` (curl -F image=@...)
 OVERLOAD_STATUSES = {429, 503, 507}
 DEFAULT_P99_MS = 250  # set from a measured ramp: docs/load-testing.md says how
-GROUPS = ("predict", "bad", "manage")
 
 log = logging.getLogger("loadtests")
 
@@ -41,46 +40,41 @@ def group_of(request_name: str) -> str:
     return request_name.split(" ", 1)[0]
 
 
-# The service's own options: (name, type, default, help[, more of argparse's keywords]). Each also
-# reads an environment variable, LOADTEST_<NAME> (and Locust's --config files).
-USER_OPTIONS = (
+# The scenarios' own options: (name, type, default, help[, more of argparse's keywords]). Each also
+# reads an environment variable, LOADTEST_<NAME> (e.g. LOADTEST_RAMP_STEP_TIME), and Locust's --config files.
+OPTIONS = (
     ("management-url", str, "", "TorchServe's management API (default: the --host with its port + 1)"),
-    ("model", str, "cifar10", "model name (default: cifar10)"),
-    (
-        "key-file",
-        str,
-        "key_file.json",
-        "TorchServe's key_file.json (default: ./key_file.json, where `make serve` writes it); "
-        "without it and without --*-key, requests carry no key (token auth off)",
-    ),
-    ("inference-key", str, "", "inference key (overrides the key file)", {"is_secret": True}),
-    ("management-key", str, "", "management key (overrides the key file)", {"is_secret": True}),
-    ("payloads", str, str(DEFAULT_FOLDER), "payload folder built by `make payloads` (default: loadtests/payloads)"),
-    ("bad-share", float, 0.05, "share of requests that carry an invalid payload (default: 0.05)"),
-    (
-        "p99-ms",
-        float,
-        DEFAULT_P99_MS,
-        f"service level: p99 bound of valid predictions in ms (default: {DEFAULT_P99_MS})",
-    ),
-    ("operator-interval", float, 10, "seconds between two worker changes by the operator (default: 10)"),
+    ("model", str, "cifar10", "model name"),
+    ("key-file", str, "key_file.json", "TorchServe's key_file.json, where `make serve` writes it; without it and "
+     "without --*-key, requests carry no key (token auth off)"),
+    ("inference-key", str, "", "inference key (default: the key file's)", {"is_secret": True}),
+    ("management-key", str, "", "management key (default: the key file's)", {"is_secret": True}),
+    ("payloads", str, str(DEFAULT_FOLDER), "payload folder built by `make payloads`"),
+    ("bad-share", float, 0.05, "share of requests that carry an invalid payload"),
+    ("p99-ms", float, DEFAULT_P99_MS, "service level: p99 bound of valid predictions in ms"),
+    ("operator-interval", float, 10, "seconds between two worker changes by the operator"),
     ("operator-workers", int, 0, "workers the operator scales up to (default: the count it finds + 1)"),
-    (
-        "operator-mode",
-        str,
-        "up",
-        "up (default): the operator scales up under load, then reads the description each interval, and the "
-        "count is put back after the load; up-down: it alternates scaling up and back down under load, where "
-        "TorchServe 0.12 fails the batch in flight on the removed worker (docs/load-testing.md)",
-        {"choices": ["up", "up-down"]},
-    ),
+    ("operator-mode", str, "up", "up: the operator scales up under load, then reads the description each interval, "
+     "and the count is put back after the load; up-down: it alternates scaling up and back down under load, where "
+     "TorchServe 0.12 fails the batch in flight on the removed worker (docs/load-testing.md)",
+     {"choices": ["up", "up-down"]}),
     ("summary", str, "", "Markdown summary file (default: summary.md beside the --csv files)"),
-)
+    ("ramp-start-users", int, 2, "ramp: users of the first step"),
+    ("ramp-step-users", int, 2, "ramp: users added at each step"),
+    ("ramp-step-time", float, 20, "ramp: seconds per step"),
+    ("ramp-max-users", int, 64, "ramp: users of the last step, if no step breaks before"),
+    ("spike-low-users", int, 4, "spike: users before and after the spike, the operator included"),
+    ("spike-high-users", int, 32, "spike: users during the spike, the operator included"),
+    ("spike-before", float, 20, "spike: seconds of low load before the spike"),
+    ("spike-duration", float, 20, "spike: seconds of the spike"),
+    ("spike-after", float, 30, "spike: seconds of low load after the spike, to recover"),
+)  # fmt: skip
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser):
-    for name, kind, default, text, *more in USER_OPTIONS:
+    for name, kind, default, text, *more in OPTIONS:
+        text = text if "default:" in text else f"{text} (default: {default})"
         environment = "LOADTEST_" + name.upper().replace("-", "_")
         parser.add_argument(
             f"--{name}", env_var=environment, type=kind, default=default, help=text, **(more or [{}])[0]

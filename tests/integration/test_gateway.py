@@ -118,7 +118,7 @@ def test_torchserve_listens_on_loopback_only(replica):
 def probe(replica, name: str) -> subprocess.CompletedProcess:
     """The Deployment's probe command (deploy/k8s), with this replica's ports, in its working
     directory (as in the pod, with serve/ on PYTHONPATH)."""
-    command = getattr(read_pod(), name).on_replica(replica.root, replica.inference, replica.management)
+    command = getattr(read_pod(), name).on_replica(replica)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=replica.root, env=env, capture_output=True, text=True, timeout=60)
 
