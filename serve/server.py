@@ -98,7 +98,7 @@ def _env(paths: ServerPaths) -> dict[str, str]:
 def _launch_config(paths: ServerPaths) -> Path:
     """paths.config, with a relative metrics_config and -javaagent jar made absolute (relative to
     the repository): TorchServe and its JVM would resolve them against the working directory,
-    which tests move elsewhere. The repository's batching agent is built first if it is stale."""
+    which tests move elsewhere. The repository's frontend agent is built first if it is stale."""
     text = paths.config.read_text()
     settings = properties(paths.config)
     metrics_config = settings.get("metrics_config")

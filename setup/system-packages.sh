@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a task needs, only those missing, before any long work starts.
 #   setup/system-packages.sh serve   Java 17 (TorchServe's frontend), a JDK and ASM (libasm-java) to
-#                                    build the batching agent (frontend/), and procps (TorchServe stops
+#                                    build the frontend agent (frontend/), and procps (TorchServe stops
 #                                    workers by running `kill`: without it scale-down answers 500)
 #   setup/system-packages.sh test    the above, and the tools the test suite runs for real
 # As root it installs with apt-get; otherwise with `sudo -n` where that works; else it names the

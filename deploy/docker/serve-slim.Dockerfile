@@ -10,12 +10,12 @@ ARG DEBIAN_IMAGE=debian:12.12-slim
 FROM ${DEBIAN_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # The JDK is only here, for jlink (which strips native symbols with binutils' objcopy; slim images
-# lack the man folder the JDK's installer writes to) and to build the batching agent with ASM.
+# lack the man folder the JDK's installer writes to) and to build the frontend agent with ASM.
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv openjdk-17-jdk-headless libasm-java binutils patch \
  && rm -rf /var/lib/apt/lists/*
-# java.instrument: for the batching agent's -javaagent.
+# java.instrument: for the frontend agent's -javaagent.
 RUN jlink --add-modules java.base,java.logging,java.management,java.naming,java.sql,java.xml,java.desktop,java.net.http,java.security.jgss,java.scripting,java.instrument,jdk.unsupported,jdk.crypto.ec,jdk.management,jdk.zipfs \
         --strip-debug --no-header-files --no-man-pages --compress=2 --output /opt/java \
  && /opt/java/bin/java -version
@@ -32,7 +32,7 @@ RUN python3.11 -m venv /opt/venv \
 RUN patch --forward --fuzz=0 -p1 -d /opt/venv/lib/python3.11/site-packages < /tmp/torchserve-0.12.0-without-torch.patch \
  && /opt/venv/bin/python -c "import ts.model_service_worker, ts.protocol.otf_message_handler"
 
-# The drain-the-queue batching agent (frontend/), built from source; the image carries only the jar.
+# The frontend agent (frontend/: drain-the-queue batching, scale-down drain), built from source; the image carries only the jar.
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
 RUN bash /build/frontend/build.sh /build/frontend-agent.jar
@@ -54,7 +54,7 @@ ENV JAVA_HOME=/opt/java PATH=/opt/venv/bin:/opt/java/bin:$PATH
 RUN useradd --create-home --uid 1000 model-server
 WORKDIR /home/model-server
 # The repository's config, changed as in serve.Dockerfile: the APIs listen on the container's
-# interfaces, and the metrics file and the batching agent are named by their paths here.
+# interfaces, and the metrics file and the frontend agent are named by their paths here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
 COPY --from=build /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/

@@ -6,7 +6,7 @@
 # No model and no key inside: model-store/ is mounted, and TorchServe makes its keys at start.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
-# The drain-the-queue batching agent (frontend/), built from source with a JDK and ASM that stay
+# The frontend agent (frontend/: drain-the-queue batching, scale-down drain), built from source with a JDK and ASM that stay
 # in this stage; the image below carries only the jar.
 FROM ${PYTHON_IMAGE} AS frontend
 RUN mkdir -p /usr/share/man/man1 \
@@ -46,7 +46,7 @@ RUN useradd --create-home --uid 1000 model-server
 WORKDIR /home/model-server
 # The repository's config, changed in three places: the APIs listen on the container's interfaces
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file and
-# the batching agent are named by their paths here.
+# the frontend agent are named by their paths here.
 COPY config.properties deploy/torchserve/metrics.yaml ./
 COPY --from=frontend /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 # serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes

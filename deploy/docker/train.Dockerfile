@@ -33,7 +33,7 @@ COPY model/ model/
 COPY handler/ handler/
 COPY train/ train/
 COPY serve/ serve/
-# serve.server names the batching agent's module (the operator's commands start no TorchServe here).
+# serve.server names the frontend agent's module (the operator's commands start no TorchServe here).
 COPY frontend/__init__.py frontend/
 
 FROM base AS loadtest

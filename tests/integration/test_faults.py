@@ -2,6 +2,10 @@
 the test run's cifar10.mar (see reliability/drills.py). `make reliability` runs the same drills with
 more load and prints the figures."""
 
+import socket
+import threading
+import time
+
 import pytest
 from helpers import PORT_BASE
 
@@ -57,3 +61,27 @@ def test_stop_and_start_serves_the_same_version_with_the_same_answers(fault_serv
     images = [blob for per_class in cifar_test_jpegs.values() for blob in per_class[:2]]
     seen = restart(fault_server, images)
     assert not restart_problems(seen) and seen["images"] == len(images), seen
+
+
+def test_queued_requests_of_clients_that_went_away_are_not_computed(fault_server):
+    """The sleepy model (one worker, batches of one) is kept busy for 1.5 s; three clients queue a
+    request behind it and close their connections: their requests are dropped, not slept through."""
+    client, log = fault_server.client, fault_server.paths.logs / "model_log.log"
+
+    def computed() -> int:
+        return sum("sleepy" in line and "Backend received inference" in line for line in log.read_text().splitlines())
+
+    host, port = client.inference.split("//")[1].split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
+    request = f"POST /predictions/sleepy HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: 3\r\n\r\n0.5".encode()
+    before = computed()
+    busy = threading.Thread(target=lambda: client.predict(b"1.5", model="sleepy"))
+    busy.start()
+    time.sleep(0.3)
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(request)
+            time.sleep(0.1)  # read and queued by the frontend before the client goes away
+    busy.join()
+    time.sleep(2)  # 1.5 s more would go to the three requests if they were computed
+    assert computed() - before == 1

@@ -12,6 +12,7 @@ import org.objectweb.asm.tree.ClassNode;
 import org.objectweb.asm.tree.FieldInsnNode;
 import org.objectweb.asm.tree.InsnNode;
 import org.objectweb.asm.tree.JumpInsnNode;
+import org.objectweb.asm.tree.LdcInsnNode;
 import org.objectweb.asm.tree.MethodInsnNode;
 import org.objectweb.asm.tree.MethodNode;
 import org.objectweb.asm.tree.VarInsnNode;
@@ -36,6 +37,8 @@ public final class DrainBatching {
     static final String DESCRIPTOR = "(Ljava/lang/String;JLjava/util/Map;)V";
     static final String QUEUE = "java/util/concurrent/LinkedBlockingDeque";
     static final String POLL = "(JLjava/util/concurrent/TimeUnit;)Ljava/lang/Object;";
+    static final String POLL_OPEN =
+            "(Ljava/util/concurrent/LinkedBlockingDeque;JLjava/util/concurrent/TimeUnit;)Ljava/lang/Object;";
     static final String POLL_WITHIN =
             "(Ljava/util/concurrent/LinkedBlockingDeque;JLjava/util/concurrent/TimeUnit;Ljava/util/Map;)Ljava/lang/Object;";
     static final int JOBS_REPO = 4; // pollBatch's third argument: the batch being filled (this, String, long, Map)
@@ -49,6 +52,7 @@ public final class DrainBatching {
         ClassNode model = Agent.read(original);
         MethodNode poll = Agent.method(model, METHOD, DESCRIPTOR);
         int maxDelay = maxDelayLocal(poll);
+        firstJobOfAnOpenClient(poll);
         pollWithoutWaiting(poll, maxDelay);
         removeDelayBreak(poll, maxDelay);
         return Agent.write(model);
@@ -109,6 +113,44 @@ public final class DrainBatching {
     }
 
     /**
+     * The batch's first job, `jobsQueue.poll(Long.MAX_VALUE, MILLISECONDS)`, becomes
+     * `DrainBatching.pollOpen(jobsQueue, Long.MAX_VALUE, MILLISECONDS)`: the same wait, past the
+     * jobs whose client went away.
+     */
+    static void firstJobOfAnOpenClient(MethodNode method) throws UnexpectedBytecode {
+        List<MethodInsnNode> calls = new ArrayList<>();
+        for (AbstractInsnNode insn : method.instructions) {
+            if (insn instanceof LdcInsnNode forever
+                    && Long.valueOf(Long.MAX_VALUE).equals(forever.cst)
+                    && next(insn) instanceof FieldInsnNode unit
+                    && unit.name.equals("MILLISECONDS")
+                    && next(unit) instanceof MethodInsnNode call
+                    && call.owner.equals(QUEUE)
+                    && call.name.equals("poll")
+                    && call.desc.equals(POLL)) {
+                calls.add(call);
+            }
+        }
+        if (calls.size() != 1) {
+            throw new UnexpectedBytecode(
+                    METHOD + ": expected one jobsQueue.poll(Long.MAX_VALUE, MILLISECONDS), found " + calls.size());
+        }
+        method.instructions.set(
+                calls.get(0),
+                new MethodInsnNode(Opcodes.INVOKESTATIC, "cifar10/frontend/DrainBatching", "pollOpen", POLL_OPEN));
+    }
+
+    /** The first queued job whose client is still connected, waiting up to `timeout` for one. */
+    public static Object pollOpen(LinkedBlockingDeque<Object> queue, long timeout, TimeUnit unit)
+            throws InterruptedException {
+        Object job = queue.poll(timeout, unit);
+        while (job != null && clientLeft(job)) {
+            job = queue.poll(timeout, unit);
+        }
+        return job;
+    }
+
+    /**
      * The next queued job if one is there and the batch's bodies stay within BATCH_BYTES with it;
      * else null (the batch is complete) and the job stays first in the queue. Jobs whose client's
      * connection is closed are dropped on the way: nobody could read their answer. Called with
@@ -116,10 +158,7 @@ public final class DrainBatching {
      */
     public static Object pollWithin(LinkedBlockingDeque<Object> queue, long timeout, TimeUnit unit, Map<?, ?> batch)
             throws InterruptedException {
-        Object job = queue.poll(timeout, unit);
-        while (job != null && clientLeft(job)) {
-            job = queue.poll(timeout, unit);
-        }
+        Object job = pollOpen(queue, timeout, unit);
         if (job == null || batch.isEmpty()) {
             return job;
         }
