@@ -100,7 +100,7 @@ class Cifar10Handler:
                 errors.append(None)
             except InvalidImage as error:
                 payloads.append(None)
-                errors.append(error)
+                errors.append(error.detached())
         return self.runtime.decode(payloads, errors), errors
 
     def _text_fields(self, index, row) -> set:

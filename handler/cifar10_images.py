@@ -35,6 +35,14 @@ class InvalidImage(ValueError):
         self.reason = reason
         self.status = status
 
+    def detached(self) -> "InvalidImage":
+        """This error without its traceback and causes, to be kept as a request's answer. They hold
+        the frames that raised it, and with them the batch's request bodies, in a reference cycle
+        that only Python's cyclic collector frees: an idle worker would keep the bodies of its last
+        bad requests (hundreds of MiB after a flood of large ones)."""
+        self.__traceback__ = self.__cause__ = self.__context__ = None
+        return self
+
 
 def request_payload(row, text_fields=frozenset()) -> bytes:
     """The image bytes of one TorchServe request row (raw body or a multipart field).
@@ -140,7 +148,7 @@ def decode_payloads(payloads: list, errors: list) -> np.ndarray | None:
                 raise InvalidImage("busy", "this batch ran out of decoding time: retry", status=503)
             images.append(decode_image(payload))
         except InvalidImage as error:
-            errors[index] = error
+            errors[index] = error.detached()
     return pixel_array(images) if images else None
 
 
