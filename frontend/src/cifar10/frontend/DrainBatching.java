@@ -1,6 +1,7 @@
 package cifar10.frontend;
 
 import cifar10.frontend.Agent.UnexpectedBytecode;
+import java.lang.reflect.Method;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -162,30 +163,55 @@ public final class DrainBatching {
         if (job == null || batch.isEmpty()) {
             return job;
         }
-        long[] counted = COUNTED.get(); // {jobs, bytes} of this thread's batch so far
-        if (counted[0] != batch.size()) {
-            counted[0] = batch.size();
-            counted[1] = 0;
+        Filling filling = FILLING.get();
+        Object first = batch.values().iterator().next();
+        if (filling.first != first || filling.jobs != batch.size()) { // another batch, or not counted yet
+            filling.first = first;
+            filling.jobs = batch.size();
+            filling.bytes = 0;
             for (Object taken : batch.values()) {
-                counted[1] += bodyBytes(taken);
+                filling.bytes += bodyBytes(taken);
             }
         }
-        long bytes = counted[1] + bodyBytes(job);
+        long bytes = filling.bytes + bodyBytes(job);
         if (bytes > BATCH_BYTES) {
             queue.addFirst(job);
             return null;
         }
-        counted[0] += 1; // the caller puts the job into the batch
-        counted[1] = bytes;
+        filling.jobs += 1; // the caller puts the job into the batch
+        filling.bytes = bytes;
         return job;
     }
 
-    private static final ThreadLocal<long[]> COUNTED = ThreadLocal.withInitial(() -> new long[2]);
+    /** The batch a worker thread is filling, as counted so far: its first job, its jobs, their body bytes. */
+    private static final class Filling {
+        Object first;
+        int jobs;
+        long bytes;
+    }
+
+    private static final ThreadLocal<Filling> FILLING = ThreadLocal.withInitial(Filling::new);
+
+    /** TorchServe's Job accessors, looked up once (the batching loop calls them for every job). */
+    private static final class Accessors {
+        static final Method IS_OPEN = method("org.pytorch.serve.job.Job", "isOpen");
+        static final Method PAYLOAD = method("org.pytorch.serve.job.Job", "getPayload");
+        static final Method PARAMETERS = method("org.pytorch.serve.util.messages.RequestInput", "getParameters");
+        static final Method VALUE = method("org.pytorch.serve.util.messages.InputParameter", "getValue");
+
+        static Method method(String type, String name) {
+            try {
+                return Class.forName(type).getMethod(name);
+            } catch (ReflectiveOperationException missing) {
+                return null; // another TorchServe: the guards that need it are off (below)
+            }
+        }
+    }
 
     /** The job's connection is closed (Job.isOpen() is false): its client went away. */
     static boolean clientLeft(Object job) {
         try {
-            return !(Boolean) job.getClass().getMethod("isOpen").invoke(job);
+            return Accessors.IS_OPEN != null && !(Boolean) Accessors.IS_OPEN.invoke(job);
         } catch (ReflectiveOperationException | RuntimeException unexpected) {
             return false; // a job that cannot say: computed as before
         }
@@ -193,11 +219,13 @@ public final class DrainBatching {
 
     /** The bytes of a job's request parameters (its body or form fields): Job.getPayload().getParameters(). */
     static long bodyBytes(Object job) {
+        if (Accessors.PAYLOAD == null || Accessors.PARAMETERS == null || Accessors.VALUE == null) {
+            return 0;
+        }
         try {
-            Object payload = job.getClass().getMethod("getPayload").invoke(job);
             long bytes = 0;
-            for (Object parameter : (List<?>) payload.getClass().getMethod("getParameters").invoke(payload)) {
-                bytes += ((byte[]) parameter.getClass().getMethod("getValue").invoke(parameter)).length;
+            for (Object parameter : (List<?>) Accessors.PARAMETERS.invoke(Accessors.PAYLOAD.invoke(job))) {
+                bytes += ((byte[]) Accessors.VALUE.invoke(parameter)).length;
             }
             return bytes;
         } catch (ReflectiveOperationException | RuntimeException unexpected) {
