@@ -9,7 +9,8 @@ so the stages may run in separate calls on a machine that keeps its files in bet
          the gpu-large-batch recipe; prepares the benchmark images for `serve`
   serve  TorchServe with the GPU config sized for this machine (python -m serve archive --device
          gpu's rule): served answers = offline answers, wrk at 1, 64, 256 and 512 connections,
-         1 connection right after a scale-up, GPU memory per worker and GPU utilization
+         1 connection right after a scale-up, GPU memory per worker and GPU utilization, where a
+         worker's time goes (py-spy, TorchServe's counters)
 Writes reports/gpu/gpu-check.{md,csv} (and copies them to --copy-to, if given). A GPU machine
 without the project's tools (Java, TorchServe, wrk) needs them installed first; GPU_PYTHON names
 the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).
@@ -18,19 +19,32 @@ the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import operator
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.gpu_serving import BENCH_IMAGES, REPO, STATE, GpuCheckError, stage_serve
-from benchmarks.load import bench_images
+import torch
+import yaml
+
+from benchmarks import command_parser
+from benchmarks.alternatives import CLASSES, decode_image, pixel_batch
+from benchmarks.serving import bench_images, metric_samples, run_wrk, torchserve_system
+from serve.archive import GPU_MODEL_CONFIG, REPO
+from serve.client import ServiceError
+from serve.gpu_sizing import sized_config, this_machine
 from serve.report import Report, write_csv
 
 GPU_TEST_FILES = (
@@ -41,6 +55,13 @@ GPU_TEST_FILES = (
 STAGES = ("tests", "train", "serve")
 COMPARISONS = {"<=": operator.le, ">=": operator.ge}
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
+STATE = REPO / "data" / "gpu-check"
+BENCH_IMAGES = 500
+# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
+# its metrics logging and the JSON answers.
+HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
+HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
+PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
 
 # (section, name, metric, comparison, bound): what the GPU path must reach on a GPU machine.
 TARGETS = [
@@ -60,26 +81,19 @@ TARGETS = [
 ]
 
 
-class NoGpuError(RuntimeError):
-    """The check was started on a machine without a CUDA device."""
+class GpuCheckError(RuntimeError):
+    """The check cannot run here: no CUDA device, a missing tool, or an earlier stage's output."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("benchmarks.gpu_check", __doc__, data_required=False)  # --data: the train stage's
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, of: " + ", ".join(STAGES))
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help="CIFAR-10 copy (train stage)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "gpu")
     parser.add_argument("--copy-to", type=Path, help="also copy the report here (e.g. $OUT on a lent machine)")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256, 512])
-    parser.add_argument(
-        "--workers", nargs="+", default=["auto"], help="worker counts to serve with: auto (sized) and/or numbers"
-    )
-    parser.add_argument(
-        "--port-base", type=int, default=SERVE_PORT_BASE, help="TorchServe's ports: this and the next 4"
-    )
+    parser.add_argument("--workers", nargs="+", default=["auto"], help="auto (sized) and/or worker counts")
+    parser.add_argument("--port-base", type=int, default=SERVE_PORT_BASE, help="TorchServe's ports: +0..4")
     parser.add_argument("--fresh", action="store_true", help="forget the results of earlier stages")
     args = parser.parse_args(argv)
     args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
@@ -93,42 +107,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def require_gpu() -> str:
-    """The GPU's name; raises NoGpuError where torch sees no CUDA device."""
-    import torch
-
+    """The GPU's name, where torch sees a CUDA device."""
     if not torch.cuda.is_available():
-        raise NoGpuError(
+        raise GpuCheckError(
             "make gpu-check needs a machine with an NVIDIA GPU and a CUDA build of torch; torch "
             f"{torch.__version__} sees no CUDA device here. Run it on a GPU machine (docs/gpu.md says how)."
         )
     return torch.cuda.get_device_name(0)
 
 
-# --- stages ---------------------------------------------------------------------------------------
-
-
-def stage_tests(python: str) -> dict:
+def stage_tests() -> dict:
     """pytest on the GPU test files; counts from its JUnit XML."""
     with tempfile.TemporaryDirectory() as scratch:
         junit = Path(scratch) / "junit.xml"
         started = time.monotonic()
-        completed = subprocess.run(
-            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *GPU_TEST_FILES],
-            cwd=REPO,
-        )
-        seconds = time.monotonic() - started
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        completed = subprocess.run([*command, *GPU_TEST_FILES], cwd=REPO)
         if not junit.exists():
             return {"pytest -m gpu": {"error": f"pytest exited {completed.returncode} before it ran tests"}}
         suite = ElementTree.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    tests, failures, errors, skipped = (int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped"))
     return {
         "pytest -m gpu": {
-            "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-            "failed": counts["failures"] + counts["errors"],
-            "skipped": counts["skipped"],
+            "passed": tests - failures - errors - skipped,
+            "failed": failures + errors,
+            "skipped": skipped,
             "returncode": completed.returncode,
-            "seconds": round(seconds, 1),
+            "seconds": round(time.monotonic() - started, 1),
         }
     }
 
@@ -148,10 +154,20 @@ TRAIN_RUNS = {
 }
 
 
-def stage_train(python: str, data: str) -> dict:
+def stage_train(data: str) -> dict:
     results = {}
     for name, (run_name, arguments) in TRAIN_RUNS.items():
-        command = [python, "-m", "train", "--data", data, "--out-dir", str(STATE / "models"), "--run-name", run_name]
+        command = [
+            sys.executable,
+            "-m",
+            "train",
+            "--data",
+            data,
+            "--out-dir",
+            str(STATE / "models"),
+            "--run-name",
+            run_name,
+        ]
         print(f"== train: {name}", flush=True)
         completed = subprocess.run([*command, "--device", "cuda", *arguments.split()], cwd=REPO)
         if completed.returncode != 0:  # recorded; the other runs still give their figures
@@ -176,7 +192,166 @@ def stage_train(python: str, data: str) -> dict:
     return results
 
 
-# --- report ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def gpu_use() -> Iterator[dict]:
+    """nvidia-smi's utilization and memory, sampled every 200 ms while in the block; yields a dict
+    that holds their mean and peak once the block is left (empty without nvidia-smi)."""
+    query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+    figures, samples, stop = {}, [], threading.Event()
+
+    def sample():
+        while shutil.which("nvidia-smi") and not stop.wait(0.2):
+            with contextlib.suppress(ValueError):
+                busy, memory = map(float, subprocess.run(query, capture_output=True, text=True).stdout.split(","))
+                samples.append((busy, memory))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield figures
+    finally:
+        stop.set()
+        sampler.join()
+    if samples:
+        figures["gpu_busy_percent"] = round(sum(busy for busy, _ in samples) / len(samples), 1)
+        figures["gpu_memory_mib"] = max(memory for _, memory in samples)
+
+
+def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
+    """The served class of every benchmark image against the TorchScript model run on the CPU. Sent
+    by `clients` threads at once, so that batches form and a GPU worker decodes them on the GPU."""
+    blobs = [Path(path).read_bytes() for path in listing.read_text().split()]
+    model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    with torch.inference_mode():
+        offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
+    local = threading.local()
+
+    def served_class(blob: bytes) -> str:
+        if not hasattr(local, "client"):
+            local.client = client.copy()
+        return local.client.predict(blob)["prediction"]
+
+    with ThreadPoolExecutor(clients) as pool:
+        served = list(pool.map(served_class, blobs))
+    return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
+
+
+def time_breakdown(metrics_text: str) -> dict:
+    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
+    queue wait and frontend-measured inference per request, mean batch size, and the handler's
+    decode and model time per batch (milliseconds)."""
+
+    def total(name: str) -> float:
+        return sum(metric_samples(metrics_text, name))
+
+    requests, batches = total("ts_inference_requests_total"), total("cifar10_batch_size_count")
+    if not requests or not batches:
+        return {}
+    return {
+        "queue_ms_per_request": round(total("ts_queue_latency_microseconds") / requests / 1e3, 3),
+        "inference_ms_per_request": round(total("ts_inference_latency_microseconds") / requests / 1e3, 3),
+        "batch_size_mean": round(total("cifar10_batch_size_sum") / batches, 1),
+        "decode_ms_per_batch": round(total("cifar10_decode_seconds_sum") / batches * 1e3, 3),
+        "model_ms_per_batch": round(total("cifar10_inference_seconds_sum") / batches * 1e3, 3),
+    }
+
+
+def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
+    """After a second (in the middle of a load), py-spy samples one TorchServe worker's Python stacks
+    for `seconds`; returns the functions where its samples ended (self time) and the handler steps
+    they ran under, as shares of samples."""
+    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy not found (pip install py-spy)"}
+    time.sleep(1)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "stacks.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
+        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
+        if completed.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
+        stacks = raw.read_text().splitlines()
+    leaves, steps = Counter(), Counter()
+    for line in stacks:
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            leaves[frames.split(";")[-1]] += int(count)
+            # a step's frame reads "Cifar10Handler.preprocess (file:line)"
+            steps.update(
+                {step: int(count) for step in HANDLER_STEPS if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames)}
+            )
+    total = leaves.total()
+    if not total:
+        return {"error": "py-spy recorded no samples"}
+
+    def shares(counts: Counter, most: int | None = None) -> dict:
+        return {name: round(count / total, 3) for name, count in counts.most_common(most)}
+
+    return {"samples": total, "self": shares(leaves, top), "under": shares(steps)}
+
+
+def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
+    run_dir = STATE / "models" / "baseline"
+    listing = REPO / "data" / "bench-images" / f"images-{BENCH_IMAGES}.txt"
+    if not (run_dir / "model.pt").exists() or not listing.exists():
+        raise GpuCheckError("the serve stage needs the train stage's model and images: run --stages train first")
+    if shutil.which("wrk") is None:
+        raise GpuCheckError("wrk not found (apt-get install -y wrk)")
+    machine = this_machine()
+    template = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
+    results = {"machine": {"cpus": machine.cpus, "gpus": machine.gpus, "gpu": machine.gpu_name}}
+    for choice in worker_choices:
+        config = sized_config(template, machine, None if choice == "auto" else int(choice))
+        label = f"{config['minWorkers']} workers" + (" (sized)" if choice == "auto" else "")
+        print(f"== serve: {label}, {json.dumps(config)}", flush=True)
+        try:
+            results[label] = serve_one(config, run_dir, listing, seconds, concurrencies, port_base)
+        except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
+            results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
+    return results
+
+
+def serve_one(
+    config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
+) -> dict:
+    """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
+    settings = {"job_queue_size": str(config["jobQueueSize"])}
+    with (
+        tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch,
+        torchserve_system("gpu-check", run_dir, config, Path(scratch), port_base, **settings) as system,
+        ThreadPoolExecutor(1) as profiler,
+    ):
+        client, url, token = system.client, system.url, system.token
+        part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
+        part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
+        run_wrk(url, listing, 64, 3, token, False, threads=4)  # warm-up
+        for concurrency in concurrencies:
+            if concurrency == PROFILED_CONCURRENCY:  # a worker's stacks in the middle of this load
+                pid = int(client.describe()[0]["workers"][0]["pid"])
+                profile = profiler.submit(profile_worker, pid, max(1, seconds // 2))
+            with gpu_use() as gpu:
+                result = run_wrk(url, listing, concurrency, seconds, token, False, 4)
+            if concurrency == PROFILED_CONCURRENCY:
+                part[f"py-spy of one worker at c={concurrency}"] = profile.result()
+            part[f"c={concurrency}"] = {**pick(result), **gpu}
+            print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
+        metrics_text = client.metrics()
+        worker_bytes = metric_samples(metrics_text, "cifar10_gpu_memory_bytes")
+        part["worker_gpu_mib"] = [round(value / 2**20, 1) for value in worker_bytes]
+        part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
+        scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
+        client.scale(scaled)  # synchronous: returns once the new workers are up
+        result = run_wrk(url, listing, 1, max(5, seconds // 2), token, False)
+        part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
+        print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
+    return part
+
+
+def pick(wrk_result: dict) -> dict:
+    """The figures of a wrk run that the results keep, rounded."""
+    figures = {key: round(wrk_result[key], 2) for key in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+    return {**figures, "errors": wrk_result["errors"], "requests": wrk_result["requests"]}
 
 
 def target_rows(results: dict) -> list[dict]:
@@ -251,15 +426,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(args)
-    except (NoGpuError, GpuCheckError) as error:
+    except GpuCheckError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def run(args: argparse.Namespace) -> None:
     gpu = require_gpu()
-    import torch
-
     state_file = STATE / "results.json"
     results = {} if args.fresh or not state_file.exists() else json.loads(state_file.read_text())
     info = results.setdefault("info", {})
@@ -267,11 +440,11 @@ def run(args: argparse.Namespace) -> None:
     info.setdefault("stages", {})
     for stage in args.stages:
         if stage == "tests":
-            results["tests"] = stage_tests(sys.executable)
+            results["tests"] = stage_tests()
         elif stage == "train":
             if not args.data:
                 raise GpuCheckError("the train stage needs the CIFAR-10 copy: --data or CIFAR10_DATA")
-            results["train"] = stage_train(sys.executable, args.data)
+            results["train"] = stage_train(args.data)
         elif stage == "serve":
             results["serve"] = stage_serve(args.seconds, args.concurrency, args.workers, args.port_base)
         info["stages"][stage] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -15,9 +15,7 @@ AOTInductor forms compile C++ with the machine's compiler (g++). Writes reports/
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import command_line, command_parser
 from benchmarks.alternatives import OnnxModel, load_model
 from model import SimpleCNN
 from serve.archive import REPO
@@ -66,13 +65,10 @@ def aot_package(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.portability", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"))
+    parser = command_parser("benchmarks.portability", __doc__)
     parser.add_argument("--run", type=Path, default=REPO / "models" / "latest")
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     args = parser.parse_args(argv)
-    if not args.data:
-        raise SystemExit("error: name the CIFAR-10 copy with --data or CIFAR10_DATA")
     torch.set_num_threads(1)
     run = args.run.resolve()
     eager = SimpleCNN().eval()
@@ -87,19 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         with torch.inference_mode():
             got = runner(images)
         got = got[0] if isinstance(got, (list, tuple)) else got
-        rows.append(
-            {
-                "form": name,
-                "file": file.name,
-                "megabytes": round(file.stat().st_size / 2**20, 2),
-                "build_seconds": None if build_seconds is None else round(build_seconds, 1),
-                "top1_identical": int((got.argmax(1) == expected.argmax(1)).sum()),
-                "max_logit_difference": float((got - expected).abs().max()),
-                "batch1_ms": round(per_call_ms(runner, images[:1]), 3),
-                "batch64_ms": round(per_call_ms(runner, images[:64]), 3),
-                "loaded_by": loader,
-            }
-        )
+        row = {"form": name, "file": file.name, "megabytes": round(file.stat().st_size / 2**20, 2)}
+        row["build_seconds"] = None if build_seconds is None else round(build_seconds, 1)
+        row["top1_identical"] = int((got.argmax(1) == expected.argmax(1)).sum())
+        row["max_logit_difference"] = float((got - expected).abs().max())
+        row["batch1_ms"] = round(per_call_ms(runner, images[:1]), 3)
+        row["batch64_ms"] = round(per_call_ms(runner, images[:64]), 3)
+        rows.append({**row, "loaded_by": loader})
         print(rows[-1], flush=True)
 
     measure("TorchScript, frozen", load_model(str(run / "model.pt")), run / "model.pt", None, "BaseHandler (.pt)")
@@ -119,10 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             measure(name, runner, file, time.monotonic() - started, loader)
 
-    command = "python -m benchmarks.portability " + " ".join(argv if argv is not None else sys.argv[1:])
     columns = list(rows[0])
     write_csv(args.out / "portability.csv", rows, columns)
-    report = Report("Portable forms of the model", command).text(
+    report = Report("Portable forms of the model", command_line("benchmarks.portability", argv)).text(
         f"torch {torch.__version__} (shared machine: timings noisy, best of 7 rounds), 1 thread "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); checked on the first {CHECK_IMAGES} test "
         "images against the eager model. build_seconds: with TorchInductor's compile cache as found (a first build "

@@ -13,10 +13,8 @@ accuracy, peak memory, time to reach the baseline recipe's final accuracy, and t
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmarks import command_line, command_parser
 from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
 from serve.report import Report, percent, write_csv
 from train.atomic import atomic_path
@@ -54,14 +53,8 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
     """Images/s of the Flask service's pipeline done the usual way, over `steps` training steps."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-        ]
-    )
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    transform = transforms.Compose([*augment, transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
     loader = torch.utils.data.DataLoader(
         datasets.ImageFolder(folder / "train", transform=transform), batch_size=64, shuffle=True, num_workers=2
     )
@@ -112,30 +105,15 @@ def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
     }
 
 
-def seconds_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
-    return next((t for t, accuracy in curve if accuracy >= target), None)
-
-
 def write_report(rows: list[dict], out: Path, command: str) -> None:
-    baseline = next((r for r in rows if r["recipe"] == "baseline"), None)
     naive = rows[0]
-    target = baseline["final_accuracy"] if baseline else None
+    target = next((row["final_accuracy"] for row in rows if row["recipe"] == "baseline"), None)
     for row in rows[1:]:
-        reached = seconds_to_reach(row["accuracy_curve"], target) if target else None
+        reached = next((t for t, accuracy in row["accuracy_curve"] if target and accuracy >= target), None)
         row["seconds_to_baseline_final_accuracy"] = round(reached, 1) if reached else None
         row["speedup_vs_naive"] = round(naive["total_seconds"] / row["total_seconds"], 2)
-    columns = [
-        "recipe",
-        "seconds_per_epoch",
-        "total_seconds",
-        "images_per_second",
-        "final_accuracy",
-        "best_accuracy",
-        "seconds_to_baseline_final_accuracy",
-        "peak_memory_mb",
-        "speedup_vs_naive",
-        "measured",
-    ]
+    columns = ["recipe", "seconds_per_epoch", "total_seconds", "images_per_second", "final_accuracy", "best_accuracy"]
+    columns += ["seconds_to_baseline_final_accuracy", "peak_memory_mb", "speedup_vs_naive", "measured"]
     write_csv(out / "bench-train.csv", rows, columns)
     percent_columns = dict.fromkeys(["final_accuracy", "best_accuracy"], percent)
     report = Report("Training benchmark", command)
@@ -166,24 +144,15 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data", default=os.environ.get("CIFAR10_DATA"), help="local CIFAR-10 copy (default: $CIFAR10_DATA)"
-    )
+    parser = command_parser("benchmarks.training", __doc__)
     parser.add_argument("--recipes", nargs="+", default=["baseline", "fast"])
     parser.add_argument("--naive-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     args, extra = parser.parse_known_args(argv)  # anything else goes to `python -m train`
-    if not args.data:
-        raise SystemExit("error: name the data copy with --data or CIFAR10_DATA")
     rows = [time_naive_pipeline(image_folder(Path(args.data)), args.naive_steps)]
     rows += [run_recipe(recipe, args.data, args.models, extra) for recipe in args.recipes]
-    write_report(
-        rows, args.out, "python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])
-    )
+    write_report(rows, args.out, command_line("benchmarks.training", argv))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ import importlib
 
 import pytest
 
-from benchmarks.gpu_serving import gpu_use
-from benchmarks.load import metric_samples
-from benchmarks.servers import until
+from benchmarks.gpu_check import gpu_use
+from benchmarks.serving import metric_samples, until
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check"]
 
