@@ -106,16 +106,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def require_gpu() -> str:
-    """The GPU's name, where torch sees a CUDA device."""
-    if not torch.cuda.is_available():
-        raise GpuCheckError(
-            "make gpu-check needs a machine with an NVIDIA GPU and a CUDA build of torch; torch "
-            f"{torch.__version__} sees no CUDA device here. Run it on a GPU machine (docs/gpu.md says how)."
-        )
-    return torch.cuda.get_device_name(0)
-
-
 def stage_tests() -> dict:
     """pytest on the GPU test files; counts from its JUnit XML."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -432,11 +422,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    gpu = require_gpu()
+    if not torch.cuda.is_available():
+        raise GpuCheckError(
+            "make gpu-check needs a machine with an NVIDIA GPU and a CUDA build of torch; torch "
+            f"{torch.__version__} sees no CUDA device here. Run it on a GPU machine (docs/gpu.md says how)."
+        )
     state_file = STATE / "results.json"
     results = {} if args.fresh or not state_file.exists() else json.loads(state_file.read_text())
     info = results.setdefault("info", {})
-    info.update(gpu=gpu, cpus=os.cpu_count(), torch=torch.__version__, command="make gpu-check")
+    info.update(
+        gpu=torch.cuda.get_device_name(0), cpus=os.cpu_count(), torch=torch.__version__, command="make gpu-check"
+    )
     info.setdefault("stages", {})
     for stage in args.stages:
         if stage == "tests":

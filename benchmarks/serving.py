@@ -311,29 +311,18 @@ def ceiling_rate(runtime: str, run_dir: Path, listing: Path, seconds: float) -> 
         return sum(done / wall for done, wall, _ in runs)
 
 
-def cpu_per_image(runtime: str, run_dir: Path, listing: Path, seconds: float) -> float:
-    """CPU seconds per image of the ceiling's work on one thread, here: other load hardly changes it."""
-    done, _, cpu = ceiling_work(runtime, run_dir, listing, seconds)
-    return cpu / done
-
-
-def quiet_log_config(scratch: Path) -> Path:
-    """The shipped log4j2 file without the frontend's INFO lines for each metric line a worker
-    prints and for each response sent (WorkerLifeCycle, BatchAggregator): WARN and above only."""
-    quiet = "".join(
-        f'<Logger name="org.pytorch.serve.wlm.{name}" level="warn"/>' for name in ("WorkerLifeCycle", "BatchAggregator")
-    )
-    path = scratch / "log4j2-quiet.xml"
-    path.write_text(LOG_CONFIG.read_text().replace("<Loggers>", "<Loggers>" + quiet))
-    return path
-
-
 def systems(args, scratch: Path) -> dict:
     """name -> a function that starts that system and returns it."""
     run_dir, ports = args.run.resolve(), args.port_base
     scratch.mkdir(parents=True)
     shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     onnx = yaml.safe_load(FORMATS["onnx"][1].read_text())
+    # the shipped log4j2 file without the frontend's INFO lines for each metric line a worker prints
+    # and for each response sent (WorkerLifeCycle, BatchAggregator): WARN and above only
+    loggers = ("WorkerLifeCycle", "BatchAggregator")
+    quiet = "".join(f'<Logger name="org.pytorch.serve.wlm.{name}" level="warn"/>' for name in loggers)
+    quiet_logs = scratch / "log4j2-quiet.xml"
+    quiet_logs.write_text(LOG_CONFIG.read_text().replace("<Loggers>", "<Loggers>" + quiet))
 
     def torchserve(name, config, **options):
         return lambda: torchserve_system(name, run_dir, config, scratch, ports, **options)
@@ -350,7 +339,7 @@ def systems(args, scratch: Path) -> dict:
         "flask": lambda: process_system("flask", ports + FLASK_OFFSET, run_dir / "model.pt"),
         "litserve": lambda: process_system("litserve", ports + LITSERVE_OFFSET, run_dir / "model.pt"),
         # --variants: measured, not kept
-        "torchserve-quiet-logs": torchserve("torchserve-quiet-logs", shipped, log_config=quiet_log_config(scratch)),
+        "torchserve-quiet-logs": torchserve("torchserve-quiet-logs", shipped, log_config=quiet_logs),
         "torchserve-onnx-stock": torchserve("torchserve-onnx-stock", onnx, model_format="onnx", **STOCK),
         "torchserve-nowait": torchserve("torchserve-nowait", shipped, register=NO_WAIT, **STOCK),
         "torchserve-onnx-nowait-1x2": torchserve(
@@ -387,16 +376,6 @@ def levers(shipped: dict) -> list[tuple[str, dict, dict]]:
     ]
 
 
-def measure(args, launch, listing: Path) -> tuple[list[dict], float]:
-    """One system: its rows (one per concurrency) and its cold start."""
-    with launch() as system:
-        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
-    beside = ceiling_rate(system.runtime, args.run.resolve(), listing, args.ceiling_seconds)
-    print(f"   ceiling ({system.runtime}) right after: {beside:.0f} images/s", flush=True)
-    rows = [{"system": system.name, "runtime": system.runtime, **row, "ceiling_rps_beside": beside} for row in loads]
-    return rows, system.cold_start_seconds
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("benchmarks.serving", __doc__)
     parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run to serve")
@@ -415,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk not found; install it with `sudo apt-get install -y wrk`")
-    listing = bench_images(args.data, args.images, REPO / "data" / "bench-images")
+    listing, run = bench_images(args.data, args.images, REPO / "data" / "bench-images"), args.run.resolve()
     rows, cold, failed = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         for round_ in range(1, args.rounds + 1):
@@ -423,16 +402,22 @@ def main(argv: list[str] | None = None) -> None:
             for name in every if args.levers or args.variants else args.systems:
                 print(f"== {name}, round {round_}", flush=True)
                 try:
-                    measured, cold[name] = measure(args, every[name], listing)
-                    rows += [{**row, "round": round_} for row in measured]
+                    with every[name]() as system:
+                        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
+                    beside = ceiling_rate(system.runtime, run, listing, args.ceiling_seconds)
                 except (RuntimeError, TimeoutError, ServiceError, WrkError) as error:  # one system down: go on
                     print(f"   {name} failed: {error}", flush=True)
                     failed[name] = str(error).splitlines()[0][:200]
+                    continue
+                print(f"   ceiling ({system.runtime}) right after: {beside:.0f} images/s", flush=True)
+                cold[name] = system.cold_start_seconds
+                which = {"system": system.name, "runtime": system.runtime, "round": round_}
+                rows += [{**which, **row, "ceiling_rps_beside": beside} for row in loads]
     print("== CPU time per image of the ceilings (one thread)", flush=True)
-    runtimes = dict.fromkeys(row["runtime"] for row in rows)
-    per_image = {
-        runtime: cpu_per_image(runtime, args.run.resolve(), listing, args.ceiling_seconds) for runtime in runtimes
-    }
+    per_image = {}  # the ceiling's CPU seconds per image on one thread, here: other load hardly changes it
+    for runtime in dict.fromkeys(row["runtime"] for row in rows):
+        done, _, cpu = ceiling_work(runtime, run, listing, args.ceiling_seconds)
+        per_image[runtime] = cpu / done
     stem = "bench-serve-levers" if args.levers else "bench-serve-variants" if args.variants else "bench-serve"
     write(rows, per_image, cold, failed, args.out / stem, command_line("benchmarks.serving", argv))
 
