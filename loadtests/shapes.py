@@ -13,7 +13,7 @@ import logging
 import platform
 import sys
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, takewhile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,8 +56,8 @@ class Stage:
         """Valid predictions were answered, nothing failed, and p99 <= the bound (None: it has not run)."""
         if not self.ran_seconds:
             return None
-        bounded = self.p99_bound_ms is not None and self.p99_ms > self.p99_bound_ms
-        return self.group("predict").num_requests > 0 and self.stats.num_failures == 0 and not bounded
+        too_slow = self.p99_bound_ms is not None and self.p99_ms > self.p99_bound_ms
+        return self.group("predict").num_requests > 0 and self.stats.num_failures == 0 and not too_slow
 
 
 class Level(NamedTuple):
@@ -81,9 +81,7 @@ class StagedShape(LoadTestShape):
     abstract = True
     stop_at_breach = False
 
-    def __init__(self):
-        super().__init__()
-        self.stages: list[Stage] = []
+    stages: tuple[Stage, ...] | list[Stage] = ()  # planned at the first tick, from Locust's options
 
     def configure(self, options) -> None:
         self.stages = self.plan(options)
@@ -166,12 +164,8 @@ class RampShape(StagedShape):
     @property
     def capacity(self) -> Stage | None:
         """The last step of the unbroken run of steps that held from the start."""
-        held = None
-        for stage in self.stages:
-            if not stage.held:
-                break
-            held = stage
-        return held
+        held = list(takewhile(lambda stage: stage.held, self.stages))
+        return held[-1] if held else None
 
     def levels(self) -> list[Level]:
         """Steps up to the capacity met every level; the step that broke them is the finding, but even
