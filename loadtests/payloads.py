@@ -2,15 +2,10 @@
 
     python -m loadtests.payloads [--data PATH] [--out loadtests/payloads]
 
-`--data` (or $CIFAR10_DATA) names a local copy, in any layout the training job reads; without it,
-torchvision downloads the real data set. The folder gets one subfolder per kind of payload:
-
-    jpeg-32              test images as the 32 x 32 JPEGs a CIFAR-10 client sends (quality 75)
-    jpeg-224 ... png-1600  the first few per class enlarged (bicubic) to 224, 640 and 1,600 px,
-                           as JPEG (quality 90) and PNG: what a phone or a web page would upload
-
-and `manifest.json` last, which says where the images came from. Locust reads the folder into
-memory at start (`load`); the invalid payloads (`bad_payloads`) are made from it on the spot.
+One subfolder per kind of payload: jpeg-32, the test images as the 32 x 32 JPEGs a CIFAR-10 client
+sends (quality 75); jpeg-224 ... png-1600, the first few per class enlarged (bicubic) to 224, 640 and
+1,600 px as JPEG (quality 90) and PNG, what a phone or a web page would upload; and `manifest.json`
+last, which says where the images came from. Locust reads the folder into memory at start (`load`).
 """
 
 from __future__ import annotations
@@ -31,16 +26,9 @@ CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 MANIFEST = "manifest.json"
 
 
-class MissingPayloads(Exception):
-    pass
-
-
 def encode_payload(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    if fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=75 if image.size[0] == 32 else 90)
-    else:
-        image.save(buffer, format="PNG")
+    image.save(buffer, format=fmt, quality=75 if image.size[0] == 32 else 90)  # PNG ignores quality
     return buffer.getvalue()
 
 
@@ -54,28 +42,20 @@ def build(source: str | None, out: Path, per_class: int, enlarged_per_class: int
     shutil.rmtree(staging, ignore_errors=True)
     for kind in KINDS:
         (staging / kind).mkdir(parents=True)
-    counts = dict.fromkeys(KINDS, 0)
     for label, name in enumerate(CLASSES):
         indices = (data.test_labels == label).nonzero().flatten()[:per_class].tolist()
         for rank, index in enumerate(indices):
             image = Image.fromarray(data.test_images[index].permute(1, 2, 0).numpy(), "RGB")
             stem = f"{name}-{index:05d}"
             (staging / "jpeg-32" / f"{stem}.jpg").write_bytes(encode_payload(image, "jpeg"))
-            counts["jpeg-32"] += 1
             if rank >= enlarged_per_class:
                 continue
             for size in ENLARGED_SIZES:
                 enlarged = image.resize((size, size), Image.BICUBIC)
                 for fmt, suffix in (("jpeg", "jpg"), ("png", "png")):
                     (staging / f"{fmt}-{size}" / f"{stem}.{suffix}").write_bytes(encode_payload(enlarged, fmt))
-                    counts[f"{fmt}-{size}"] += 1
-    manifest = {
-        "source": data.source,
-        "sha256": data.sha256,
-        "split": "test",
-        "classes": list(CLASSES),
-        "counts": counts,
-    }
+    counts = {kind: len(list((staging / kind).iterdir())) for kind in KINDS}
+    manifest = {"source": data.source, "sha256": data.sha256, "split": "test", "classes": [*CLASSES], "counts": counts}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -85,14 +65,14 @@ def build(source: str | None, out: Path, per_class: int, enlarged_per_class: int
 def load(folder: Path) -> dict[str, list[bytes]]:
     """Every payload of the folder, by kind, in memory."""
     if not (folder / MANIFEST).exists():
-        raise MissingPayloads(
+        raise FileNotFoundError(
             f"no payloads in {folder}: build them with `make payloads` "
             f"(or `python -m loadtests.payloads --data PATH --out {folder}`)"
         )
     payloads = {kind: [path.read_bytes() for path in sorted((folder / kind).iterdir())] for kind in KINDS}
     empty = [kind for kind, files in payloads.items() if not files]
     if empty:
-        raise MissingPayloads(f"{folder} has no images of kind {', '.join(empty)}: rebuild it")
+        raise FileNotFoundError(f"{folder} has no images of kind {', '.join(empty)}: rebuild it")
     return payloads
 
 
@@ -107,22 +87,17 @@ def bad_payloads(payloads: dict[str, list[bytes]]) -> dict[str, tuple[bytes, str
 
 
 def main(argv: list[str] | None = None) -> None:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests.payloads", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m loadtests.payloads", description=__doc__, formatter_class=formatter
     )
-    parser.add_argument(
-        "--data",
-        default=os.environ.get("CIFAR10_DATA") or None,
-        help="local CIFAR-10 copy (default: $CIFAR10_DATA, else torchvision's download)",
+    data_help = (
+        "local CIFAR-10 copy, any layout the training job reads ($CIFAR10_DATA; without: torchvision's download)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_FOLDER, help="payload folder (default: %(default)s)")
-    parser.add_argument("--per-class", type=int, default=20, help="32 px test images per class (default: %(default)s)")
-    parser.add_argument(
-        "--enlarged-per-class",
-        type=int,
-        default=3,
-        help="of those, how many per class are also enlarged (default: %(default)s)",
-    )
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help=data_help)
+    parser.add_argument("--out", type=Path, default=DEFAULT_FOLDER, help="payload folder")
+    parser.add_argument("--per-class", type=int, default=20, help="32 px test images per class")
+    parser.add_argument("--enlarged-per-class", type=int, default=3, help="of those, how many are also enlarged")
     args = parser.parse_args(argv)
     if not 1 <= args.enlarged_per_class <= args.per_class:
         parser.error("need 1 <= --enlarged-per-class <= --per-class")

@@ -1,30 +1,36 @@
-"""The three load shapes, as stages of a fixed user count, each measured on its own.
+"""The three load shapes, as stages of a fixed user count each measured on its own, and the end-of-run check.
 
-Every shape is a Locust `LoadTestShape` that stops by itself after its last stage. While it runs it
-records each request into the stage in which it finished, so that the end-of-run check can judge a
-stage alone: the ramp's steps, the spike's recovery.
-
-- steady: Locust's own -u users (and -r spawn rate) for -t (DEFAULT_STEADY_SECONDS without -t);
-- ramp: --ramp-start-users, then + --ramp-step-users every --ramp-step-time seconds up to
-  --ramp-max-users; it stops at the first step that breaks the service level (a failed request,
-  or a p99 above --p99-ms); the last step that held is the capacity;
-- spike: --spike-low-users for --spike-before seconds, --spike-high-users at once for
-  --spike-duration seconds, then --spike-low-users again for --spike-after seconds (the recovery).
-
-Their options are in loadtests/users.py (OPTIONS), with the users'.
+Each shape stops by itself after its last stage (the ramp at the first step that breaks the service
+level), recording each request into the stage in which it finished, so that a stage is judged alone.
+At the end the service levels are judged into `summary.md` (beside the --csv files, or --summary;
+Locust's --csv and --html hold every request name); a level not met makes Locust exit 1, so a
+scenario can gate a release. The options are in loadtests/users.py (OPTIONS).
 """
 
 from __future__ import annotations
 
+import logging
+import platform
+import sys
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, takewhile
+from pathlib import Path
+from typing import NamedTuple
 
-from locust import LoadTestShape
+import locust
+from locust import LoadTestShape, events
+from locust.runners import WorkerRunner
 from locust.stats import RequestStats
 
-from loadtests.users import WrongAnswer, group_of
+from loadtests.users import MIX, ClassifierUser, OperatorUser, WrongAnswer, group_of, management_url
+from serve.report import Report
 
 DEFAULT_STEADY_SECONDS = 60
+GROUP_TITLES = {"predict": "valid predictions", "bad": "bad payloads (400 expected)", "manage": "management (operator)"}
+LATENCIES = ["per second", "p50 ms", "p95 ms", "p99 ms"]
+STAGE_COLUMNS = ["stage", "users", "seconds", "valid predictions", *LATENCIES, "failed requests", "held"]
+GROUP_COLUMNS = ["requests", "count", "failed", *LATENCIES, "max ms"]
+log = logging.getLogger("loadtests")
 
 
 @dataclass
@@ -33,17 +39,10 @@ class Stage:
     users: int  # all users, the operator included where the scenario has one
     seconds: float
     spawn_rate: float
-    bounded: bool = True  # whether the p99 of valid predictions must stay under the bound here
+    p99_bound_ms: float | None  # the bound on the p99 of valid predictions here (None: no bound)
     stats: RequestStats = field(default_factory=lambda: RequestStats(use_response_times_cache=False))
     wrong_answers: int = 0
     ran_seconds: float = 0.0  # how much of it ran (the run may end early)
-    held: bool | None = None  # None until judged
-
-    def record(self, name: str, response_time: float, response_length: int, exception) -> None:
-        self.stats.log_request("", group_of(name), response_time, response_length)
-        if exception is not None:
-            self.stats.log_error("", group_of(name), exception)
-            self.wrong_answers += isinstance(exception, WrongAnswer)
 
     def group(self, group: str):
         return self.stats.get(group, "")
@@ -52,17 +51,16 @@ class Stage:
     def p99_ms(self) -> float:
         return self.group("predict").get_response_time_percentile(0.99)
 
-    def judge(self, p99_bound_ms: float) -> bool:
-        """Held: valid predictions were answered, nothing failed, and (if bounded) p99 <= the bound."""
-        predictions = self.group("predict").num_requests
-        self.held = (
-            predictions > 0 and self.stats.num_failures == 0 and (not self.bounded or self.p99_ms <= p99_bound_ms)
-        )
-        return self.held
+    @property
+    def held(self) -> bool | None:
+        """Valid predictions were answered, nothing failed, and p99 <= the bound (None: it has not run)."""
+        if not self.ran_seconds:
+            return None
+        too_slow = self.p99_bound_ms is not None and self.p99_ms > self.p99_bound_ms
+        return self.group("predict").num_requests > 0 and self.stats.num_failures == 0 and not too_slow
 
 
-@dataclass
-class Level:
+class Level(NamedTuple):
     """One service level and whether the run met it."""
 
     promise: str
@@ -70,8 +68,10 @@ class Level:
     detail: str
 
 
-def _count(entry) -> str:
-    return f"{entry.num_failures:,} failed of {entry.num_requests:,}"
+def no_failures(promise: str, entry, none_sent: str = "") -> Level:
+    """Met when requests of `entry` (a Locust StatsEntry) were sent and none failed."""
+    detail = f"{entry.num_failures:,} failed of {entry.num_requests:,}"
+    return Level(promise, entry.num_requests > 0 and entry.num_failures == 0, none_sent or detail)
 
 
 class StagedShape(LoadTestShape):
@@ -81,14 +81,7 @@ class StagedShape(LoadTestShape):
     abstract = True
     stop_at_breach = False
 
-    def __init__(self):
-        super().__init__()
-        self.stages: list[Stage] = []
-        self.p99_bound_ms = float("inf")
-        self.judged = 0  # stages judged so far (they are judged in order, once over)
-
-    def plan(self, options) -> list[Stage]:
-        raise NotImplementedError
+    stages: tuple[Stage, ...] | list[Stage] = ()  # planned at the first tick, from Locust's options
 
     def configure(self, options) -> None:
         self.stages = self.plan(options)
@@ -101,18 +94,14 @@ class StagedShape(LoadTestShape):
 
     def tick(self):
         if not self.stages:
-            environment = self.runner.environment
-            self.configure(environment.parsed_options)
-            environment.events.request.add_listener(self.record)
+            self.configure(self.runner.environment.parsed_options)
+            self.runner.environment.events.request.add_listener(self.record)
         run_time = self.get_run_time()
         index = self.stage_index(run_time)
-        while self.judged < index:
-            stage = self.stages[self.judged]
+        for stage in self.stages[:index]:
             stage.ran_seconds = stage.seconds
-            self.judged += 1
-            if not stage.judge(self.p99_bound_ms) and self.stop_at_breach:
-                return None
-        if index == len(self.stages):
+        broke = self.stop_at_breach and not all(stage.held for stage in self.stages[:index])
+        if broke or index == len(self.stages):
             return None
         stage = self.stages[index]
         stage.ran_seconds = run_time - (self.ends[index] - stage.seconds)
@@ -120,60 +109,46 @@ class StagedShape(LoadTestShape):
 
     def record(self, name, response_time, response_length, exception, **_kwargs):
         """Locust's request event: the request counts in the stage running when it finished."""
-        index = min(self.stage_index(self.get_run_time()), len(self.stages) - 1)
-        self.stages[index].record(name, response_time, response_length, exception)
-
-    def finish(self) -> None:
-        """At the end of the run: judges the stage that was running if the run ended inside it."""
-        for stage in self.stages[self.judged :]:
-            if stage.ran_seconds > 0:
-                stage.judge(self.p99_bound_ms)
-        self.judged = len(self.stages)
+        stage = self.stages[min(self.stage_index(self.get_run_time()), len(self.stages) - 1)]
+        stage.stats.log_request("", group_of(name), response_time, response_length)
+        if exception is not None:
+            stage.stats.log_error("", group_of(name), exception)
+            stage.wrong_answers += isinstance(exception, WrongAnswer)
 
     def ran(self) -> list[Stage]:
-        return [stage for stage in self.stages if stage.held is not None]
+        return [stage for stage in self.stages if stage.ran_seconds]
 
-    def total(self, group: str, stages: list[Stage]):
-        """One group's requests over `stages`, as a Locust StatsEntry."""
+    def total(self, group: str):
+        """One group's requests over the run, as a Locust StatsEntry."""
         merged = RequestStats(use_response_times_cache=False).get(group, "")
-        for stage in stages:
+        for stage in self.stages:
             merged.extend(stage.group(group))
         return merged
 
     def levels(self) -> list[Level]:
         """Nothing fails, every bad payload gets its 400, and the p99 of each bounded stage holds."""
-        stages = self.ran()
-        predictions, bad, manage = (self.total(group, stages) for group in ("predict", "bad", "manage"))
+        predictions, bad, manage = (self.total(group) for group in GROUP_TITLES)
+        none_sent = "" if bad.num_requests else "none sent: run longer or raise --bad-share"
         levels = [
-            Level(
-                "zero failed valid predictions",
-                predictions.num_requests > 0 and predictions.num_failures == 0,
-                _count(predictions),
-            ),
-            Level(
-                "every bad payload answered 400 with a JSON error",
-                bad.num_requests > 0 and bad.num_failures == 0,
-                _count(bad) if bad.num_requests else "none sent: run longer or raise --bad-share",
-            ),
+            no_failures("zero failed valid predictions", predictions),
+            no_failures("every bad payload answered 400 with a JSON error", bad, none_sent),
         ]
         if manage.num_requests:
-            levels.append(
-                Level("no management call failed while workers changed", manage.num_failures == 0, _count(manage))
-            )
-        bound = self.p99_bound_ms
-        p99 = [(stage.name, stage.p99_ms) for stage in stages if stage.bounded]
-        return levels + [
-            Level(f"p99 of valid predictions <= {bound:g} ms ({name})", ms <= bound, f"{ms:,.0f} ms")
-            for name, ms in p99
-        ]
+            levels.append(no_failures("no management call failed while workers changed", manage))
+        for stage in self.ran():
+            if stage.p99_bound_ms is not None:
+                promise = f"p99 of valid predictions <= {stage.p99_bound_ms:g} ms ({stage.name})"
+                levels.append(Level(promise, stage.p99_ms <= stage.p99_bound_ms, f"{_ms(stage.p99_ms)} ms"))
+        return levels
 
 
 class SteadyShape(StagedShape):
-    use_common_options = True  # Locust's own -u, -r and -t
+    use_common_options = True  # Locust's own -u users, -r spawn rate and -t (DEFAULT_STEADY_SECONDS without it)
 
     def plan(self, options):
         users = options.num_users or 1
-        return [Stage("steady", users, options.run_time or DEFAULT_STEADY_SECONDS, options.spawn_rate or users)]
+        seconds = options.run_time or DEFAULT_STEADY_SECONDS
+        return [Stage("steady", users, seconds, options.spawn_rate or users, options.p99_ms)]
 
 
 class RampShape(StagedShape):
@@ -182,46 +157,146 @@ class RampShape(StagedShape):
     def plan(self, options):
         users = range(options.ramp_start_users, options.ramp_max_users + 1, options.ramp_step_users)
         return [
-            Stage(f"step {n}", count, options.ramp_step_time, spawn_rate=options.ramp_step_users)
+            Stage(f"step {n}", count, options.ramp_step_time, options.ramp_step_users, options.p99_ms)
             for n, count in enumerate(users, start=1)
         ]
 
     @property
     def capacity(self) -> Stage | None:
         """The last step of the unbroken run of steps that held from the start."""
-        held = None
-        for stage in self.stages:
-            if not stage.held:
-                break
-            held = stage
-        return held
+        held = list(takewhile(lambda stage: stage.held, self.stages))
+        return held[-1] if held else None
 
     def levels(self) -> list[Level]:
         """Steps up to the capacity met every level; the step that broke them is the finding, but even
         there no answer may break the API's contract."""
         wrong = sum(stage.wrong_answers for stage in self.stages)
-        bad = self.total("bad", self.stages)
+        sent = self.total("bad").num_requests
         capacity = self.capacity
+        capacity_detail = f"{capacity.users} users" if capacity else "the first step broke"
+        wrong_promise = "no wrong answer in any step (invalid body, or a bad payload not refused with 400)"
         return [
-            Level(
-                "at least the first step held (capacity found)",
-                capacity is not None,
-                f"{capacity.users} users" if capacity else "the first step broke",
-            ),
-            Level(
-                "no wrong answer in any step (invalid body, or a bad payload not refused with 400)",
-                wrong == 0,
-                f"{wrong:,} wrong answers",
-            ),
-            Level("bad payloads were sent", bad.num_requests > 0, f"{bad.num_requests:,} sent"),
+            Level("at least the first step held (capacity found)", capacity is not None, capacity_detail),
+            Level(wrong_promise, wrong == 0, f"{wrong:,} wrong answers"),
+            Level("bad payloads were sent", sent > 0, f"{sent:,} sent"),
         ]
+
+    def capacity_lines(self) -> list[str]:
+        capacity = self.capacity
+        broke = next((stage for stage in self.stages if stage.held is False), None)
+        if capacity is None:
+            lines = ["**Capacity: none** — the first step already broke the service level."]
+        else:
+            rate = capacity.group("predict").num_requests / capacity.ran_seconds
+            lines = [
+                f"**Capacity: {'' if broke else 'at least '}{capacity.users} users, {rate:,.1f} valid predictions/s "
+                f"at p99 {_ms(capacity.p99_ms)} ms** (bound {self.p99_bound_ms:g} ms)."
+            ]
+        if broke is not None:
+            lines.append(
+                f"The next step ({broke.users} users) broke it: p99 {_ms(broke.p99_ms)} ms, "
+                f"{broke.stats.num_failures:,} failed requests."
+            )
+        elif capacity is not None:
+            lines.append("No step broke it: the capacity is at least the last step (raise --ramp-max-users).")
+        return lines
 
 
 class SpikeShape(StagedShape):
     def plan(self, options):
         low, high = options.spike_low_users, options.spike_high_users
         return [
-            Stage("before", low, options.spike_before, spawn_rate=low),
-            Stage("spike", high, options.spike_duration, spawn_rate=high, bounded=False),
-            Stage("recovery", low, options.spike_after, spawn_rate=high),
+            Stage("before", low, options.spike_before, low, options.p99_ms),
+            Stage("spike", high, options.spike_duration, high, None),
+            Stage("recovery", low, options.spike_after, high, options.p99_ms),
         ]
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def figures(entry, seconds: float, count: str) -> dict:
+    """Count, rate and latencies (p50 is Locust's median) of a Locust StatsEntry."""
+    return {
+        count: entry.num_requests,
+        "per second": entry.num_requests / seconds if seconds > 0 else 0.0,
+        "p50 ms": entry.median_response_time,
+        "p95 ms": entry.get_response_time_percentile(0.95),
+        "p99 ms": entry.get_response_time_percentile(0.99),
+    }
+
+
+def summary(environment, shape: StagedShape, levels: list[Level], passed: bool) -> Report:
+    options = environment.parsed_options
+    scenario = Path(options.locustfile).stem if options.locustfile else "load"
+    host = environment.host or ClassifierUser.host
+    operator = " (one of them the operator)" if OperatorUser.found_workers is not None else ""
+    mix = ", ".join(f"{kind} {weight}%" for kind, weight in MIX.items())
+    report = Report(f"Load test: {scenario}", " ".join(["locust", *sys.argv[1:]]))
+    report.text(
+        f"- target: {host}/predictions/{options.model} (management {management_url(options, host)})",
+        f"- load generator: Locust {locust.__version__} on {platform.node()}",
+        f"- users: closed loop, each keeps one request in flight{operator}; "
+        f"{options.bad_share:.0%} bad payloads; valid payloads: {mix}; half raw body, half multipart `image`",
+    )
+    stage_rows = [
+        {
+            "stage": stage.name,
+            "users": stage.users,
+            "seconds": round(stage.ran_seconds),
+            **figures(stage.group("predict"), stage.ran_seconds, "valid predictions"),
+            "failed requests": stage.stats.num_failures,
+            "held": "yes" if stage.held else "**no**",
+        }
+        for stage in shape.ran()
+    ]
+    # The whole run's requests by group; per second over the run's span, as Locust's own total_rps.
+    stats = environment.stats
+    span = (stats.last_request_timestamp or stats.start_time) - stats.start_time
+    totals = {GROUP_TITLES[group]: shape.total(group) for group in GROUP_TITLES}
+    group_rows = [
+        {
+            "requests": title,
+            **figures(total, span, "count"),
+            "failed": total.num_failures,
+            "max ms": total.max_response_time,
+        }
+        for title, total in totals.items()
+        if total.num_requests
+    ]
+    milliseconds = dict.fromkeys(["p50 ms", "p95 ms", "p99 ms", "max ms"], _ms)
+    report.table(stage_rows, STAGE_COLUMNS, milliseconds).table(group_rows, GROUP_COLUMNS, milliseconds)
+    if isinstance(shape, RampShape):
+        report.text(*shape.capacity_lines())
+    report.text(f"## Service levels (p99 bound {shape.p99_bound_ms:g} ms)")
+    report.text(*(f"- {'met' if level.met else '**NOT MET**'}: {level.promise} — {level.detail}" for level in levels))
+    return report.text(f"**{'PASS' if passed else 'FAIL'}** (exit code {0 if passed else 1})")
+
+
+@events.quitting.add_listener
+def check_service_levels(environment, **_kwargs):
+    shape = environment.shape_class
+    if isinstance(environment.runner, WorkerRunner) or not isinstance(shape, StagedShape) or not shape.stages:
+        return
+    levels = shape.levels()
+    if OperatorUser.found_workers is not None:  # restored by users.restore_workers, at test_stop (before this)
+        error = OperatorUser.restore_error
+        levels.append(
+            Level(f"workers restored to {OperatorUser.found_workers} after the run", not error, error or "done")
+        )
+    if environment.runner.exceptions:
+        count = len(environment.runner.exceptions)
+        levels.append(Level("no error inside the load generator", False, f"{count} exceptions (see the log)"))
+    passed = all(level.met for level in levels)
+    report = summary(environment, shape, levels, passed)
+    options = environment.parsed_options
+    path = Path(options.summary) if options.summary else None
+    if path is None and options.csv_prefix:
+        path = Path(options.csv_prefix).parent / "summary.md"
+    if path is not None:
+        report.write(path)
+        log.info("summary written to %s", path)
+    else:
+        print(report.markdown(), flush=True)
+    environment.process_exit_code = 0 if passed else 1

@@ -4,10 +4,8 @@
     python -m locust --config loadtests/steady.conf -u 16 -t 2m --host http://torchserve:8080
     python -m locust -f loadtests/steady.py ClassifierUser ...  # without the operator
 
-Service levels: no request fails, every bad payload gets its 400, p99 of valid predictions under
---p99-ms. loadtests/users.py (OPTIONS) lists the options of every scenario.
+Service levels: no request fails, every bad payload gets its 400, p99 of valid predictions under --p99-ms.
 """
 
-from loadtests import service_levels  # noqa: F401  (registers the end-of-run check)
 from loadtests.shapes import SteadyShape  # noqa: F401  (Locust finds users and shapes by name here)
 from loadtests.users import ClassifierUser, OperatorUser  # noqa: F401

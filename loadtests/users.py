@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import requests
@@ -27,9 +27,49 @@ from serve.keys import read_keys
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}
 TRANSPORTS = ("raw", "multipart")  # the raw body (curl -T) or a multipart field `image` (curl -F image=@...)
 OVERLOAD_STATUSES = {429, 503, 507}
-DEFAULT_P99_MS = 250  # set from a measured ramp: docs/load-testing.md says how
-
+OPERATOR_MODES = ["up", "up-down"]
 log = logging.getLogger("loadtests")
+
+# The scenarios' own options: name -> (default, which sets the type too; help). Each also reads an
+# environment variable, LOADTEST_<NAME> (e.g. LOADTEST_RAMP_STEP_TIME), and Locust's --config files.
+OPTIONS = {
+    "management-url": ("", "TorchServe's management API (default: the --host with its port + 1)"),
+    "model": ("cifar10", "model name"),
+    "key-file": ("key_file.json", "where `make serve` writes the keys; without it or --*-key, requests carry none"),
+    "inference-key": ("", "inference key (default: the key file's)"),
+    "management-key": ("", "management key (default: the key file's)"),
+    "payloads": (str(DEFAULT_FOLDER), "payload folder built by `make payloads`"),
+    "bad-share": (0.05, "share of requests that carry an invalid payload"),
+    # set from a measured ramp: docs/load-testing.md says how
+    "p99-ms": (250.0, "service level: p99 bound of valid predictions in ms"),
+    "operator-interval": (10.0, "seconds between two worker changes by the operator"),
+    "operator-workers": (0, "workers the operator scales up to (default: the count it finds + 1)"),
+    "operator-mode": ("up", "up: scale up once under load; up-down: alternate up and down (docs/load-testing.md)"),
+    "summary": ("", "Markdown summary file (default: summary.md beside the --csv files)"),
+    "ramp-start-users": (2, "ramp: users of the first step"),
+    "ramp-step-users": (2, "ramp: users added at each step"),
+    "ramp-step-time": (20.0, "ramp: seconds per step"),
+    "ramp-max-users": (64, "ramp: users of the last step, if no step breaks before"),
+    "spike-low-users": (4, "spike: users before and after the spike, the operator included"),
+    "spike-high-users": (32, "spike: users during the spike, the operator included"),
+    "spike-before": (20.0, "spike: seconds of low load before the spike"),
+    "spike-duration": (20.0, "spike: seconds of the spike"),
+    "spike-after": (30.0, "spike: seconds of low load after the spike, to recover"),
+}
+
+
+@events.init_command_line_parser.add_listener
+def add_options(parser):
+    for name, (default, text) in OPTIONS.items():
+        parser.add_argument(
+            f"--{name}",
+            env_var="LOADTEST_" + name.upper().replace("-", "_"),
+            type=type(default),
+            default=default,
+            help=text if "default:" in text else f"{text} (default: {default})",
+            is_secret=name.endswith("-key"),
+            choices=OPERATOR_MODES if name == "operator-mode" else None,
+        )
 
 
 class WrongAnswer(Exception):
@@ -40,51 +80,6 @@ def group_of(request_name: str) -> str:
     return request_name.split(" ", 1)[0]
 
 
-# The scenarios' own options: (name, type, default, help[, more of argparse's keywords]). Each also
-# reads an environment variable, LOADTEST_<NAME> (e.g. LOADTEST_RAMP_STEP_TIME), and Locust's --config files.
-OPTIONS = (
-    ("management-url", str, "", "TorchServe's management API (default: the --host with its port + 1)"),
-    ("model", str, "cifar10", "model name"),
-    ("key-file", str, "key_file.json", "TorchServe's key_file.json, where `make serve` writes it; without it and "
-     "without --*-key, requests carry no key (token auth off)"),
-    ("inference-key", str, "", "inference key (default: the key file's)", {"is_secret": True}),
-    ("management-key", str, "", "management key (default: the key file's)", {"is_secret": True}),
-    ("payloads", str, str(DEFAULT_FOLDER), "payload folder built by `make payloads`"),
-    ("bad-share", float, 0.05, "share of requests that carry an invalid payload"),
-    ("p99-ms", float, DEFAULT_P99_MS, "service level: p99 bound of valid predictions in ms"),
-    ("operator-interval", float, 10, "seconds between two worker changes by the operator"),
-    ("operator-workers", int, 0, "workers the operator scales up to (default: the count it finds + 1)"),
-    ("operator-mode", str, "up", "up: the operator scales up under load, then reads the description each interval, "
-     "and the count is put back after the load; up-down: it alternates scaling up and back down under load, where "
-     "TorchServe 0.12 fails the batch in flight on the removed worker (docs/load-testing.md)",
-     {"choices": ["up", "up-down"]}),
-    ("summary", str, "", "Markdown summary file (default: summary.md beside the --csv files)"),
-    ("ramp-start-users", int, 2, "ramp: users of the first step"),
-    ("ramp-step-users", int, 2, "ramp: users added at each step"),
-    ("ramp-step-time", float, 20, "ramp: seconds per step"),
-    ("ramp-max-users", int, 64, "ramp: users of the last step, if no step breaks before"),
-    ("spike-low-users", int, 4, "spike: users before and after the spike, the operator included"),
-    ("spike-high-users", int, 32, "spike: users during the spike, the operator included"),
-    ("spike-before", float, 20, "spike: seconds of low load before the spike"),
-    ("spike-duration", float, 20, "spike: seconds of the spike"),
-    ("spike-after", float, 30, "spike: seconds of low load after the spike, to recover"),
-)  # fmt: skip
-
-
-@events.init_command_line_parser.add_listener
-def add_options(parser):
-    for name, kind, default, text, *more in OPTIONS:
-        text = text if "default:" in text else f"{text} (default: {default})"
-        environment = "LOADTEST_" + name.upper().replace("-", "_")
-        parser.add_argument(
-            f"--{name}", env_var=environment, type=kind, default=default, help=text, **(more or [{}])[0]
-        )
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def management_url(options, inference_host: str) -> str:
     if options.management_url:
         return options.management_url.rstrip("/")
@@ -93,49 +88,31 @@ def management_url(options, inference_host: str) -> str:
     return f"{parsed.scheme}://{parsed.hostname}:{port + 1}"
 
 
-@dataclass
-class SharedSetup:
-    """What every user of this process shares: payloads, keys and options (set up once, at init)."""
-
-    options: object
-    payloads: dict[str, list[bytes]]
-    bad: dict[str, tuple[bytes, str]]
-    inference_headers: dict[str, str]
-    management_headers: dict[str, str]
-
-
-SHARED: SharedSetup | None = None
+SHARED = SimpleNamespace()  # what every user of this process shares (payloads, keys, options), set up at init
 
 
 @events.init.add_listener
 def prepare(environment, **_kwargs):
-    global SHARED
     options = environment.parsed_options
-    if options is None:  # Locust used as a library: the caller sets SHARED
+    if options is None:  # Locust used as a library: the caller fills SHARED
         return
     payloads = load(Path(options.payloads))
     keys = read_keys(Path(options.key_file))
-    inference_key = options.inference_key or keys.get("inference", "")
-    management_key = options.management_key or keys.get("management", "")
-    if not (inference_key and management_key):
-        log.warning(
-            "no %s key (key file %s): sending requests without it",
-            "inference" if not inference_key else "management",
-            options.key_file,
-        )
-    SHARED = SharedSetup(options, payloads, bad_payloads(payloads), bearer(inference_key), bearer(management_key))
+    headers = {}
+    for api in ("inference", "management"):
+        key = getattr(options, f"{api}_key") or keys.get(api, "")
+        headers[api] = {"Authorization": f"Bearer {key}"} if key else {}
+        if not key:
+            log.warning("no %s key (key file %s): sending requests without it", api, options.key_file)
+    vars(SHARED).update(options=options, payloads=payloads, bad=bad_payloads(payloads), headers=headers)
 
 
 def error_problem(answer) -> str | None:
     """Why a 400 answer is not the JSON error the API promises (None when it is)."""
-    if (
-        not isinstance(answer, dict)
-        or answer.get("code") != 400
-        or not isinstance(answer.get("message"), str)
-        or not answer["message"]
-    ):
-        return f"400 without the JSON error body: {str(answer)[:200]}"
-    return None
+    message = answer.get("message") if isinstance(answer, dict) else None
+    if message and isinstance(message, str) and answer.get("code") == 400:
+        return None
+    return f"400 without the JSON error body: {str(answer)[:200]}"
 
 
 def judge(response, expected_status: int, body_problem):
@@ -161,6 +138,10 @@ def judge(response, expected_status: int, body_problem):
     return answer
 
 
+def scale_problem(answer) -> str | None:
+    return None if isinstance(answer, dict) and "status" in answer else f"unexpected scale answer: {answer}"
+
+
 class ClassifierUser(FastHttpUser):
     """A client that keeps one request in flight: the traffic mix, raw and multipart, some bad payloads."""
 
@@ -169,27 +150,24 @@ class ClassifierUser(FastHttpUser):
 
     def on_start(self):
         self.random = random.Random()
-        self.path = f"/predictions/{SHARED.options.model}"
 
     @task
     def classify(self):
-        traffic = SHARED
         transport = self.random.choice(TRANSPORTS)
-        if self.random.random() < traffic.options.bad_share:
-            what = self.random.choice(list(traffic.bad))
-            body, content_type = traffic.bad[what]
-            self.send(f"bad {what} {transport}", body, content_type, transport, 400, error_problem)
+        if self.random.random() < SHARED.options.bad_share:
+            what = self.random.choice(list(SHARED.bad))
+            body, content_type = SHARED.bad[what]
+            name, expected_status, body_problem = f"bad {what} {transport}", 400, error_problem
         else:
             kind = self.random.choices(list(MIX), weights=list(MIX.values()))[0]
-            body = self.random.choice(traffic.payloads[kind])
+            body = self.random.choice(SHARED.payloads[kind])
             content_type = CONTENT_TYPES[kind.split("-")[0]]
-            self.send(f"predict {kind} {transport}", body, content_type, transport, 200, answer_problem)
-
-    def send(self, name: str, body: bytes, content_type: str, transport: str, expected_status: int, body_problem):
+            name, expected_status, body_problem = f"predict {kind} {transport}", 200, answer_problem
         if transport == "multipart":
             body, content_type = encode_multipart_formdata({"image": ("image", body, content_type)})
-        headers = {"Content-Type": content_type, **SHARED.inference_headers}
-        with self.client.post(self.path, data=body, headers=headers, name=name, catch_response=True) as response:
+        headers = {"Content-Type": content_type, **SHARED.headers["inference"]}
+        path = f"/predictions/{SHARED.options.model}"
+        with self.client.post(path, data=body, headers=headers, name=name, catch_response=True) as response:
             judge(response, expected_status, body_problem)
 
 
@@ -202,6 +180,7 @@ class OperatorUser(FastHttpUser):
     host = ClassifierUser.host
     network_timeout = 120.0  # a synchronous scale-up waits for the new worker to load the model
     found_workers: int | None = None  # before the first change; restored at the end of the run
+    restore_error: str | None = None
     url = ""
 
     def wait_time(self):
@@ -224,73 +203,43 @@ class OperatorUser(FastHttpUser):
             self.describe_model(expected_workers=self.workers)
             return
         target = self.scaled_workers if self.workers == OperatorUser.found_workers else OperatorUser.found_workers
-        params = f"min_worker={target}&max_worker={target}&synchronous=true"
-        with self.client.put(
-            f"{self.url}?{params}",
-            headers=SHARED.management_headers,
-            name=f"manage scale to {target}",
-            catch_response=True,
-        ) as response:
-            judge(
-                response,
-                200,
-                lambda answer: (
-                    None if isinstance(answer, dict) and "status" in answer else f"unexpected scale answer: {answer}"
-                ),
-            )
+        url = f"{self.url}?min_worker={target}&max_worker={target}&synchronous=true"
+        headers = SHARED.headers["management"]
+        with self.client.put(url, headers=headers, name=f"manage scale to {target}", catch_response=True) as response:
+            judge(response, 200, scale_problem)
         self.workers = target
         self.describe_model(expected_workers=target)
 
     def describe_model(self, expected_workers: int | None) -> dict | None:
         def description_problem(answer):
-            if not (
-                isinstance(answer, list)
-                and answer
-                and isinstance(answer[0], dict)
-                and answer[0].get("modelName") == SHARED.options.model
-                and isinstance(answer[0].get("workers"), list)
-            ):
+            model = answer[0] if isinstance(answer, list) and answer and isinstance(answer[0], dict) else {}
+            if model.get("modelName") != SHARED.options.model or not isinstance(model.get("workers"), list):
                 return f"unexpected description: {str(answer)[:200]}"
-            ready = sum(worker.get("status") == "READY" for worker in answer[0]["workers"])
+            ready = sum(worker.get("status") == "READY" for worker in model["workers"])
             if expected_workers is not None and ready != expected_workers:
-                return f"{ready} READY workers after scaling to {expected_workers}: {answer[0]['workers']}"
+                return f"{ready} READY workers after scaling to {expected_workers}: {model['workers']}"
             return None
 
-        with self.client.get(
-            self.url, headers=SHARED.management_headers, name="manage describe", catch_response=True
-        ) as response:
+        headers = SHARED.headers["management"]
+        with self.client.get(self.url, headers=headers, name="manage describe", catch_response=True) as response:
             answer = judge(response, 200, description_problem)
         return answer[0] if answer else None
-
-
-@dataclass
-class Restored:
-    workers: int
-    error: str | None
-
-
-RESTORED: Restored | None = None
 
 
 @events.test_stop.add_listener
 def restore_workers(environment, **_kwargs):
     """Puts the worker count back as the operator found it (its last change may have been cut short)."""
-    global RESTORED
-    if OperatorUser.found_workers is None:
-        return
     workers = OperatorUser.found_workers
+    if workers is None:
+        return
+    params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
     try:
-        response = requests.put(
-            OperatorUser.url,
-            params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-            headers=SHARED.management_headers,
-            timeout=120,
-        )
-        error = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+        response = requests.put(OperatorUser.url, params=params, headers=SHARED.headers["management"], timeout=120)
+        if response.status_code != 200:
+            OperatorUser.restore_error = f"HTTP {response.status_code}: {response.text[:200]}"
     except requests.RequestException as exception:
-        error = str(exception)
-    RESTORED = Restored(workers, error)
-    if error:
-        log.error("could not restore %d workers: %s", workers, error)
+        OperatorUser.restore_error = str(exception)
+    if OperatorUser.restore_error:
+        log.error("could not restore %d workers: %s", workers, OperatorUser.restore_error)
     else:
         log.info("workers restored to %d", workers)
