@@ -1,14 +1,11 @@
 """HAProxy (Debian's 2.6) in front of the replicas, with a Kubernetes Service's semantics.
 
-A Service (kube-proxy) balances connections, never retries, never redispatches a failed connection
-and never marks a pod down on its own: a pod leaves the endpoints only when its readiness probe has
-failed `failureThreshold` times, `periodSeconds` apart. So: `mode tcp`, `retries 0`, no `option
-redispatch`, no `observe`, and the only health check is the pod's readinessProbe command (an
-external check, period, timeout and threshold from the Deployment: fleet/manifest.py). The drill
-reads the retry and redispatch counters (`wretr`, `wredis`) to prove none happened.
-
-Replicas are slots (`r1`..) declared in maintenance; `enable` hands one to the checks, which put it
-in service once one passes, as the endpoints controller adds a pod whose readiness passed.
+A Service balances connections, never retries or redispatches, and never marks a pod down on its
+own: a pod leaves only when its readiness probe has failed `failureThreshold` times. So: `mode tcp`,
+`retries 0`, no `option redispatch`, no `observe`; the only health check is the Deployment's
+readinessProbe command as an external check. The drill reads `wretr` and `wredis` to prove that no
+retry or redispatch happened. Replicas are slots (`r1`..) declared in maintenance; `enable` hands one
+to the checks, which put it in service once one passes, as the endpoints controller does.
 """
 
 from __future__ import annotations
@@ -23,14 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.manifest import Probe
-from fleet.replica import GATEWAY_OFFSET
+from fleet.pod import GATEWAY_OFFSET, FleetError, Probe, stop_process
 from serve.archive import REPO
-
-
-class BalancerError(Exception):
-    """HAProxy did not start, or did not answer on its runtime socket."""
-
 
 CONFIG = """\
 # Written by fleet/balancer.py for one drill run: a Kubernetes Service's semantics.
@@ -85,37 +76,32 @@ class Balancer:
     def __init__(self, root: Path, port: int, slots: dict[str, int], readiness: Probe):
         """slots: server name -> the port base of the replica that will run there."""
         self.root, self.port, self.slots, self.readiness = root, port, slots, readiness
+        self.url = f"http://127.0.0.1:{port}"
         self.socket_path = root / "haproxy.sock"
         self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
         if haproxy is None:
-            raise BalancerError("haproxy not found: sudo apt-get install -y haproxy")
-        self.root.mkdir(parents=True, exist_ok=True)
+            raise FleetError("haproxy not found: sudo apt-get install -y haproxy")
         self.socket_path.unlink(missing_ok=True)  # a last run's: start() waits for the new one
         check = self.root / "check-replica"
         command = shlex.join(self.readiness.local_command(Path(".")))  # run in the replica's folder
         check.write_text(CHECK_SCRIPT.format(root=self.root, offset=GATEWAY_OFFSET, repo=REPO, command=command))
         check.chmod(0o755)
-        servers = "\n".join(
+        servers = [
             f"    server {name} 127.0.0.1:{base + GATEWAY_OFFSET} check disabled" for name, base in self.slots.items()
-        )
+        ]
         config = self.root / "haproxy.cfg"
-        probe = self.readiness
         config.write_text(
             CONFIG.format(
                 socket=self.socket_path,
                 port=self.port,
                 check=check,
-                inter=int(probe.period * 1000),
-                timeout=int(probe.timeout * 1000),
-                fall=probe.failure_threshold,
-                servers=servers,
+                inter=int(self.readiness.period * 1000),
+                timeout=int(self.readiness.timeout * 1000),
+                fall=self.readiness.failure_threshold,
+                servers="\n".join(servers),
             )
         )
         with open(self.root / "haproxy.out", "ab") as output:
@@ -125,40 +111,34 @@ class Balancer:
         deadline = time.monotonic() + 10
         while not self.socket_path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise BalancerError(f"haproxy did not start: see {self.root / 'haproxy.out'}")
+                raise FleetError(f"haproxy did not start: see {self.root / 'haproxy.out'}")
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        stop_process(self.process, timeout=10)
         self.process = None
 
     def command(self, line: str) -> str:
+        """One command on HAProxy's runtime API."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(5)
             try:
                 connection.connect(str(self.socket_path))
                 connection.sendall(line.encode() + b"\n")
-                chunks = []
-                while chunk := connection.recv(65536):
-                    chunks.append(chunk)
+                return b"".join(iter(lambda: connection.recv(65536), b"")).decode()
             except OSError as error:
-                raise BalancerError(f"haproxy runtime API: {error}") from error
-        return b"".join(chunks).decode()
+                raise FleetError(f"haproxy runtime API: {error}") from error
 
     def states(self) -> dict[str, ServerState]:
-        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        keys = ("scur", "stot", "wretr", "wredis", "chkdown")
         return {
-            row["svname"]: ServerState(
-                row["status"], *(int(row[key] or 0) for key in ("scur", "stot", "wretr", "wredis", "chkdown"))
-            )
-            for row in rows
+            row["svname"]: ServerState(row["status"], *(int(row[key] or 0) for key in keys))
+            for row in csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
             if row["pxname"] == "replicas" and row["svname"] in self.slots
         }
 
     def enable(self, name: str) -> None:
-        """Out of maintenance as DOWN (both in one call: no connection reaches it between them); a
+        """Out of maintenance as DOWN (in one call: no connection reaches it between the two); a
         passed readiness check puts it in service."""
         self.command(f"enable server replicas/{name}; set server replicas/{name} health down")
 
@@ -172,4 +152,4 @@ class Balancer:
             if self.states()[name].status == status:
                 return time.monotonic() - started
             time.sleep(0.05)
-        raise BalancerError(f"{name} not {status} after {timeout:.0f}s: {self.states()[name]}")
+        raise FleetError(f"{name} not {status} after {timeout:.0f}s: {self.states()[name]}")

@@ -15,17 +15,16 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from fleet.load import read_sent, start_locust
-from fleet.manifest import read_pod
-from fleet.replica import K8S
-from fleet.verdicts import load_figures
+from fleet.drill import HelpFormatter, start_locust
+from fleet.pod import K8S, read_pod
+from fleet.report import load_figures, read_sent
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.client import Client
 from serve.report import Report, write_csv
+from serve.server import ServerPaths, wait_until_serving
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
 COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "failed"]
@@ -40,8 +39,7 @@ def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Pa
     rows = []
     for users in steps:
         log = root / f"users-{users}.csv"
-        locust = start_locust(url, "", users, payloads, log, seconds=f"{seconds:.0f}s")
-        locust.wait(timeout=seconds + 120)
+        start_locust(url, "", users, payloads, log, seconds=seconds).wait(timeout=seconds + 120)
         logged = read_sent(log)
         sent = [s for s in logged if s.time >= min(s.time for s in logged) + 5]  # 5 s to spawn
         rows.append({"users": users, **load_figures(sent, max(s.time for s in sent) - min(s.time for s in sent))})
@@ -51,44 +49,36 @@ def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fleet.capacity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m fleet.capacity", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--run", type=Path, required=True, help="the training run to serve")
     parser.add_argument("--image", default="localhost/cifar10-serve:local", help="the serving image (make images)")
     parser.add_argument("--port", type=int, default=38590, help="the container's inference port on this machine")
     parser.add_argument("--users", default="4,8,16,32,64", help="Locust users per step")
     parser.add_argument("--seconds", type=float, default=30, help="seconds per step")
-    parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "fleet-capacity")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet")
-    parser.add_argument("--payloads", type=Path, default=PAYLOADS)
+    parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "fleet-capacity", help="model store, logs")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet", help="the report's folder")
+    parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
     args = parser.parse_args(argv)
     if podman("image", "exists", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
-    store = args.workdir.resolve() / "model-store"
+    workdir = args.workdir.resolve()
+    store, requests = workdir / "model-store", read_pod().requests
     build_archive(args.run, store)
-    requests = read_pod().requests
     name, home = f"fleet-capacity-{secrets.token_hex(4)}", "/home/model-server"
-    podman("run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g"),
-           "-p", f"127.0.0.1:{args.port}:8080", "-v", f"{store}:{home}/model-store:ro",
-           "-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro", args.image, "env", f"PYTHONPATH={home}", "python", "-m",
-           "serve.entrypoint", "--ncs", "--ts-config", f"{home}/config.properties", "--model-store", f"{home}/model-store",
-           "--log-config", f"{home}/log4j2.xml", "--disable-token-auth")  # fmt: skip
+    memory = requests["memory"].replace("Gi", "g")
+    command = ["run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", memory]
+    command += ["-p", f"127.0.0.1:{args.port}:8080", "-v", f"{store}:{home}/model-store:ro"]
+    command += ["-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro", args.image, "env", f"PYTHONPATH={home}"]
+    command += ["python", "-m", "serve.entrypoint", "--ncs", "--ts-config", f"{home}/config.properties"]
+    command += ["--model-store", f"{home}/model-store", "--log-config", f"{home}/log4j2.xml", "--disable-token-auth"]
+    podman(*command)
     try:
         url = f"http://127.0.0.1:{args.port}"
-        client, deadline = Client(url, url, url), time.monotonic() + 240
-        while True:
-            try:
-                client.predict(sample_jpeg(), timeout=5)
-                break
-            except (ServiceError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
+        wait_until_serving(Client(url, url, url), "cifar10", ServerPaths(workdir / "config.properties", workdir), 240)
         load = os.getloadavg()
-        rows = measure(
-            url, args.workdir.resolve(), [int(n) for n in args.users.split(",")], args.seconds, args.payloads
-        )
+        rows = measure(url, workdir, [int(n) for n in args.users.split(",")], args.seconds, args.payloads)
     finally:
         podman("rm", "-f", name, check=False)
     best = max(rows, key=lambda row: row["per_second"])

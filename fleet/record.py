@@ -14,26 +14,22 @@ from locust import constant_throughput, events
 
 from loadtests.users import ClassifierUser
 
-COLUMNS = ("time", "name", "milliseconds", "failure")
 _log = {}
 
 
 class PacedUser(ClassifierUser):
-    """ClassifierUser sending at most FLEET_USER_RATE requests per second: many of them offer a rate
-    that does not fall when the answers slow down (until each has one request waiting)."""
+    """At most FLEET_USER_RATE requests per second each: many of them offer a rate that does not fall
+    when the answers slow down (until each has one request waiting)."""
 
     wait_time = constant_throughput(float(os.environ.get("FLEET_USER_RATE") or 1))
 
 
 @events.init.add_listener
 def open_log(environment, **_kwargs):
-    path = os.environ.get("FLEET_REQUEST_LOG")
-    if not path:
-        raise RuntimeError("set FLEET_REQUEST_LOG to the CSV file the requests are written to")
-    handle = open(path, "w", newline="", buffering=1)  # noqa: SIM115  (closed at quitting; lines: the drill reads it live)
-    writer = csv.writer(handle)
-    writer.writerow(COLUMNS)
-    _log.update(handle=handle, writer=writer)
+    # Closed at quitting; line-buffered: the drill reads it live.
+    handle = open(os.environ["FLEET_REQUEST_LOG"], "w", newline="", buffering=1)  # noqa: SIM115
+    _log.update(handle=handle, writer=csv.writer(handle))
+    _log["writer"].writerow(("time", "name", "milliseconds", "failure"))
 
 
 @events.request.add_listener

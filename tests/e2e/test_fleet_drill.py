@@ -1,7 +1,7 @@
 """A short fleet drill (fleet/; the full one is `make fleet-drill`): one replica of version A behind
 HAProxy with a Service's semantics (no retry, no redispatch, out of rotation only by readiness) under
 Locust's steady load is replaced by one of version B as the Deployment's rolling update does it. The
-bounds are fleet/verdicts.py's, as the drill reports them: no request fails, the answers switch from
+bounds are fleet/report.py's, as the drill reports them: no request fails, the answers switch from
 A's to B's, A is out of rotation before its SIGTERM, and the balancer retried nothing.
 """
 
@@ -12,8 +12,8 @@ import sys
 
 from helpers import PORT_BASE
 
-from fleet.scenarios import DrillOptions, play
-from fleet.verdicts import verdicts
+from fleet.drill import DrillOptions, play
+from fleet.report import verdicts
 from serve.archive import REPO
 
 FLEET_PORTS = PORT_BASE + 300  # HAProxy; replica slots at +310.., +320.., +330.., +340..
@@ -50,7 +50,7 @@ def test_a_rolling_update_fails_no_request_and_switches_versions(tmp_path, train
         payloads=small_payloads(tmp_path / "payloads", data_source),
     )
     figures = play(options)
-    results = verdicts(figures)  # the drill's own rules (fleet/verdicts.py), as its report gives them
+    results = verdicts(figures)  # the drill's own rules (fleet/report.py), as its report gives them
     assert all(held for _bound, held, _text in results), results
     bounds = {bound for bound, _held, _text in results}
     for bound in (

@@ -1,6 +1,6 @@
 """The pod's authorization design, for real: the gateway (deploy/k8s/base/gateway/nginx.conf, run by
 Debian's nginx) in front of a TorchServe with the pod's config.properties (token auth off, APIs on
-loopback), as fleet/replica.py runs one replica of the pod. And the pod's probes and preStop drain.
+loopback), as fleet/pod.py runs one replica of the pod. And the pod's probes and preStop drain.
 
 No token or a wrong one -> 401 with a JSON body; the right token -> an answer; management and
 metrics are not reachable through the gateway, and TorchServe's own ports listen on loopback only.
@@ -22,8 +22,7 @@ import requests
 from helpers import PORT_BASE
 from PIL import Image
 
-from fleet.manifest import read_pod
-from fleet.replica import Replica
+from fleet.pod import Replica, read_pod
 from serve.archive import REPO
 from serve.drain import DrainError, drain
 from serve.healthcheck import probe_png
@@ -44,7 +43,7 @@ def replica(tmp_path_factory, model_store):
 
 def predict(replica, headers=None, data=None, method="POST", path="/predictions/cifar10") -> requests.Response:
     return requests.request(
-        method, replica.gateway.url + path, data=probe_png() if data is None else data, headers=headers, timeout=30
+        method, replica.url + path, data=probe_png() if data is None else data, headers=headers, timeout=30
     )
 
 
@@ -129,7 +128,7 @@ def test_the_pods_probes_pass_and_readiness_fails_while_draining(replica):
     for name in ("readiness", "liveness"):
         result = probe(replica, name)
         assert result.returncode == 0 and "READY" in result.stdout and "predicts" not in result.stdout, result.stdout
-    seconds = drain(replica.drain_file, replica.gateway.status_url, settle=1, quiet=0.5, timeout=20)
+    seconds = drain(replica.drain_file, replica.status_url, settle=1, quiet=0.5, timeout=20)
     try:
         assert 1 <= seconds < 20
         result = probe(replica, "readiness")
@@ -149,21 +148,19 @@ def test_the_drain_waits_for_requests_in_flight(replica):
     def traffic():
         with requests.Session() as session:
             while time.monotonic() < stop_at:
-                answers.append(
-                    session.post(replica.gateway.url + "/predictions/cifar10", data=probe_png(), headers=headers)
-                )
+                answers.append(session.post(replica.url + "/predictions/cifar10", data=probe_png(), headers=headers))
 
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
         time.sleep(0.5)
         with pytest.raises(DrainError):
-            drain(replica.drain_file, replica.gateway.status_url, settle=0, quiet=1, timeout=1)
-        seconds = drain(replica.drain_file, replica.gateway.status_url, settle=0, quiet=1, timeout=30)
+            drain(replica.drain_file, replica.status_url, settle=0, quiet=1, timeout=1)
+        seconds = drain(replica.drain_file, replica.status_url, settle=0, quiet=1, timeout=30)
         assert time.monotonic() >= stop_at and seconds >= 1
     finally:
         sender.join()
         replica.drain_file.unlink(missing_ok=True)
     assert answers and all(a.status_code == 200 for a in answers)
-    counts = requests.get(replica.gateway.status_url, timeout=5).text
+    counts = requests.get(replica.status_url, timeout=5).text
     assert "Writing: 1 " in counts and "Active connections: 1 " in counts  # only this status request

@@ -25,8 +25,7 @@ import pytest
 import yaml
 from helpers import REPO, require_tool
 
-from fleet.gateway import CONFIG as GATEWAY_CONFIG
-from fleet.gateway import POD_PORTS
+from fleet.pod import GATEWAY_CONFIG, POD_PORTS
 from serve.config import api_address, properties
 from serve.healthcheck import INFERENCE, MANAGEMENT
 
