@@ -19,29 +19,23 @@ the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import operator
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import xml.etree.ElementTree as ElementTree
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import yaml
 
 from benchmarks import command_parser
-from benchmarks.alternatives import CLASSES, decode_image, pixel_batch
-from benchmarks.serving import bench_images, metric_samples, run_wrk, torchserve_system
+from benchmarks.gpu_serving import serve_one
+from benchmarks.systems import bench_images
 from serve.archive import GPU_MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.gpu_sizing import sized_config, this_machine
@@ -57,11 +51,6 @@ COMPARISONS = {"<=": operator.le, ">=": operator.ge}
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
 STATE = REPO / "data" / "gpu-check"
 BENCH_IMAGES = 500
-# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
-# its metrics logging and the JSON answers.
-HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
-HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
-PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
 
 # (section, name, metric, comparison, bound): what the GPU path must reach on a GPU machine.
 TARGETS = [
@@ -182,105 +171,6 @@ def stage_train(data: str) -> dict:
     return results
 
 
-@contextlib.contextmanager
-def gpu_use() -> Iterator[dict]:
-    """nvidia-smi's utilization and memory, sampled every 200 ms while in the block; yields a dict
-    that holds their mean and peak once the block is left (empty without nvidia-smi)."""
-    query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
-    figures, samples, stop = {}, [], threading.Event()
-
-    def sample():
-        while shutil.which("nvidia-smi") and not stop.wait(0.2):
-            with contextlib.suppress(ValueError):
-                busy, memory = map(float, subprocess.run(query, capture_output=True, text=True).stdout.split(","))
-                samples.append((busy, memory))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield figures
-    finally:
-        stop.set()
-        sampler.join()
-    if samples:
-        figures["gpu_busy_percent"] = round(sum(busy for busy, _ in samples) / len(samples), 1)
-        figures["gpu_memory_mib"] = max(memory for _, memory in samples)
-
-
-def served_equals_offline(client, listing: Path, model_path: Path, clients: int = 128) -> dict:
-    """The served class of every benchmark image against the TorchScript model run on the CPU. Sent
-    by `clients` threads at once, so that batches form and a GPU worker decodes them on the GPU."""
-    blobs = [Path(path).read_bytes() for path in listing.read_text().split()]
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    with torch.inference_mode():
-        offline = model(pixel_batch([decode_image(blob) for blob in blobs])).argmax(1).tolist()
-    local = threading.local()
-
-    def served_class(blob: bytes) -> str:
-        if not hasattr(local, "client"):
-            local.client = client.copy()
-        return local.client.predict(blob)["prediction"]
-
-    with ThreadPoolExecutor(clients) as pool:
-        served = list(pool.map(served_class, blobs))
-    return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
-
-
-def time_breakdown(metrics_text: str) -> dict:
-    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
-    queue wait and frontend-measured inference per request, mean batch size, and the handler's
-    decode and model time per batch (milliseconds)."""
-
-    def total(name: str) -> float:
-        return sum(metric_samples(metrics_text, name))
-
-    requests, batches = total("ts_inference_requests_total"), total("cifar10_batch_size_count")
-    if not requests or not batches:
-        return {}
-    return {
-        "queue_ms_per_request": round(total("ts_queue_latency_microseconds") / requests / 1e3, 3),
-        "inference_ms_per_request": round(total("ts_inference_latency_microseconds") / requests / 1e3, 3),
-        "batch_size_mean": round(total("cifar10_batch_size_sum") / batches, 1),
-        "decode_ms_per_batch": round(total("cifar10_decode_seconds_sum") / batches * 1e3, 3),
-        "model_ms_per_batch": round(total("cifar10_inference_seconds_sum") / batches * 1e3, 3),
-    }
-
-
-def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
-    """After a second (in the middle of a load), py-spy samples one TorchServe worker's Python stacks
-    for `seconds`; returns the functions where its samples ended (self time) and the handler steps
-    they ran under, as shares of samples."""
-    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
-    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if py_spy is None:
-        return {"error": "py-spy not found (pip install py-spy)"}
-    time.sleep(1)
-    with tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "stacks.txt"
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
-        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
-        if completed.returncode != 0 or not raw.exists():
-            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
-        stacks = raw.read_text().splitlines()
-    leaves, steps = Counter(), Counter()
-    for line in stacks:
-        frames, _, count = line.rpartition(" ")
-        if frames and count.isdigit():
-            leaves[frames.split(";")[-1]] += int(count)
-            # a step's frame reads "Cifar10Handler.preprocess (file:line)"
-            steps.update(
-                {step: int(count) for step in HANDLER_STEPS if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames)}
-            )
-    total = leaves.total()
-    if not total:
-        return {"error": "py-spy recorded no samples"}
-
-    def shares(counts: Counter, most: int | None = None) -> dict:
-        return {name: round(count / total, 3) for name, count in counts.most_common(most)}
-
-    return {"samples": total, "self": shares(leaves, top), "under": shares(steps)}
-
-
 def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str], port_base: int) -> dict:
     run_dir = STATE / "models" / "baseline"
     listing = REPO / "data" / "bench-images" / f"images-{BENCH_IMAGES}.txt"
@@ -300,48 +190,6 @@ def stage_serve(seconds: int, concurrencies: list[int], worker_choices: list[str
         except (OSError, RuntimeError, ServiceError, subprocess.SubprocessError) as error:  # recorded, not fatal
             results[label] = {"config": config, "error": f"{type(error).__name__}: {error}"[:2000]}
     return results
-
-
-def serve_one(
-    config: dict, run_dir: Path, listing: Path, seconds: int, concurrencies: list[int], port_base: int
-) -> dict:
-    """One served configuration: answers, the loads, GPU memory (where the workers are on a GPU), a scale-up."""
-    settings = {"job_queue_size": str(config["jobQueueSize"])}
-    with (
-        tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch,
-        torchserve_system("gpu-check", run_dir, config, Path(scratch), port_base, **settings) as system,
-        ThreadPoolExecutor(1) as profiler,
-    ):
-        client, url, token = system.client, system.url, system.token
-        part = {"config": config, "cold_start_seconds": round(system.cold_start_seconds, 1)}
-        part["served = offline"] = served_equals_offline(client, listing, run_dir / "model.pt")
-        run_wrk(url, listing, 64, 3, token, False, threads=4)  # warm-up
-        for concurrency in concurrencies:
-            if concurrency == PROFILED_CONCURRENCY:  # a worker's stacks in the middle of this load
-                pid = int(client.describe()[0]["workers"][0]["pid"])
-                profile = profiler.submit(profile_worker, pid, max(1, seconds // 2))
-            with gpu_use() as gpu:
-                result = run_wrk(url, listing, concurrency, seconds, token, False, 4)
-            if concurrency == PROFILED_CONCURRENCY:
-                part[f"py-spy of one worker at c={concurrency}"] = profile.result()
-            part[f"c={concurrency}"] = {**pick(result), **gpu}
-            print(f"   c={concurrency}: {json.dumps(part[f'c={concurrency}'])}", flush=True)
-        metrics_text = client.metrics()
-        worker_bytes = metric_samples(metrics_text, "cifar10_gpu_memory_bytes")
-        part["worker_gpu_mib"] = [round(value / 2**20, 1) for value in worker_bytes]
-        part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
-        scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
-        client.scale(scaled)  # synchronous: returns once the new workers are up
-        result = run_wrk(url, listing, 1, max(5, seconds // 2), token, False)
-        part["c=1 after scale-up"] = {**pick(result), "workers": scaled}
-        print(f"   c=1 after scale-up to {scaled}: {json.dumps(part['c=1 after scale-up'])}", flush=True)
-    return part
-
-
-def pick(wrk_result: dict) -> dict:
-    """The figures of a wrk run that the results keep, rounded."""
-    figures = {key: round(wrk_result[key], 2) for key in ("rps", "p50_ms", "p90_ms", "p99_ms")}
-    return {**figures, "errors": wrk_result["errors"], "requests": wrk_result["requests"]}
 
 
 def target_rows(results: dict) -> list[dict]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import command_line, command_parser
-from benchmarks.serving import System, bench_images, process_tree, until
+from benchmarks.systems import System, bench_images, process_tree, until
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.report import Report, write_csv

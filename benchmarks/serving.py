@@ -20,37 +20,29 @@ benchmarks.images and benchmarks.gpu_check drive their servers with the same wrk
 
 from __future__ import annotations
 
-import contextlib
-import json
-import multiprocessing
-import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-import requests
-import torch
 import yaml
 
 from benchmarks import command_line, command_parser
-from benchmarks.alternatives import CLASSES, OnnxModel, decode_image, load_model, pixel_batch
+from benchmarks.systems import (
+    CPU,
+    WrkError,
+    bench_images,
+    ceiling_rate,
+    ceiling_work,
+    process_system,
+    torchserve_system,
+)
 from frontend import without_agent
-from serve.archive import FORMATS, MODEL_CONFIG, REPO, build_archive
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.archive import FORMATS, MODEL_CONFIG, REPO
+from serve.client import ServiceError
 from serve.config import properties
 from serve.report import Report, write_csv
-from serve.server import LOG_CONFIG, LocalServer, cpu_seconds, wait_until_serving
-from train.data import encoded_images
+from serve.server import LOG_CONFIG
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
@@ -60,7 +52,6 @@ FLASK_OFFSET, LITSERVE_OFFSET = 5, 6
 STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}  # registered: a model config cannot say 0 (it means 100 ms)
 DEFAULT_SYSTEMS = ["torchserve", "torchserve-stock", "torchserve-onnx", "flask", "litserve"]
-CPU = "server_cpu_ms_per_request"
 COLUMNS = ["system", "round", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "queue_ms", "batch_size"]
 COLUMNS += [CPU, "frontend_cpu_ms_per_request", "cpu_efficiency", "ceiling_rps_beside", "of_ceiling_beside"]
 COLUMNS += ["wrk_cpu_percent"]
@@ -71,244 +62,6 @@ TARGETS = {
 }
 for _system in ("torchserve", "torchserve-onnx"):
     TARGETS[f"{_system}'s CPU per request at 64 / the ceiling's per image"] = (_system, 64, CPU, "ceiling", "<=", 1.3)
-LUA = Path(__file__).with_name("wrk_predict.lua")
-# TorchServe's running sums: requests, their queue time (µs), batches and their requests
-BATCHING_SUMS = ("ts_inference_requests_total", "ts_queue_latency_microseconds")
-BATCHING_SUMS += ("cifar10_batch_size_count", "cifar10_batch_size_sum")
-
-
-class WrkError(RuntimeError):
-    """wrk failed or printed no result."""
-
-
-def bench_images(data: str, count: int, folder: Path) -> Path:
-    """The first test images of each class in turn, `count` in all, as the files a client sends
-    (train.data.encoded_images), unpacked once for wrk; returns the list file."""
-    listing = folder / f"images-{count}.txt"
-    if listing.exists():
-        return listing
-    files, labels = encoded_images(data)
-    of_class = [(labels == label).nonzero().flatten().tolist() for label in range(len(CLASSES))]
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        label = index % len(CLASSES)
-        position = of_class[label][index // len(CLASSES)]
-        path = folder / f"{CLASSES[label]}-{position:05d}"
-        path.write_bytes(files[position])
-        paths.append(str(path.resolve()))
-    listing.write_text("\n".join(paths) + "\n")
-    return listing
-
-
-def run_wrk(
-    url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1
-) -> dict:
-    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core)."""
-    env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
-    threads = min(threads, concurrency)  # wrk wants at least one connection per thread
-    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
-    process = subprocess.Popen(
-        [*command, "-s", str(LUA), url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    returncode = os.waitstatus_to_exitcode(status)
-    match = re.search(r"^WRK_RESULT (.*)$", output, re.MULTILINE)
-    if returncode != 0 or not match:
-        raise WrkError(f"wrk failed ({returncode}):\n{output}")
-    result = json.loads(match.group(1))
-    result["rps"] = result["requests"] / result["seconds"]
-    result["errors"] = result["invalid"] + result["socket_errors"]
-    result["wrk_cpu_percent"] = 100 * (usage.ru_utime + usage.ru_stime) / result["seconds"]
-    return result
-
-
-def metric_samples(metrics_text: str, name: str) -> list[float]:
-    """The values of a metric's samples, over all its label sets, from Prometheus text."""
-    return [float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", metrics_text, re.M)]
-
-
-@dataclass
-class System(contextlib.AbstractContextManager):
-    name: str
-    url: str
-    stop: Callable[[], object]
-    processes: Callable[[], list[psutil.Process]]  # the server's processes, its workers included
-    token: str | None = None
-    form: bool = False  # multipart `image` field (the Flask service's form) instead of a raw body
-    cold_start_seconds: float = 0.0
-    runtime: str = "torchscript"  # which ceiling its efficiency is measured against
-    client: Client | None = None  # a TorchServe's
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def batching(self) -> dict[str, float]:
-        """BATCHING_SUMS, where TorchServe's metrics API is reachable."""
-        if self.client is None or not self.client.metrics_url:
-            return {}
-        return {name: sum(metric_samples(self.client.metrics(), name)) for name in BATCHING_SUMS}
-
-    def loads(self, listing: Path, concurrencies: list[int], seconds: int, warmup: int) -> list[dict]:
-        """wrk at each concurrency after a warm-up: its figures, with the CPU time per request of
-        the server's processes and of its first one (the frontend), and TorchServe's mean queue
-        time and batch size where it has them."""
-        run_wrk(self.url, listing, 16, warmup, self.token, self.form)
-        rows = []
-        for concurrency in concurrencies:
-            processes, batching = self.processes(), self.batching()
-            groups = {"server": processes, "frontend": processes[:1]}
-            before = {group: cpu_seconds(members) for group, members in groups.items()}
-            result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form)
-            for group, members in groups.items():
-                result[f"{group}_cpu_seconds"] = spent = cpu_seconds(members) - before[group]
-                result[f"{group}_cpu_ms_per_request"] = 1e3 * spent / max(result["requests"], 1)
-            if batching:
-                done = {name: value - batching[name] for name, value in self.batching().items()}
-                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
-                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
-            rows.append({"concurrency": concurrency, **result})
-            figures = f"{result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.1f} ms"
-            figures += f"  errors {result['errors']}  server cpu {result[CPU]:.3f} ms/req"
-            print(f"   {self.name} c={concurrency:3d}  {figures}", flush=True)
-        return rows
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    """The process `pid` and all its descendants; none once it is gone."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    return []
-
-
-def until(attempt: Callable[[], object], errors: tuple[type[Exception], ...], timeout: float, what: str) -> object:
-    """Calls `attempt` until it returns something true without raising one of `errors`; raises
-    TimeoutError naming `what` (and the last error) after `timeout` seconds."""
-    deadline, last_error = time.monotonic() + timeout, None
-    while True:
-        try:
-            if result := attempt():
-                return result
-        except errors as error:
-            last_error = error
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f} s (last error: {last_error})")
-        time.sleep(0.25)
-
-
-def torchserve_system(
-    name: str,
-    run_dir: Path,
-    model_config: dict,
-    scratch: Path,
-    port_base: int,
-    model_format: str = "torchscript",
-    register: dict | None = None,
-    log_config: Path | None = LOG_CONFIG,
-    **settings: str,
-) -> System:
-    """The repository's config.properties (ports moved, `settings` set) serving an archive of
-    `run_dir` packed with `model_config`, in scratch/name.
-
-    `register`: register the archive through the management API with these batching settings
-    instead of loading it at start: the only way TorchServe 0.12 takes max_batch_delay 0.
-    `log_config`: a log4j2 file (None: TorchServe's built-in logging).
-    """
-    workdir = scratch / name
-    store = workdir / "model-store"
-    workdir.mkdir(parents=True)
-    (workdir / "model-config.yaml").write_text(yaml.safe_dump(model_config))
-    build_archive(run_dir, store, model_config=workdir / "model-config.yaml", model_format=model_format)
-    if register:
-        settings = {"load_models": "", **settings}
-    models = () if register else ("cifar10",)
-    server = LocalServer(workdir, store, port_base, settings=settings, log_config=log_config, models=models)
-    client, started = server.client, time.monotonic()
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(server.stop)
-        server.start()
-        if register:
-
-            def register_archive() -> dict:
-                client.refresh_keys()
-                return client.register("cifar10.mar", workers=model_config["minWorkers"], **register)
-
-            until(register_archive, (ServiceError, OSError, KeyError), 60, "the management API took no archive")
-            wait_until_serving(client, "cifar10", server.paths)
-        on_failure.pop_all()
-    return System(
-        name,
-        url=f"{client.inference}/predictions/cifar10",
-        stop=server.stop,
-        processes=server.processes,
-        token=client.keys.get("inference"),
-        cold_start_seconds=time.monotonic() - started,
-        runtime="onnxruntime" if model_format == "onnx" else "torchscript",
-        client=client,
-    )
-
-
-def process_system(name: str, port: int, model_path: Path) -> System:
-    """A comparison server, `python -m benchmarks.alternatives.{name}_app`."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"benchmarks.alternatives.{name}_app", "--model", str(model_path), "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url, image, started = f"http://127.0.0.1:{port}/predict", sample_jpeg(), time.monotonic()
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}")
-        return requests.post(url, files={"image": ("x.jpg", image)}, timeout=5).status_code == 200
-
-    def stop() -> None:
-        """The server and every process it started (LitServe's inference workers outlive a SIGTERM)."""
-        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
-            os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(15)
-            os.killpg(process.pid, signal.SIGKILL)
-
-    try:
-        until(answers, (requests.RequestException,), 120, f"{name} did not answer")
-    except BaseException:
-        stop()
-        raise
-    cold_start = time.monotonic() - started
-    return System(name, url, stop, lambda: process_tree(process.pid), form=True, cold_start_seconds=cold_start)
-
-
-def ceiling_work(runtime: str, run_dir: Path, listing: Path, seconds: float) -> tuple[int, float, float]:
-    """Decode + batch of 64 + forward + top-3 of the listed images in turn for `seconds`, in this
-    process on one thread, as a worker does it without HTTP or queues: (images, wall s, CPU s)."""
-    torch.set_num_threads(1)
-    if runtime == "onnxruntime":
-        model = OnnxModel(str(run_dir / "model.onnx"), threads=1)
-    else:
-        model = load_model(str(run_dir / "model.pt"))
-    blobs = [Path(p).read_bytes() for p in listing.read_text().split()]
-    done, started, cpu_started = 0, time.monotonic(), time.process_time()
-    with torch.inference_mode():
-        while time.monotonic() - started < seconds:
-            for first in range(0, len(blobs), 64):
-                chunk = blobs[first : first + 64]
-                model(pixel_batch([decode_image(b) for b in chunk])).softmax(1).topk(3)
-                done += len(chunk)
-    return done, time.monotonic() - started, time.process_time() - cpu_started
-
-
-def ceiling_rate(runtime: str, run_dir: Path, listing: Path, seconds: float) -> float:
-    """Images/s of the ceiling's work in one single-threaded process per core, all at once: what
-    this machine can do at most, right now, with nothing spent on serving."""
-    cores = os.cpu_count() or 1
-    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = pool.map(ceiling_work, *zip(*[(runtime, run_dir, listing, seconds)] * cores))
-        return sum(done / wall for done, wall, _ in runs)
 
 
 def systems(args, scratch: Path) -> dict:

@@ -133,8 +133,8 @@ def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
 def test_serve_stage_runs_its_whole_course_on_this_cpu(tmp_path, trained_run, data_source):
     """serve_one, as the serve stage runs it on a GPU machine, here with the GPU config's workers on
     the CPU (TorchServe's fallback), short loads, a real TorchServe, wrk and py-spy: what it records."""
-    from benchmarks.gpu_check import serve_one
-    from benchmarks.serving import bench_images
+    from benchmarks.gpu_serving import serve_one
+    from benchmarks.systems import bench_images
     from serve.archive import GPU_MODEL_CONFIG
     from serve.gpu_sizing import Machine, sized_config
 

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-from benchmarks.gpu_check import gpu_use
-from benchmarks.serving import metric_samples, until
+from benchmarks.gpu_serving import gpu_use
+from benchmarks.systems import metric_samples, until
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check"]
 
