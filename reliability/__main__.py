@@ -1,8 +1,7 @@
-"""Reliability report: every input of the corpus (reliability/bad_inputs.py), alone and mixed into
-concurrent batches; every fault drill (reliability/drills.py); every hostile client beside a good
-one (reliability/hostile.py); all against a TorchServe of its own (never the one `make serve`
-started) serving the given archive. Writes reports/reliability.md (and the figures behind it,
-reliability.json); exits 1 when a rule of reliability/rules.py is broken.
+"""Reliability report: every input of the corpus (bad_inputs.py), alone and mixed into concurrent
+batches, every fault drill (drills.py) and every hostile client beside a good one (hostile.py), on a
+TorchServe of its own (never the one `make serve` started) serving the given archive. Writes
+reports/reliability.md and the figures behind it (reliability.json); exits 1 when a rule of rules.py is broken.
 
     python -m reliability                       # model-store/cifar10.mar, ports 18090-18094
     python -m reliability --only hostile --attack-seconds 10 --port-base 48100

@@ -36,15 +36,11 @@ class FaultServer(LocalServer):
     the models to load at start, and the model API on (TorchServe refuses registrations otherwise)."""
 
     def __init__(self, archive: Path, workdir: Path, port_base: int):
-        self.archive = archive
         settings = {"load_models": f"cifar10=cifar10.mar,sleepy=sleepy.mar,broken={BROKEN_AT_START}"}
         store, api = workdir / "model-store", ("--enable-model-api",)
         super().__init__(workdir, store, port_base, settings=settings, extra_args=api, models=("cifar10", "sleepy"))
-
-    def __enter__(self) -> FaultServer:
-        store = self.paths.model_store
         store.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.archive, store / "cifar10.mar")
+        shutil.copy(archive, store / "cifar10.mar")
         config = store / "sleepy-config.yaml"
         config.write_text(
             f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 1\n"
@@ -54,9 +50,8 @@ class FaultServer(LocalServer):
         handler = Path(__file__).with_name("sleepy_handler.py")
         options = ["--handler", handler, "--config-file", config, "--export-path", store, "--force"]
         subprocess.run([archiver, "--model-name", "sleepy", "--version", "1", *options], check=True)
-        valid = self.archive.read_bytes()
+        valid = archive.read_bytes()
         (store / BROKEN_AT_START).write_bytes(valid[: len(valid) // 3])
-        return super().__enter__()
 
 
 def worker_pids(client: Client, model: str = "cifar10") -> list[int]:
