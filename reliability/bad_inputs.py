@@ -1,9 +1,7 @@
-"""What clients may send to /predictions/cifar10, good and bad, generated on the spot (nothing is
-committed): the tests (tests/integration/test_bad_input.py) and the reliability report send the same corpus.
-
-Each `Input` says what the service must answer: a prediction (200), or a 4xx whose JSON body
-names the problem (`reason` is the handler's InvalidImage label). Where TorchServe's frontend
-answers before our handler and does not keep that rule, `frontend_gap` says what it does instead.
+"""What clients may send to /predictions/cifar10, good and bad, made on the spot, for
+tests/integration/test_bad_input.py and the reliability report. Each `Input` says what the service
+must answer: a prediction (200), or a 4xx whose JSON body names the problem. Where TorchServe's
+frontend answers before our handler and breaks that rule, `frontend_gap` says how.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from PIL import Image
 from serve.client import Client
 
 TORCHSERVE_MAX_REQUEST_SIZE = 6_553_500  # bytes, when config.properties does not set max_request_size
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -73,56 +70,60 @@ def break_png_crc(data: bytes, kind: bytes) -> bytes:
 
 
 def block_image(source: Image.Image, width: int = 32, height: int = 24, block: int = 8) -> Image.Image:
-    """`source` cut to width x height and blown up into block x block squares of one colour each.
-
-    A JPEG of such an image decodes to the same pixels whether or not it was rotated first (each
-    8 x 8 DCT block holds one colour), so an EXIF-rotated copy must give exactly the same answer.
-    """
+    """`source` cut to width x height, each pixel blown up to a block x block square: every 8 x 8 JPEG
+    block holds one colour, so a JPEG of it decodes to the same pixels rotated first or not."""
     return source.convert("RGB").crop((0, 0, width, height)).resize((width * block, height * block), Image.NEAREST)
 
 
 def exif_rotated_jpeg(upright: Image.Image) -> bytes:
     """The upright image stored turned a quarter left, with the EXIF tag that says 'turn it right'."""
     exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = 6  # viewers rotate 90 degrees clockwise to display
-    return encode_image(
-        upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=100, subsampling=0, exif=exif.tobytes()
-    )
+    exif[0x0112] = 6  # Orientation: viewers rotate 90 degrees clockwise to display
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    return encode_image(sideways, "JPEG", quality=100, subsampling=0, exif=exif.tobytes())
 
 
-def large_photo(source: Image.Image, size=(6000, 4000)) -> bytes:
-    """A photo-sized JPEG (smooth, so it stays a few MB: under TorchServe's request size limit)."""
-    return encode_image(source.convert("RGB").resize(size, Image.BICUBIC), "JPEG", quality=80)
-
-
-def frames(source: Image.Image, count: int = 3) -> list[Image.Image]:
-    rgb = source.convert("RGB")
-    return [rgb.rotate(30 * i) for i in range(count)]
+def frames(source: Image.Image) -> list[Image.Image]:
+    return [source.convert("RGB").rotate(30 * i) for i in range(3)]
 
 
 def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZE) -> list[Input]:
     """Every input the service is checked against, made from one real JPEG."""
     photo = Image.open(io.BytesIO(photo_jpeg)).convert("RGB")
     big = photo.resize((96, 80), Image.BICUBIC)
-    gray16 = Image.fromarray(np.asarray(big.convert("L"), dtype=np.uint16) * 257)
     png = encode_image(big, "PNG")
     jpeg = encode_image(big.resize((256, 256)), "JPEG", quality=90)
-    animated = frames(big)
-    pages = frames(big)
-    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    first, *more = frames(big)
+    text, json_type = {"Content-Type": "text/plain"}, {"Content-Type": "application/json"}
+    html = b"<html><body><img src=cat.jpg></body></html>"
+    oversize = jpeg[:2] + bytes(max_request_size - 1)
+    upload = {"upload": ("cat.jpg", jpeg, "image/jpeg")}
+    form = "TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException"
+    size = "TorchServe's frontend answers 413 with an empty body, not JSON"
+    valid = {  # of any size, mode or container
+        "large photo 6000x4000 JPEG": encode_image(photo.resize((6000, 4000), Image.BICUBIC), "JPEG", quality=80),
+        "1x1 PNG": encode_image(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"),
+        "3000x2 PNG (extreme aspect ratio)": encode_image(photo.resize((3000, 2)), "PNG"),
+        "16-bit grayscale PNG": encode_image(Image.fromarray(np.asarray(big.convert("L"), np.uint16) * 257), "PNG"),
+        "grayscale JPEG": encode_image(big.convert("L"), "JPEG"),
+        "1-bit PNG": encode_image(big.convert("1"), "PNG"),
+        "palette PNG": encode_image(big.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "RGBA PNG": encode_image(big.convert("RGBA"), "PNG"),
+        "CMYK JPEG": encode_image(big.convert("CMYK"), "JPEG"),
+        "CMYK TIFF": encode_image(big.convert("CMYK"), "TIFF"),
+        "BMP": encode_image(big, "BMP"),
+        "WebP": encode_image(big, "WEBP"),
+        "animated GIF (3 frames)": encode_image(first, "GIF", save_all=True, append_images=more, duration=100, loop=0),
+        "multi-page TIFF (3 pages)": encode_image(first, "TIFF", save_all=True, append_images=more),
+        "EXIF-rotated JPEG": exif_rotated_jpeg(block_image(photo)),
+    }
     return [
         # bad input: a 4xx whose JSON names the problem
         Input("empty body", 400, "empty", data=b""),
         Input("random bytes", 400, "not_an_image", data=np.random.default_rng(0).bytes(4096)),
-        Input("plain text", 400, "not_an_image", data=b"a cat, probably", headers={"Content-Type": "text/plain"}),
-        Input(
-            "HTML",
-            400,
-            "not_an_image",
-            data=b"<html><body><img src=cat.jpg></body></html>",
-            headers={"Content-Type": "text/html"},
-        ),
-        Input("JSON", 400, "not_an_image", data=b'{"image": "cat.jpg"}', headers={"Content-Type": "application/json"}),
+        Input("plain text", 400, "not_an_image", data=b"a cat, probably", headers=text),
+        Input("HTML", 400, "not_an_image", data=html, headers={"Content-Type": "text/html"}),
+        Input("JSON", 400, "not_an_image", data=b'{"image": "cat.jpg"}', headers=json_type),
         Input("truncated JPEG", 400, "corrupt", data=jpeg[: len(jpeg) // 2]),
         Input("PNG, broken header CRC", 400, "not_an_image", data=break_png_crc(png, b"IHDR")),
         Input("PNG, broken image-data CRC", 400, "corrupt", data=break_png_crc(png, b"IDAT")),
@@ -134,67 +135,28 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
         Input(
             "JPEG declared as a urlencoded form (curl --data-binary)",
             400,
-            None,
             data=jpeg,
-            headers=form_type,
-            frontend_gap="TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            frontend_gap=form,
         ),
         Input(
-            "body over max_request_size",
-            413,
-            None,
-            data=jpeg[:2] + bytes(max_request_size + 1 - 2),
-            headers={"Content-Type": "image/jpeg"},
-            frontend_gap="TorchServe's frontend answers 413 with an empty body, not JSON",
+            "body over max_request_size", 413, data=oversize, headers={"Content-Type": "image/jpeg"}, frontend_gap=size
         ),
-        # valid images of any size, mode or container: a prediction
-        Input("large photo 6000x4000 JPEG", 200, data=large_photo(photo)),
-        Input("1x1 PNG", 200, data=encode_image(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")),
-        Input("3000x2 PNG (extreme aspect ratio)", 200, data=encode_image(photo.resize((3000, 2)), "PNG")),
-        Input("16-bit grayscale PNG", 200, data=encode_image(gray16, "PNG")),
-        Input("grayscale JPEG", 200, data=encode_image(big.convert("L"), "JPEG")),
-        Input("1-bit PNG", 200, data=encode_image(big.convert("1"), "PNG")),
-        Input("palette PNG", 200, data=encode_image(big.convert("P", palette=Image.Palette.ADAPTIVE), "PNG")),
-        Input("RGBA PNG", 200, data=encode_image(big.convert("RGBA"), "PNG")),
-        Input("CMYK JPEG", 200, data=encode_image(big.convert("CMYK"), "JPEG")),
-        Input("CMYK TIFF", 200, data=encode_image(big.convert("CMYK"), "TIFF")),
-        Input("BMP", 200, data=encode_image(big, "BMP")),
-        Input("WebP", 200, data=encode_image(big, "WEBP")),
-        Input(
-            "animated GIF (3 frames)",
-            200,
-            data=encode_image(animated[0], "GIF", save_all=True, append_images=animated[1:], duration=100, loop=0),
-        ),
-        Input(
-            "multi-page TIFF (3 pages)",
-            200,
-            data=encode_image(pages[0], "TIFF", save_all=True, append_images=pages[1:]),
-        ),
-        Input("EXIF-rotated JPEG", 200, data=exif_rotated_jpeg(block_image(photo))),
+        *[Input(name, 200, data=data) for name, data in valid.items()],
         # the same image, however the request declares it
         Input("JPEG, no Content-Type", 200, data=jpeg),
-        Input("JPEG declared text/plain", 200, data=jpeg, headers={"Content-Type": "text/plain"}),
-        Input("JPEG declared application/json", 200, data=jpeg, headers={"Content-Type": "application/json"}),
+        Input("JPEG declared text/plain", 200, data=jpeg, headers=text),
+        Input("JPEG declared application/json", 200, data=jpeg, headers=json_type),
         Input("multipart file declared text/plain", 200, files={"image": ("cat.txt", jpeg, "text/plain")}),
-        Input(
-            "multipart: a text field, then the file",
-            200,
-            data={"name": "cat"},
-            files={"upload": ("cat.jpg", jpeg, "image/jpeg")},
-        ),
+        Input("multipart: a text field, then the file", 200, data={"name": "cat"}, files=upload),
         Input("multipart: image bytes as a text field named image", 200, files={"image": (None, jpeg)}),
     ]
 
 
-def send(client: Client, item: Input, model: str = "cifar10", timeout: float = 120) -> Answer:
+def send(client: Client, item: Input) -> Answer:
     """POSTs one input on a connection of its own (safe from many threads at once)."""
-    response = requests.post(
-        f"{client.inference}/predictions/{model}",
-        data=item.data,
-        files=item.files,
-        headers={**client.auth_headers("inference"), **item.headers},
-        timeout=timeout,
-    )
+    url, headers = f"{client.inference}/predictions/cifar10", {**client.auth_headers("inference"), **item.headers}
+    response = requests.post(url, data=item.data, files=item.files, headers=headers, timeout=120)
     try:
         body = response.json()
     except ValueError:
@@ -213,14 +175,10 @@ def send_mixed(client: Client, items: list[Input], rounds: int = 2, threads: int
 
 def keeps_the_rule(item: Input, answer: Answer) -> bool:
     """A prediction for a valid image; else the expected 4xx with a JSON message (and reason)."""
+    body = answer.body or {}
     if item.status == 200:
-        return answer.status == 200 and answer.body is not None and "prediction" in answer.body
-    return (
-        answer.status == item.status
-        and answer.body is not None
-        and bool(answer.body.get("message"))
-        and (item.reason is None or answer.body.get("reason") == item.reason)
-    )
+        return answer.status == 200 and "prediction" in body
+    return answer.status == item.status and bool(body.get("message")) and item.reason in (None, body.get("reason"))
 
 
 def summarize_answer(answer: Answer) -> str:
@@ -229,9 +187,8 @@ def summarize_answer(answer: Answer) -> str:
         return f"{answer.status} (no JSON body)"
     if "prediction" in answer.body:
         return f"{answer.status} prediction {answer.body['prediction']}"
-    message = "".join(
-        c if c.isascii() and c.isprintable() else "?" for c in " ".join(str(answer.body.get("message", "")).split())
-    )
+    message = " ".join(str(answer.body.get("message", "")).split())
+    message = "".join(c if c.isascii() and c.isprintable() else "?" for c in message)
     return f"{answer.status} {answer.body.get('reason') or answer.body.get('type')}: {message[:70]}"
 
 

@@ -1,8 +1,6 @@
-"""Hostile and careless clients beside a steady good one: each attack runs for a few seconds on
-its own connections while a good client posts a 32 x 32 JPEG back to back, and the drill records
-what the attackers were answered and how fast, the good client's success and p99, worker
-restarts, and the server's memory (frontend + workers) until it is back to its baseline.
-The payloads are made here, on the spot. reliability/rules.py says what passes.
+"""Hostile and careless clients beside a steady good one posting a 32 x 32 JPEG back to back: what the
+attackers were answered and how fast, the good client's success and p99, worker restarts, and the
+server's memory (frontend + workers) until back to its baseline. reliability/rules.py says what passes.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import io
 import json
 import socket
 import struct
-import threading
 import time
 import zipfile
 import zlib
@@ -26,8 +23,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from reliability.bad_inputs import png_chunk
-from reliability.drills import Call, Clients, call, error_message, wait_for, worker_pids
+from reliability.bad_inputs import encode_image, png_chunk
+from reliability.drills import Call, answers, call, clients, error_message, wait_for, worker_pids
 from reliability.rules import MEMORY_BACK_SECONDS
 from serve.client import Client
 from serve.server import LocalServer
@@ -46,11 +43,8 @@ def rle_bmp(width: int = 60_000_000) -> bytes:
 def many_scan_jpeg(side: int = 2048, scans: int = 2000) -> bytes:
     """A progressive JPEG whose last scan (a few bytes for a flat image) is repeated `scans` times:
     libjpeg reads every block of the image once per scan."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (120, 80, 200)).save(buffer, "JPEG", progressive=True, quality=90)
-    data = buffer.getvalue()
-    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
-    previous_end = data.rindex(b"\xff", 0, starts[-1])  # the table segment before the last scan
+    data = encode_image(Image.new("RGB", (side, side), (120, 80, 200)), "JPEG", progressive=True, quality=90)
+    previous_end = data.rindex(b"\xff", 0, data.rindex(b"\xff\xda"))  # the table segment before the last scan
     while data[previous_end + 1] in (0x00, *range(0xD0, 0xD8)):
         previous_end = data.rindex(b"\xff", 0, previous_end)
     last = data[previous_end:-2]
@@ -65,37 +59,26 @@ def deep_png(side: int = 8000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
 
 
-def truncated_images(image: bytes) -> list[bytes]:
-    """A photo-sized JPEG and PNG of `image`, cut short: the JPEG at 70 %, the PNG before IEND."""
-    big = Image.open(io.BytesIO(image)).convert("RGB").resize((640, 480))
-    jpeg, png = io.BytesIO(), io.BytesIO()
-    big.save(jpeg, "JPEG", quality=90)
-    big.save(png, "PNG")
-    return [jpeg.getvalue()[: len(jpeg.getvalue()) * 7 // 10], png.getvalue()[:-12]]
-
-
 def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Call]:
     """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
     read=False the client goes away at once, and each request counts as 'abandoned'. Requests
     left unanswered when the server closes the connection count as 'dropped'."""
     host, port = client.inference.split("//")[1].split(":")
     head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
-    started, answers = time.monotonic(), []
+    head = f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}"
+    started, calls = time.monotonic(), []
     with socket.create_connection((host, int(port)), timeout=120) as connection:
         with contextlib.suppress(OSError):
             for body in bodies:
-                request = (
-                    f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
-                )
-                connection.sendall(request.encode() + body)
+                connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         with contextlib.suppress(OSError, http.client.HTTPException):
-            while read and len(answers) < len(bodies):
+            while read and len(calls) < len(bodies):
                 response = http.client.HTTPResponse(connection, method="POST")
                 response.begin()
                 response.read()
-                answers.append(Call(started, time.monotonic(), response.status, ""))
-    missing = len(bodies) - len(answers)
-    return answers + [Call(started, time.monotonic(), "dropped" if read else "abandoned", "")] * missing
+                calls.append(Call(started, time.monotonic(), response.status, ""))
+    missing = len(bodies) - len(calls)
+    return calls + [Call(started, time.monotonic(), "dropped" if read else "abandoned", "")] * missing
 
 
 @dataclass
@@ -111,8 +94,10 @@ class Attack:
 
 @cache
 def attacks(good: bytes, max_body: int) -> list[Attack]:
-    junk = np.random.default_rng(1).bytes(max_body - 64)
-    truncated, bmp, jpeg, png = truncated_images(good), rle_bmp(), many_scan_jpeg(), deep_png()
+    junk, bmp, jpeg, png = np.random.default_rng(1).bytes(max_body - 64), rle_bmp(), many_scan_jpeg(), deep_png()
+    photo = Image.open(io.BytesIO(good)).convert("RGB").resize((640, 480))
+    big_jpeg = encode_image(photo, "JPEG", quality=90)
+    truncated = [big_jpeg[: len(big_jpeg) * 7 // 10], encode_image(photo, "PNG")[:-12]]  # at 70 %, before IEND
     return [
         Attack("RLE BMP, 1 KB, 60 MP", lambda c: [call(c, bmp)]),
         Attack("progressive JPEG, 2,000 scans", lambda c: [call(c, jpeg)]),
@@ -137,74 +122,67 @@ def run_attack(
 ) -> dict:
     """`attack` for `seconds` beside `attack.good_clients` good clients, then up to `settle` seconds
     for the memory to come back; one row of the report."""
-    pids, baseline, peak, done = worker_pids(server.client), rss_bytes(server), [0], threading.Event()
+    pids, baseline, peak = worker_pids(server.client), rss_bytes(server), [0]
 
-    def sample():
-        while not done.wait(0.25):
-            peak[0] = max(peak[0], rss_bytes(server))
+    def sample(_) -> list[Call]:  # a client that only samples the memory, every 0.25 s
+        peak.append(rss_bytes(server))
+        time.sleep(0.25)
+        return []
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with Clients(server.client, attack.good_clients, lambda client: [call(client, good)]) as load:
+    with (
+        clients(server.client, 1, sample),
+        clients(server.client, attack.good_clients, lambda c: [call(c, good)]) as load,
+    ):
         time.sleep(0.5)
-        with Clients(server.client, attack.connections, attack.round, once=attack.once) as attackers:
+        with clients(server.client, attack.connections, attack.round, once=attack.once) as attackers:
             time.sleep(0 if attack.once else seconds)
-    done.set()
     back = wait_for(lambda: rss_bytes(server) <= baseline * 1.1 + 64 * 2**20, settle, 1, None)
-    answers, seconds_taken = attackers.calls, [c.ended - c.started for c in attackers.calls]
-    latencies = sorted(c.ended - c.started for c in load.calls)
-    failures = [c for c in load.calls if c.status != 200]
+    seconds_taken = max((c.ended - c.started for c in attackers), default=None)
+    latencies = sorted(c.ended - c.started for c in load)
+    failures = [c for c in load if c.status != 200]
     return {
         "attack": attack.name,
         "allowed": list(attack.allowed),
-        "attacker_requests": len(answers),
-        "attacker_answers": dict(Counter(c.status for c in answers)),
-        "attacker_errors": dict(Counter(error_message(c.body) for c in answers if c.status not in attack.allowed)),
-        "attacker_max_s": None
-        if attack.operation or "abandoned" in attack.allowed
-        else max(seconds_taken, default=None),
-        "operation_s": max(seconds_taken, default=None) if attack.operation else None,
-        "good_requests": len(load.calls),
-        "good_success": 1 - len(failures) / max(len(load.calls), 1),
-        "good_failures": dict(Counter(f"{c.status} {error_message(c.body)}" for c in failures)),
+        "attacker_requests": len(attackers),
+        "attacker_answers": dict(Counter(c.status for c in attackers)),
+        "attacker_errors": dict(Counter(error_message(c.body) for c in attackers if c.status not in attack.allowed)),
+        "attacker_max_s": None if attack.operation or "abandoned" in attack.allowed else seconds_taken,
+        "operation_s": seconds_taken if attack.operation else None,
+        "good_requests": len(load),
+        "good_success": 1 - len(failures) / max(len(load), 1),
+        "good_failures": answers(failures),
         "good_p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
         "worker_restarts": None if attack.operation else len(set(pids) - set(worker_pids(server.client))),
         "memory_baseline_mib": baseline / 2**20,
-        "memory_peak_mib": peak[0] / 2**20,
+        "memory_peak_mib": max(peak) / 2**20,
         "memory_back_s": back,
         "memory_after_mib": rss_bytes(server) / 2**20,  # at the end of the wait: where it settled
     }
 
 
-def versioned_copy(archive: bytes, version: str) -> bytes:
-    """The same .mar with another modelVersion in its manifest: a second version to retire."""
-    source, out = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+def operations(server: LocalServer) -> list[Attack]:
+    """Retiring a version and scaling down, under 4 good clients: no request may be lost."""
+    store = server.paths.model_store
+    source = zipfile.ZipFile(store / "cifar10.mar")
+    with zipfile.ZipFile(store / "cifar10-next.mar", "w", zipfile.ZIP_DEFLATED) as target:  # another modelVersion
         for item in source.infolist():
             data = source.read(item)
             if item.filename == "MAR-INF/MANIFEST.json":
                 manifest = json.loads(data)
-                manifest["model"]["modelVersion"] = version
+                manifest["model"]["modelVersion"] = "next"
                 data = json.dumps(manifest).encode()
             target.writestr(item, data)
-    return out.getvalue()
 
-
-def operations(server: LocalServer) -> list[Attack]:
-    """Retiring a version and scaling down, under 4 good clients: no request may be lost."""
-    store = server.paths.model_store
-    (store / "cifar10-next.mar").write_bytes(versioned_copy((store / "cifar10.mar").read_bytes(), "next"))
-
-    def retire(client: Client):
+    def retire(client: Client) -> list[Call]:
         started, old = time.monotonic(), client.describe()[0]["modelVersion"]
         client.register("cifar10-next.mar", workers=1)
         client.set_default("next")
         client.retire(old)
         return [Call(started, time.monotonic(), 200, "")]
 
-    def scale_down(client: Client, times: int = 3):
+    def scale_down(client: Client) -> list[Call]:
         started = time.monotonic()
-        for _ in range(times):
+        for _ in range(3):
             client.scale(2)
             time.sleep(1)
             client.scale(1)
@@ -214,9 +192,3 @@ def operations(server: LocalServer) -> list[Attack]:
         Attack("retire the default's predecessor under load", retire, (200,), 1, True, 4, operation=True),
         Attack("scale 1 -> 2 -> 1 workers under load, 3 times", scale_down, (200,), 1, True, 4, operation=True),
     ]
-
-
-def hostile_drill(server: LocalServer, good: bytes, max_body: int, seconds: float = 5.0, names=None) -> list[dict]:
-    """Every attack (or those named), then the operations, one after the other on `server`."""
-    chosen = [a for a in attacks(good, max_body) + operations(server) if names is None or a.name in names]
-    return [run_attack(server, attack, good, seconds) for attack in chosen]

@@ -1,6 +1,6 @@
-"""Test-only TorchServe handler (never shipped): sleeps for the seconds named in each request's
-body (none for a body that is not a number), then answers {"slept": seconds}. reliability/drills.py archives it into a temporary model
-store to fill a job queue and to outlast responseTimeout on purpose."""
+"""Test-only TorchServe handler (never shipped): sleeps for the seconds named in each request's body
+(none for a body that is not a number), then answers {"slept": seconds}. reliability/drills.py
+archives it to fill a job queue and to outlast responseTimeout on purpose."""
 
 import json
 import time
