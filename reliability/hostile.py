@@ -61,12 +61,13 @@ def deep_png(side: int = 8000) -> bytes:
 
 def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Call]:
     """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
-    read=False the client goes away at once, and each request counts as 'abandoned'. Requests
-    left unanswered when the server closes the connection count as 'dropped'."""
+    read=False the client goes away at once, and each request counts as 'abandoned'. Requests left
+    unanswered when the server closes the connection count as 'closed' where its last answer said
+    `Connection: close` (HTTP's way to tell a client to resend them), else as 'dropped'."""
     host, port = client.inference.split("//")[1].split(":")
     head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
     head = f"POST /predictions/cifar10 HTTP/1.1\r\nHost: {host}\r\n{head}"
-    started, calls = time.monotonic(), []
+    started, calls, announced = time.monotonic(), [], False
     with socket.create_connection((host, int(port)), timeout=120) as connection:
         with contextlib.suppress(OSError):
             for body in bodies:
@@ -77,8 +78,10 @@ def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Ca
                 response.begin()
                 response.read()
                 calls.append(Call(started, time.monotonic(), response.status, ""))
+                announced = response.will_close
     missing = len(bodies) - len(calls)
-    return calls + [Call(started, time.monotonic(), "dropped" if read else "abandoned", "")] * missing
+    unanswered = "closed" if announced else "dropped" if read else "abandoned"
+    return calls + [Call(started, time.monotonic(), unanswered, "")] * missing
 
 
 @dataclass
@@ -104,7 +107,9 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
         Attack("64 MP 16-bit PNG", lambda c: [call(c, png)]),
         Attack("truncated JPEG and PNG", lambda c: [call(c, body) for body in truncated]),
         Attack("/explanations", lambda c: [call(c, good, route="explanations")], connections=2),
-        Attack("max-size bodies, 16 pipelined per connection", lambda c: pipelined(c, [junk] * 16), (400, 503), 8),
+        Attack(
+            "max-size bodies, 16 pipelined per connection", lambda c: pipelined(c, [junk] * 16), (400, 503, "closed"), 8
+        ),
         Attack("250 pipelined, then gone", lambda c: pipelined(c, [good] * 250, read=False), ("abandoned",), 1, True),
     ]
 

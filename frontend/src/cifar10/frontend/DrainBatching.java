@@ -44,7 +44,7 @@ public final class DrainBatching {
             "(Ljava/util/concurrent/LinkedBlockingDeque;JLjava/util/concurrent/TimeUnit;Ljava/util/Map;)Ljava/lang/Object;";
     static final int JOBS_REPO = 4; // pollBatch's third argument: the batch being filled (this, String, long, Map)
     /** The most body bytes one batch carries to a worker, past its first job. */
-    static final long BATCH_BYTES = 16L << 20;
+    static final long BATCH_BYTES = 4L << 20;
 
     private DrainBatching() {}
 
