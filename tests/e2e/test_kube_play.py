@@ -144,7 +144,9 @@ def probe(pod, name: str) -> subprocess.CompletedProcess:
 def test_the_rendered_pod_starts_and_its_probes_pass(pod):
     deadline = time.monotonic() + 240
     while probe(pod, "startupProbe").returncode != 0:  # the startup probe: a real prediction
-        assert time.monotonic() < deadline, probe(pod, "startupProbe").stdout
+        if time.monotonic() > deadline:
+            logs = podman("logs", "--tail", "60", pod["torchserve"], check=False)
+            pytest.fail(f"{probe(pod, 'startupProbe').stdout}\ntorchserve's log:\n{logs.stdout}{logs.stderr}")
         time.sleep(5)
     for name in ("readinessProbe", "livenessProbe"):
         result = probe(pod, name)
