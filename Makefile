@@ -49,11 +49,10 @@ clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 .tools/checkov/bin/checkov: deploy/k8s/requirements-checkov.txt
 	$(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -r $< && touch $@
 LINT := .venv/bin/ruff format --check . && .venv/bin/ruff check .
-# kube-play passes alone but not yet within the whole run (docs/kubernetes.md): a target of its own.
-test: .venv/.installed .tools/checkov/bin/checkov ## every tier but kube-play: unit, integration, end to end (installs their tools)
+test: .venv/.installed .tools/checkov/bin/checkov ## every tier: unit, integration, end to end (installs their tools)
 	@bash setup/system-packages.sh test
 	$(LINT)
-	$(PY) -m pytest tests --ignore=tests/e2e/test_kube_play.py
+	$(PY) -m pytest tests
 test-fast: .venv/.installed ## ruff, then the unit tier: no data set, no Java, no server
 	$(LINT)
 	$(PY) -m pytest tests/unit -q

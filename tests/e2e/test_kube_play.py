@@ -7,7 +7,9 @@ exec`, as the kubelet would run them) and a prediction through the gateway with 
 
 What podman 4.3 cannot play, changed here and validated offline instead (tests/integration/
 test_kubernetes.py): the gateway as a native sidecar (an init container with restartPolicy Always;
-podman would wait for it to exit: it runs as an ordinary container here); the projected volume
+podman would wait for it to exit: it runs as an ordinary container here); the pod's restart
+policy (OnFailure: podman 4.3 gives init containers the pod's policy, and Always would re-run the
+init container's copy over the archive TorchServe reads); the projected volume
 (ConfigMap + Secret: one ConfigMap here, holding the test's tokens.map); Services, NetworkPolicy,
 HPA (not pod objects). The images are local builds under the names of the overlay's images: the
 serving image (`make images`), the model image (deploy/k8s/model-image on the Debian base) and a
@@ -66,11 +68,11 @@ def playable(objects: list[dict], images: dict[str, str], token: str, files: Pat
     """The Deployment and its ConfigMaps, with what podman 4.3 cannot play changed (module docstring);
     `files` receives the ConfigMap files the pod mounts by subPath (podman mounts them as hostPath files)."""
     deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
-    # podman 4.3 removes a "once" init container right after it exits, and at times before its own
-    # state says it has ("cannot remove container ... as it is running"): keep it ("always"). It
-    # reads the annotation from the Deployment's own metadata, not the pod template's.
-    deployment["metadata"] = {"name": NAME, "annotations": {"io.podman.annotations.init.container.type": "always"}}
+    deployment["metadata"] = {"name": NAME}
     spec = deployment["spec"]["template"]["spec"]
+    # podman 4.3 gives init containers the pod's restart policy (Always for a Deployment): it would
+    # run the init container's `cp` again and again, over the archive TorchServe is reading.
+    spec["restartPolicy"] = "OnFailure"
     sidecars = [c for c in spec["initContainers"] if c.get("restartPolicy") == "Always"]
     spec["initContainers"] = [c for c in spec["initContainers"] if c not in sidecars]
     for sidecar in sidecars:
@@ -121,11 +123,7 @@ def pod(tmp_path_factory, trained_run):
     manifest = folder / "pod.yaml"
     manifest.write_text(yaml.safe_dump_all(playable(objects, images, token, folder)))
     try:
-        for attempt in range(3):  # podman 4.3 sometimes fails to remove the init container it ran
-            played = podman("kube", "play", str(manifest), check=attempt == 2)  # ("... as it is running")
-            if played.returncode == 0:
-                break
-            podman("kube", "down", str(manifest), check=False)
+        podman("kube", "play", str(manifest))
         yield {"token": token, "spec": spec, "torchserve": f"{NAME}-pod-0-torchserve"}
     finally:
         print(podman("pod", "logs", f"{NAME}-pod-0", check=False).stdout[-3000:])
