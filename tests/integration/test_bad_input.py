@@ -52,7 +52,7 @@ def test_each_input_alone(server, inputs, name):
     item = inputs[name]
     pids = worker_pids(server)
     assert_answer_keeps_the_rule(item, send(server, item))
-    assert worker_pids(server) == pids
+    assert set(pids) <= set(worker_pids(server))  # none died or was replaced (one still starting may join)
 
 
 @pytest.mark.parametrize("name", [item.name for item in SAMPLE if item.frontend_gap])
@@ -62,7 +62,7 @@ def test_inputs_the_frontend_refuses_are_errors_that_cost_nothing(server, inputs
     pids = worker_pids(server)
     answer = send(server, item)
     assert answer.status >= 400 and "prediction" not in (answer.body or {})
-    assert worker_pids(server) == pids
+    assert set(pids) <= set(worker_pids(server))
 
 
 def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cifar_test_jpegs):
@@ -79,7 +79,7 @@ def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cif
         assert_answer_keeps_the_rule(item, answer)
         if item.name in alone:
             assert answer.body["prediction"] == alone[item.name], item.name
-    assert worker_pids(server) == pids
+    assert set(pids) <= set(worker_pids(server))
 
 
 def test_exif_rotation_is_honoured(server, cifar_test_jpegs):
