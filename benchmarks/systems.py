@@ -1,9 +1,7 @@
-"""What the benchmarks drive and how: the systems (our TorchServe through serve.server.LocalServer,
-the comparison servers of benchmarks/alternatives, or any process or container that answers
-/predictions/cifar10), each able to say how much CPU its processes used; wrk driving one of them
-with real CIFAR-10 test JPEGs (benchmarks/wrk_predict.lua checks every answer); and the ceiling,
-the same decode + forward in one process without HTTP. Used by benchmarks.serving, benchmarks.images
-and benchmarks.gpu_check.
+"""What the benchmarks drive and how: the systems (our TorchServe, the comparison servers of
+benchmarks/alternatives, a container), each able to say how much CPU its processes used; wrk
+driving one with real CIFAR-10 test JPEGs (benchmarks/wrk_predict.lua checks every answer); and
+the ceiling, the same decode + forward in one process without HTTP.
 """
 
 from __future__ import annotations
