@@ -8,9 +8,7 @@ so the stages may run in separate calls on a machine that keeps its files in bet
   train  times the baseline recipe on the CUDA-graph path (and one eager epoch to compare), and
          the gpu-large-batch recipe; prepares the benchmark images for `serve`
   serve  TorchServe with the GPU config sized for this machine (python -m serve archive --device
-         gpu's rule): served answers = offline answers, wrk at 1, 64, 256 and 512 connections,
-         1 connection right after a scale-up, GPU memory per worker and GPU utilization, where a
-         worker's time goes (py-spy, TorchServe's counters)
+         gpu's rule), measured by benchmarks.gpu_serving at 1, 64, 256 and 512 connections
 Writes reports/gpu/gpu-check.{md,csv} (and copies them to --copy-to, if given). A GPU machine
 without the project's tools (Java, TorchServe, wrk) needs them installed first; GPU_PYTHON names
 the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).

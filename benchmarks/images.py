@@ -3,14 +3,12 @@
     python -m benchmarks.images --run models/latest --data ../shared/data/cifar10-jpeg.tar.gz
 
 Images (`make images` tags them `local`): cifar10-serve (torch), cifar10-serve-slim (ONNX Runtime,
-no torch), cifar10-train. For each: `image inspect`'s size and the bytes of `save | gzip` (what a
-node pulls, near enough: registries hold layers gzipped). Each serving image serves an archive of
---run in its format (TorchScript, ONNX), mounted read-only where Compose mounts the store: seconds
-from `run -d` to the first prediction, then the serving benchmark's wrk load at each --concurrency,
-with the CPU time per request of the container's processes (read on the host). Last, every test
-image through the slim container and a TorchServe run as `make serve` runs it (serve.server.LocalServer,
-TorchScript): serve.verify's compare with that server as the reference (same top 3, confidences
-within its tolerance). Writes reports/images.md and reports/images.csv.
+no torch), cifar10-train. For each: its size and the bytes of `save | gzip` (what a node pulls, near
+enough). Each serving image serves --run in its format (TorchScript, ONNX), mounted read-only where
+Compose mounts the store: seconds from `run -d` to the first prediction, then the serving benchmark's
+wrk load, with the CPU time of the container's processes. Last, serve.verify's compare of every test
+image through the slim container against a TorchServe run as `make serve` runs it. Writes
+reports/images.{md,csv}.
 """
 
 from __future__ import annotations
