@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet", help="the report's folder")
     parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
     args = parser.parse_args(argv)
-    if engine("image", "exists", args.image, check=False).returncode != 0:
+    if engine("image", "inspect", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
     workdir, requests, home = args.workdir.resolve(), read_pod().requests, "/home/model-server"
