@@ -7,20 +7,31 @@ import os
 import sys
 from pathlib import Path
 
-HANDLER = str(Path(__file__).resolve().parent.parent / "handler")
-if HANDLER not in sys.path:
-    sys.path.insert(0, HANDLER)
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "handler") not in sys.path:
+    sys.path.insert(0, str(REPO / "handler"))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The module's docstring as written, and each option's default."""
 
 
-def command_parser(module: str, doc: str, data_required: bool = True) -> argparse.ArgumentParser:
-    """`python -m {module}`'s options, starting with --data: the CIFAR-10 copy ($CIFAR10_DATA by default)."""
+def command_parser(
+    module: str, doc: str, data_required: bool = True, out: Path = REPO / "reports", run=False, load=False
+) -> argparse.ArgumentParser:
+    """`python -m {module}`'s options: --data, the CIFAR-10 copy ($CIFAR10_DATA by default), and --out;
+    with `run`, --run; with `load`, the options of a wrk load at each concurrency."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc, formatter_class=HelpFormatter)
     data = os.environ.get("CIFAR10_DATA")
     parser.add_argument("--data", default=data, required=data_required and not data, help="CIFAR-10 copy")
+    parser.add_argument("--out", type=Path, default=out, help="the reports' folder")
+    if run:
+        parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run")
+    if load:
+        parser.add_argument("--images", type=int, default=500, help="benchmark images sent in turn by wrk")
+        parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="wrk connections")
+        parser.add_argument("--seconds", type=int, default=15, help="per concurrency level")
+        parser.add_argument("--warmup", type=int, default=5, help="seconds of load before the first level")
     return parser
 
 

@@ -8,9 +8,7 @@ so the stages may run in separate calls on a machine that keeps its files in bet
   train  times the baseline recipe on the CUDA-graph path (and one eager epoch to compare), and
          the gpu-large-batch recipe; prepares the benchmark images for `serve`
   serve  TorchServe with the GPU config sized for this machine (python -m serve archive --device
-         gpu's rule): served answers = offline answers, wrk at 1, 64, 256 and 512 connections,
-         1 connection right after a scale-up, GPU memory per worker and GPU utilization, where a
-         worker's time goes (py-spy, TorchServe's counters)
+         gpu's rule), measured by benchmarks.gpu_serving at 1, 64, 256 and 512 connections
 Writes reports/gpu/gpu-check.{md,csv} (and copies them to --copy-to, if given). A GPU machine
 without the project's tools (Java, TorchServe, wrk) needs them installed first; GPU_PYTHON names
 the Python that has torch with CUDA (`make gpu-check GPU_PYTHON=...`).
@@ -36,6 +34,7 @@ import yaml
 from benchmarks import command_parser
 from benchmarks.gpu_serving import serve_one
 from benchmarks.systems import bench_images
+from benchmarks.training import train
 from serve.archive import GPU_MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.gpu_sizing import sized_config, this_machine
@@ -75,9 +74,8 @@ class GpuCheckError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = command_parser("benchmarks.gpu_check", __doc__, data_required=False)  # --data: the train stage's
+    parser = command_parser("benchmarks.gpu_check", __doc__, data_required=False, out=REPO / "reports" / "gpu")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, of: " + ", ".join(STAGES))
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "gpu")
     parser.add_argument("--copy-to", type=Path, help="also copy the report here (e.g. $OUT on a lent machine)")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256, 512])
@@ -136,23 +134,12 @@ TRAIN_RUNS = {
 def stage_train(data: str) -> dict:
     results = {}
     for name, (run_name, arguments) in TRAIN_RUNS.items():
-        command = [
-            sys.executable,
-            "-m",
-            "train",
-            "--data",
-            data,
-            "--out-dir",
-            str(STATE / "models"),
-            "--run-name",
-            run_name,
-        ]
         print(f"== train: {name}", flush=True)
-        completed = subprocess.run([*command, "--device", "cuda", *arguments.split()], cwd=REPO)
-        if completed.returncode != 0:  # recorded; the other runs still give their figures
-            results[name] = {"error": f"python -m train exited {completed.returncode}"}
+        try:
+            meta = train(data, STATE / "models", run_name, ["--device", "cuda", *arguments.split()])
+        except subprocess.CalledProcessError as error:  # recorded; the other runs still give their figures
+            results[name] = {"error": f"python -m train exited {error.returncode}"}
             continue
-        meta = json.loads((STATE / "models" / run_name / "metadata.json").read_text())
         epochs = meta["history"]
         train_seconds = sum(epoch["train_seconds"] for epoch in epochs)
         results[name] = {

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.alternatives import CLASSES, decode_image, pixel_batch
-from benchmarks.systems import metric_samples, run_wrk, torchserve_system
+from benchmarks.systems import metric_samples, run_wrk, time_breakdown, torchserve_system
 
 # The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
 # its metrics logging and the JSON answers.
@@ -73,26 +73,6 @@ def served_equals_offline(client, listing: Path, model_path: Path, clients: int 
     with ThreadPoolExecutor(clients) as pool:
         served = list(pool.map(served_class, blobs))
     return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
-
-
-def time_breakdown(metrics_text: str) -> dict:
-    """Where a request's time went, from TorchServe's counters and the handler's histograms: mean
-    queue wait and frontend-measured inference per request, mean batch size, and the handler's
-    decode and model time per batch (milliseconds)."""
-
-    def total(name: str) -> float:
-        return sum(metric_samples(metrics_text, name))
-
-    requests, batches = total("ts_inference_requests_total"), total("cifar10_batch_size_count")
-    if not requests or not batches:
-        return {}
-    return {
-        "queue_ms_per_request": round(total("ts_queue_latency_microseconds") / requests / 1e3, 3),
-        "inference_ms_per_request": round(total("ts_inference_latency_microseconds") / requests / 1e3, 3),
-        "batch_size_mean": round(total("cifar10_batch_size_sum") / batches, 1),
-        "decode_ms_per_batch": round(total("cifar10_decode_seconds_sum") / batches * 1e3, 3),
-        "model_ms_per_batch": round(total("cifar10_inference_seconds_sum") / batches * 1e3, 3),
-    }
 
 
 def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
@@ -157,7 +137,8 @@ def serve_one(
         metrics_text = client.metrics()
         worker_bytes = metric_samples(metrics_text, "cifar10_gpu_memory_bytes")
         part["worker_gpu_mib"] = [round(value / 2**20, 1) for value in worker_bytes]
-        part["time_breakdown"] = time_breakdown(metrics_text)  # over all the loads above
+        over_all_loads = time_breakdown(system.batching())
+        part["time_breakdown"] = {name: round(value, 3) for name, value in over_all_loads.items()}
         scaled = config["minWorkers"] + max(1, config["minWorkers"] // 4)
         client.scale(scaled)  # synchronous: returns once the new workers are up
         result = run_wrk(url, listing, 1, max(5, seconds // 2), token, False)

@@ -3,14 +3,12 @@
     python -m benchmarks.images --run models/latest --data ../shared/data/cifar10-jpeg.tar.gz
 
 Images (`make images` tags them `local`): cifar10-serve (torch), cifar10-serve-slim (ONNX Runtime,
-no torch), cifar10-train. For each: `image inspect`'s size and the bytes of `save | gzip` (what a
-node pulls, near enough: registries hold layers gzipped). Each serving image serves an archive of
---run in its format (TorchScript, ONNX), mounted read-only where Compose mounts the store: seconds
-from `run -d` to the first prediction, then the serving benchmark's wrk load at each --concurrency,
-with the CPU time per request of the container's processes (read on the host). Last, every test
-image through the slim container and a TorchServe run as `make serve` runs it (serve.server.LocalServer,
-TorchScript): serve.verify's compare with that server as the reference (same top 3, confidences
-within its tolerance). Writes reports/images.md and reports/images.csv.
+no torch), cifar10-train. For each: its size and the bytes of `save | gzip` (what a node pulls, near
+enough). Each serving image serves --run in its format (TorchScript, ONNX), mounted read-only where
+Compose mounts the store: seconds from `run -d` to the first prediction, then the serving benchmark's
+wrk load, with the CPU time of the container's processes. Last, serve.verify's compare of every test
+image through the slim container against a TorchServe run as `make serve` runs it. Writes
+reports/images.{md,csv}.
 """
 
 from __future__ import annotations
@@ -61,18 +59,20 @@ def pulled_bytes(image: str) -> int:
     return int(counted.stdout)
 
 
-def start_container(image: str, store: Path, port: int, name: str, scratch: Path) -> System:
-    """`image` serving `store`, ready once it answered a prediction (its cold start: from `run -d`);
-    its CPU time is that of the container's processes, read on the host."""
+def start_container(image: str, store: Path, port: int, name: str, scratch: Path, options=(), command=()) -> System:
+    """`image` serving `store` (`run -d` with `options`, and `command` instead of the image's CMD),
+    ready once it answered a prediction (its cold start: from `run -d`); its CPU time is that of the
+    container's processes, read on the host."""
     key_dir = scratch / name
-    key_dir.mkdir()
+    key_dir.mkdir(parents=True)
     client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", "", key_file=key_dir / "key_file.json")
     started = time.monotonic()
     ports = ["-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{port + 1}:8081"]
-    engine("run", "-d", "--name", name, "--init", *ports, "-v", f"{store}:{MODEL_STORE}:ro", image)
+    engine("run", "-d", "--name", name, "--init", *ports, "-v", f"{store}:{MODEL_STORE}:ro", *options, image, *command)
 
     def answers() -> dict:
-        client.key_file.write_text(engine("exec", name, "cat", KEY_FILE).stdout)  # TorchServe writes it at start
+        # TorchServe writes its keys at start; with token auth off there are none, and none are needed
+        client.key_file.write_text(engine("exec", name, "cat", KEY_FILE, check=False).stdout)
         client.refresh_keys()
         return client.predict(sample_jpeg(), timeout=10)
 
@@ -87,23 +87,17 @@ def start_container(image: str, store: Path, port: int, name: str, scratch: Path
         url=f"{client.inference}/predictions/cifar10",
         stop=lambda: engine("rm", "-f", name, check=False),
         processes=lambda: process_tree(pid),
-        token=client.keys["inference"],
+        token=client.keys.get("inference"),
         cold_start_seconds=time.monotonic() - started,
         client=client,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = command_parser("benchmarks.images", __doc__)
-    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run to serve")
-    parser.add_argument("--images", type=int, default=500, help="benchmark images sent in turn by wrk")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--seconds", type=int, default=15, help="per concurrency level")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = command_parser("benchmarks.images", __doc__, run=True, load=True)
     ports = "containers on this port and the next; the reference TorchServe on +10..+14"
     parser.add_argument("--port-base", type=int, default=8095, help=ports)
     parser.add_argument("--prefix", default="cifar10-bench", help="names of the containers started")
-    parser.add_argument("--out", type=Path, default=REPO / "reports")
     args = parser.parse_args(argv)
     args.command = command_line("benchmarks.images", argv)
     if shutil.which("wrk") is None:

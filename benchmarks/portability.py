@@ -26,7 +26,6 @@ import torch
 from benchmarks import command_line, command_parser
 from benchmarks.alternatives import OnnxModel, load_model
 from model import SimpleCNN
-from serve.archive import REPO
 from serve.report import Report, write_csv
 from train.data import load_cifar10
 
@@ -65,9 +64,7 @@ def aot_package(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = command_parser("benchmarks.portability", __doc__)
-    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest")
-    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    parser = command_parser("benchmarks.portability", __doc__, run=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     run = args.run.resolve()

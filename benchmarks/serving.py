@@ -2,20 +2,17 @@
 
     python -m benchmarks.serving --data ../shared/data/cifar10-jpeg.tar.gz     (make bench-serve)
 
-Starts each system in turn on loopback, drives the same closed-loop load at it with wrk (a fixed
-set of real CIFAR-10 test JPEGs, every answer checked) at each concurrency after a warm-up, stops
-it, and measures the ceiling right after it (decode + forward at batch 64, no HTTP, one process per core).
-All systems serve the same run (its TorchScript file, or its ONNX file for the ONNX Runtime rows)
-with the same decoding (handler/cifar10_images.py). The default systems are what ships and what it
-replaces; --variants adds the configurations that were measured and not kept, --levers walks from
-an untuned TorchServe to the shipped one, one setting at a time. Writes reports/bench-serve*.{md,csv,png}.
+Each system in turn, alone on loopback, serves the same run (TorchScript, or ONNX for the ONNX
+Runtime rows) with the same decoding (handler/cifar10_images.py) under wrk's closed-loop load (real
+CIFAR-10 test JPEGs, every answer checked) at each concurrency after a warm-up; right after it, the
+ceiling: decode + forward at batch 64, no HTTP, one process per core. The default systems are what
+ships and what it replaces; --variants adds the configurations measured and not kept, --levers walks
+from an untuned TorchServe to the shipped one, one setting at a time. Writes reports/bench-serve*.{md,csv,png}.
 
-Efficiency is measured two ways. From CPU time: the ceiling's CPU seconds per image (one thread, as
-a worker runs it) over the server's CPU seconds per request (all its processes); other work on the
-machine hardly changes either. From wall-clock time: requests/s over the ceiling's images/s (one
-single-threaded process per core, all at once) measured right after that system ran; other work on
-a shared machine can push that ceiling below what the system did, and the ratio then says so.
-benchmarks.images and benchmarks.gpu_check drive their servers with the same wrk load and systems.
+Efficiency, two ways: the ceiling's CPU seconds per image (one thread, as a worker runs it) over the
+server's per request (all its processes), which other work hardly changes; and requests/s over the
+ceiling's images/s measured right after, which other work on a shared machine can push below what
+the system did (the ratio then says so).
 """
 
 from __future__ import annotations
@@ -130,18 +127,12 @@ def levers(shipped: dict) -> list[tuple[str, dict, dict]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = command_parser("benchmarks.serving", __doc__)
-    parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run to serve")
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--seconds", type=int, default=15, help="per concurrency level")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = command_parser("benchmarks.serving", __doc__, run=True, load=True)
     parser.add_argument("--ceiling-seconds", type=float, default=5)
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, help="the systems measured")
     parser.add_argument("--rounds", type=int, default=2, help="measure every system this many times, in turn")
     parser.add_argument("--variants", action="store_true", help="also the configurations measured and not kept")
     parser.add_argument("--levers", action="store_true", help="instead: TorchServe alone, one setting at a time")
-    parser.add_argument("--out", type=Path, default=REPO / "reports")
     ports = f"TorchServe +0..4, Flask +{FLASK_OFFSET}, LitServe +{LITSERVE_OFFSET}"
     parser.add_argument("--port-base", type=int, default=PORT_BASE, help=ports)
     args = parser.parse_args(argv)

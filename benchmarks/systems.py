@@ -1,9 +1,7 @@
-"""What the benchmarks drive and how: the systems (our TorchServe through serve.server.LocalServer,
-the comparison servers of benchmarks/alternatives, or any process or container that answers
-/predictions/cifar10), each able to say how much CPU its processes used; wrk driving one of them
-with real CIFAR-10 test JPEGs (benchmarks/wrk_predict.lua checks every answer); and the ceiling,
-the same decode + forward in one process without HTTP. Used by benchmarks.serving, benchmarks.images
-and benchmarks.gpu_check.
+"""What the benchmarks drive and how: the systems (our TorchServe, the comparison servers of
+benchmarks/alternatives, a container), each able to say how much CPU its processes used; wrk
+driving one with real CIFAR-10 test JPEGs (benchmarks/wrk_predict.lua checks every answer); and
+the ceiling, the same decode + forward in one process without HTTP.
 """
 
 from __future__ import annotations
@@ -35,9 +33,11 @@ from train.data import encoded_images
 
 CPU = "server_cpu_ms_per_request"
 LUA = Path(__file__).with_name("wrk_predict.lua")
-# TorchServe's running sums: requests, their queue time (µs), batches and their requests
-BATCHING_SUMS = ("ts_inference_requests_total", "ts_queue_latency_microseconds")
+# TorchServe's running sums (requests, their queue and inference time in µs) and the handler's
+# (batches, their requests, decode and model seconds)
+BATCHING_SUMS = ("ts_inference_requests_total", "ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
 BATCHING_SUMS += ("cifar10_batch_size_count", "cifar10_batch_size_sum")
+BATCHING_SUMS += ("cifar10_decode_seconds_sum", "cifar10_inference_seconds_sum")
 
 
 class WrkError(RuntimeError):
@@ -92,6 +92,22 @@ def metric_samples(metrics_text: str, name: str) -> list[float]:
     return [float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", metrics_text, re.M)]
 
 
+def time_breakdown(sums: dict[str, float]) -> dict[str, float]:
+    """Where a request's time went, from BATCHING_SUMS (totals, or their growth over a load): mean
+    queue wait and frontend-measured inference per request, mean batch size, and the handler's
+    decode and model time per batch (milliseconds); {} before any batch."""
+    requests, batches = sums["ts_inference_requests_total"], sums["cifar10_batch_size_count"]
+    if not requests or not batches:
+        return {}
+    return {
+        "queue_ms_per_request": sums["ts_queue_latency_microseconds"] / requests / 1e3,
+        "inference_ms_per_request": sums["ts_inference_latency_microseconds"] / requests / 1e3,
+        "batch_size_mean": sums["cifar10_batch_size_sum"] / batches,
+        "decode_ms_per_batch": sums["cifar10_decode_seconds_sum"] / batches * 1e3,
+        "model_ms_per_batch": sums["cifar10_inference_seconds_sum"] / batches * 1e3,
+    }
+
+
 @dataclass
 class System(contextlib.AbstractContextManager):
     name: str
@@ -111,7 +127,8 @@ class System(contextlib.AbstractContextManager):
         """BATCHING_SUMS, where TorchServe's metrics API is reachable."""
         if self.client is None or not self.client.metrics_url:
             return {}
-        return {name: sum(metric_samples(self.client.metrics(), name)) for name in BATCHING_SUMS}
+        metrics = self.client.metrics()
+        return {name: sum(metric_samples(metrics, name)) for name in BATCHING_SUMS}
 
     def loads(self, listing: Path, concurrencies: list[int], seconds: int, warmup: int) -> list[dict]:
         """wrk at each concurrency after a warm-up: its figures, with the CPU time per request of
@@ -128,9 +145,8 @@ class System(contextlib.AbstractContextManager):
                 result[f"{group}_cpu_seconds"] = spent = cpu_seconds(members) - before[group]
                 result[f"{group}_cpu_ms_per_request"] = 1e3 * spent / max(result["requests"], 1)
             if batching:
-                done = {name: value - batching[name] for name, value in self.batching().items()}
-                result["queue_ms"] = done["ts_queue_latency_microseconds"] / 1e3 / done["ts_inference_requests_total"]
-                result["batch_size"] = done["cifar10_batch_size_sum"] / done["cifar10_batch_size_count"]
+                done = time_breakdown({name: value - batching[name] for name, value in self.batching().items()})
+                result["queue_ms"], result["batch_size"] = done.get("queue_ms_per_request"), done.get("batch_size_mean")
             rows.append({"concurrency": concurrency, **result})
             figures = f"{result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.1f} ms"
             figures += f"  errors {result['errors']}  server cpu {result[CPU]:.3f} ms/req"

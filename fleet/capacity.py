@@ -13,26 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import command_line
+from benchmarks.images import MODEL_STORE, engine, start_container
 from fleet.drill import HelpFormatter, start_locust
 from fleet.pod import K8S, read_pod
 from fleet.report import load_figures, read_sent
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
-from serve.client import Client
 from serve.report import Report, write_csv
-from serve.server import ServerPaths, wait_until_serving
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
 COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "failed"]
-
-
-def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
-    return subprocess.run(["podman", *args], env=env, check=check, capture_output=True, text=True)
 
 
 def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Path) -> list[dict]:
@@ -60,31 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet", help="the report's folder")
     parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
     args = parser.parse_args(argv)
-    if podman("image", "exists", args.image, check=False).returncode != 0:
+    if engine("image", "inspect", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
-    workdir = args.workdir.resolve()
-    store, requests = workdir / "model-store", read_pod().requests
+    workdir, requests, home = args.workdir.resolve(), read_pod().requests, "/home/model-server"
+    store, name = workdir / "model-store", f"fleet-capacity-{secrets.token_hex(4)}"
     build_archive(args.run, store)
-    name, home = f"fleet-capacity-{secrets.token_hex(4)}", "/home/model-server"
-    memory = requests["memory"].replace("Gi", "g")
-    command = ["run", "-d", "--name", name, "--cpus", requests["cpu"], "--memory", memory]
-    command += ["-p", f"127.0.0.1:{args.port}:8080", "-v", f"{store}:{home}/model-store:ro"]
-    command += ["-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro", args.image, "env", f"PYTHONPATH={home}"]
-    command += ["python", "-m", "serve.entrypoint", "--ncs", "--ts-config", f"{home}/config.properties"]
-    command += ["--model-store", f"{home}/model-store", "--log-config", f"{home}/log4j2.xml", "--disable-token-auth"]
-    podman(*command)
-    try:
-        url = f"http://127.0.0.1:{args.port}"
-        wait_until_serving(Client(url, url, url), "cifar10", ServerPaths(workdir / "config.properties", workdir), 240)
-        load = os.getloadavg()
-        rows = measure(url, workdir, [int(n) for n in args.users.split(",")], args.seconds, args.payloads)
-    finally:
-        podman("rm", "-f", name, check=False)
+    options = ["--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g")]
+    options += ["-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro"]
+    # the pod's command: the image's CMD with the pod's log configuration; token auth off, for Locust
+    command = f"env PYTHONPATH={home} python -m serve.entrypoint --ncs --ts-config {home}/config.properties"
+    command += f" --model-store {MODEL_STORE} --log-config {home}/log4j2.xml --disable-token-auth"
+    with start_container(args.image, store, args.port, name, workdir, options, command.split()) as pod:
+        load, steps = os.getloadavg(), [int(n) for n in args.users.split(",")]
+        rows = measure(pod.client.inference, workdir, steps, args.seconds, args.payloads)
     best = max(rows, key=lambda row: row["per_second"])
-    command = "python -m fleet.capacity " + " ".join(argv if argv is not None else sys.argv[1:])
     write_csv(args.out / "capacity.csv", rows, COLUMNS)
-    Report("One pod's capacity, in a container limited like the pod", command).text(
+    Report("One pod's capacity, in a container limited like the pod", command_line("fleet.capacity", argv)).text(
         f"`podman run --cpus {requests['cpu']} --memory {requests['memory']}` (the torchserve container's requests) "
         f"of `{args.image}`, the pod's log configuration; Locust's ClassifierUser (the loadtests/ mix, 5 % bad "
         f"payloads) on the same machine, {args.seconds:.0f} s per step. Machine load average at the start "

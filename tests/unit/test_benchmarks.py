@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 from benchmarks.gpu_serving import gpu_use
-from benchmarks.systems import metric_samples, until
+from benchmarks.systems import BATCHING_SUMS, metric_samples, time_breakdown, until
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check"]
 
@@ -38,6 +38,25 @@ def test_metric_samples_reads_every_label_set_of_that_metric_only():
     assert metric_samples(text, "ts_inference_requests_total") == [12.0, 3.0]
     assert metric_samples(text, "cifar10_batch_size_sum") == [1500.0]
     assert metric_samples(text, "cifar10_batch_size_count") == []
+
+
+def test_time_breakdown_divides_the_running_sums():
+    sums = dict.fromkeys(BATCHING_SUMS, 0.0)
+    assert time_breakdown(sums) == {}  # nothing served yet
+    sums.update(
+        ts_inference_requests_total=10, ts_queue_latency_microseconds=5e3, ts_inference_latency_microseconds=2e4
+    )
+    sums.update(cifar10_batch_size_count=4, cifar10_batch_size_sum=10)
+    sums.update(cifar10_decode_seconds_sum=0.004, cifar10_inference_seconds_sum=0.008)
+    assert time_breakdown(sums) == pytest.approx(
+        {
+            "queue_ms_per_request": 0.5,
+            "inference_ms_per_request": 2.0,
+            "batch_size_mean": 2.5,
+            "decode_ms_per_batch": 1.0,
+            "model_ms_per_batch": 2.0,
+        }
+    )
 
 
 def test_until_retries_the_named_errors_then_gives_up():
