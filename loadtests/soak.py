@@ -62,8 +62,8 @@ class SoakShape(StagedShape):
         return [Stage("soak", options.num_users, options.duration, options.num_users, None)]
 
     def tick(self):
-        """Also samples the memory every --sample-every seconds, from the start of the load."""
-        if self.get_run_time() >= len(SOAK.samples) * SHARED.options.sample_every:
+        """Also samples the memory every --sample-every seconds from the start (test_stop takes the last)."""
+        if len(SOAK.samples) * SHARED.options.sample_every <= self.get_run_time() < SHARED.options.duration:
             take_sample(self.runner.environment)
         return super().tick()
 
@@ -103,7 +103,7 @@ def take_sample(environment) -> None:
 
 @events.test_stop.add_listener
 def last_sample(environment, **_):
-    take_sample(environment)
+    take_sample(environment)  # the end of the run
 
 
 def write_figures(environment) -> dict:
