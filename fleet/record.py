@@ -1,7 +1,8 @@
 """Locust's side of the fleet drill: one CSV line per request (its end time, name, milliseconds and
-failure), so that the drill can judge each window on its own; and PacedUser, the overload's user.
+failure), so that the drill can judge each window on its own; PacedUser (loadtests/users.py) is the
+overload's user, found by Locust here.
 
-    FLEET_REQUEST_LOG=requests.csv python -m locust -f loadtests/steady.py,fleet/record.py ...
+    FLEET_REQUEST_LOG=requests.csv python -m locust -f loadtests/steady.py,fleet/record.py ... [PacedUser --user-rate 2]
 """
 
 from __future__ import annotations
@@ -10,18 +11,11 @@ import csv
 import os
 import time
 
-from locust import constant_throughput, events
+from locust import events
 
-from loadtests.users import ClassifierUser
+from loadtests.users import PacedUser  # noqa: F401
 
 _log = {}
-
-
-class PacedUser(ClassifierUser):
-    """At most FLEET_USER_RATE requests per second each: many of them offer a rate that does not fall
-    when the answers slow down (until each has one request waiting)."""
-
-    wait_time = constant_throughput(float(os.environ.get("FLEET_USER_RATE") or 1))
 
 
 @events.init.add_listener

@@ -87,13 +87,10 @@ def bad_payloads(payloads: dict[str, list[bytes]]) -> dict[str, tuple[bytes, str
 
 
 def main(argv: list[str] | None = None) -> None:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests.payloads", description=__doc__, formatter_class=formatter
+        prog="python -m loadtests.payloads", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    data_help = (
-        "local CIFAR-10 copy, any layout the training job reads ($CIFAR10_DATA; without: torchvision's download)"
-    )
+    data_help = "CIFAR-10 copy in any layout the training job reads (else torchvision's download)"
     parser.add_argument("--data", default=os.environ.get("CIFAR10_DATA"), help=data_help)
     parser.add_argument("--out", type=Path, default=DEFAULT_FOLDER, help="payload folder")
     parser.add_argument("--per-class", type=int, default=20, help="32 px test images per class")

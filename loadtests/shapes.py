@@ -1,10 +1,9 @@
-"""The three load shapes, as stages of a fixed user count each measured on its own, and the end-of-run check.
+"""The load shapes: stages of a fixed user count, each judged alone, and the end-of-run check.
 
 Each shape stops by itself after its last stage (the ramp at the first step that breaks the service
-level), recording each request into the stage in which it finished, so that a stage is judged alone.
-At the end the service levels are judged into `summary.md` (beside the --csv files, or --summary;
-Locust's --csv and --html hold every request name); a level not met makes Locust exit 1, so a
-scenario can gate a release. The options are in loadtests/users.py (OPTIONS).
+level), recording each request into the stage in which it finished. At the end the service levels are
+judged into `summary.md` (beside the --csv files, or --summary; printed without either); a level not
+met makes Locust exit 1, so a scenario can gate a release. The options: loadtests/users.py (OPTIONS).
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ from locust import LoadTestShape, events
 from locust.runners import WorkerRunner
 from locust.stats import RequestStats
 
-from loadtests.users import MIX, ClassifierUser, OperatorUser, WrongAnswer, group_of, management_url
+from loadtests.users import MIX, SHARED, ClassifierUser, OperatorUser, PacedUser, WrongAnswer, group_of, management_url
 from serve.report import Report
 
-DEFAULT_STEADY_SECONDS = 60
 GROUP_TITLES = {"predict": "valid predictions", "bad": "bad payloads (400 expected)", "manage": "management (operator)"}
 LATENCIES = ["per second", "p50 ms", "p95 ms", "p99 ms"]
 STAGE_COLUMNS = ["stage", "users", "seconds", "valid predictions", *LATENCIES, "failed requests", "held"]
@@ -60,9 +58,7 @@ class Stage:
         return self.group("predict").num_requests > 0 and self.stats.num_failures == 0 and not too_slow
 
 
-class Level(NamedTuple):
-    """One service level and whether the run met it."""
-
+class Level(NamedTuple):  # one service level and whether the run met it
     promise: str
     met: bool
     detail: str
@@ -125,6 +121,10 @@ class StagedShape(LoadTestShape):
             merged.extend(stage.group(group))
         return merged
 
+    def notes(self) -> list[str]:
+        """Lines of the summary after the tables."""
+        return []
+
     def levels(self) -> list[Level]:
         """Nothing fails, every bad payload gets its 400, and the p99 of each bounded stage holds."""
         predictions, bad, manage = (self.total(group) for group in GROUP_TITLES)
@@ -143,11 +143,11 @@ class StagedShape(LoadTestShape):
 
 
 class SteadyShape(StagedShape):
-    use_common_options = True  # Locust's own -u users, -r spawn rate and -t (DEFAULT_STEADY_SECONDS without it)
+    use_common_options = True  # Locust's own -u users, -r spawn rate and -t (60 s without it)
 
     def plan(self, options):
         users = options.num_users or 1
-        seconds = options.run_time or DEFAULT_STEADY_SECONDS
+        seconds = options.run_time or 60
         return [Stage("steady", users, seconds, options.spawn_rate or users, options.p99_ms)]
 
 
@@ -181,7 +181,7 @@ class RampShape(StagedShape):
             Level("bad payloads were sent", sent > 0, f"{sent:,} sent"),
         ]
 
-    def capacity_lines(self) -> list[str]:
+    def notes(self) -> list[str]:
         capacity = self.capacity
         broke = next((stage for stage in self.stages if stage.held is False), None)
         if capacity is None:
@@ -232,13 +232,18 @@ def summary(environment, shape: StagedShape, levels: list[Level], passed: bool) 
     scenario = Path(options.locustfile).stem if options.locustfile else "load"
     host = environment.host or ClassifierUser.host
     operator = " (one of them the operator)" if OperatorUser.found_workers is not None else ""
-    mix = ", ".join(f"{kind} {weight}%" for kind, weight in MIX.items())
+    if any(issubclass(user, PacedUser) for user in environment.user_classes):
+        pace = f"paced, each sends at most {options.user_rate:.3g} requests/s"
+    else:
+        pace = "closed loop, each keeps one request in flight"
+    weights = {kind: MIX[kind] for kind in SHARED.payloads}
+    mix = ", ".join(f"{kind} {weight / sum(weights.values()):.0%}" for kind, weight in weights.items())
     report = Report(f"Load test: {scenario}", " ".join(["locust", *sys.argv[1:]]))
     report.text(
         f"- target: {host}/predictions/{options.model} (management {management_url(options, host)})",
         f"- load generator: Locust {locust.__version__} on {platform.node()}",
-        f"- users: closed loop, each keeps one request in flight{operator}; "
-        f"{options.bad_share:.0%} bad payloads; valid payloads: {mix}; half raw body, half multipart `image`",
+        f"- users: {pace}{operator}; {options.bad_share:.0%} bad payloads; valid payloads: {mix}; "
+        f"{options.multipart_share:.0%} as a multipart `image`, the rest as the raw body",
     )
     stage_rows = [
         {
@@ -267,9 +272,9 @@ def summary(environment, shape: StagedShape, levels: list[Level], passed: bool) 
     ]
     milliseconds = dict.fromkeys(["p50 ms", "p95 ms", "p99 ms", "max ms"], _ms)
     report.table(stage_rows, STAGE_COLUMNS, milliseconds).table(group_rows, GROUP_COLUMNS, milliseconds)
-    if isinstance(shape, RampShape):
-        report.text(*shape.capacity_lines())
-    report.text(f"## Service levels (p99 bound {shape.p99_bound_ms:g} ms)")
+    report.text(*shape.notes())
+    bounded = any(stage.p99_bound_ms is not None for stage in shape.stages)
+    report.text("## Service levels" + (f" (p99 bound {shape.p99_bound_ms:g} ms)" if bounded else ""))
     report.text(*(f"- {'met' if level.met else '**NOT MET**'}: {level.promise} — {level.detail}" for level in levels))
     return report.text(f"**{'PASS' if passed else 'FAIL'}** (exit code {0 if passed else 1})")
 
@@ -281,22 +286,17 @@ def check_service_levels(environment, **_kwargs):
         return
     levels = shape.levels()
     if OperatorUser.found_workers is not None:  # restored by users.restore_workers, at test_stop (before this)
-        error = OperatorUser.restore_error
-        levels.append(
-            Level(f"workers restored to {OperatorUser.found_workers} after the run", not error, error or "done")
-        )
+        promise, error = f"workers restored to {OperatorUser.found_workers} after the run", OperatorUser.restore_error
+        levels.append(Level(promise, not error, error or "done"))
     if environment.runner.exceptions:
         count = len(environment.runner.exceptions)
         levels.append(Level("no error inside the load generator", False, f"{count} exceptions (see the log)"))
     passed = all(level.met for level in levels)
     report = summary(environment, shape, levels, passed)
     options = environment.parsed_options
-    path = Path(options.summary) if options.summary else None
-    if path is None and options.csv_prefix:
-        path = Path(options.csv_prefix).parent / "summary.md"
-    if path is not None:
-        report.write(path)
-        log.info("summary written to %s", path)
+    path = options.summary or (options.csv_prefix and Path(options.csv_prefix).parent / "summary.md")
+    if path:
+        log.info("summary written to %s", report.write(Path(path)))  # which prints it too
     else:
         print(report.markdown(), flush=True)
     environment.process_exit_code = 0 if passed else 1

@@ -1,4 +1,4 @@
-"""What the load generator sends and how it judges each answer: options, keys, the two users.
+"""What the load generator sends and how it judges each answer: options, keys, the users.
 
 Every request is named by its group, so that the reports and the service levels can tell them apart:
 `predict <kind> <transport>` (a valid image, must get a valid classification), `bad <what>
@@ -15,19 +15,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
+import gevent
 import requests
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, constant_throughput, events, task
 from urllib3 import encode_multipart_formdata
 
 from loadtests.payloads import CONTENT_TYPES, DEFAULT_FOLDER, bad_payloads, load
 from serve.answers import answer_problem
+from serve.archive import REPO
 from serve.keys import read_keys
 
 # Share of the valid requests by kind: mostly CIFAR-10's own 32 px images, some larger photos.
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}
-TRANSPORTS = ("raw", "multipart")  # the raw body (curl -T) or a multipart field `image` (curl -F image=@...)
 OVERLOAD_STATUSES = {429, 503, 507}
-OPERATOR_MODES = ["up", "up-down"]
 log = logging.getLogger("loadtests")
 
 # The scenarios' own options: name -> (default, which sets the type too; help). Each also reads an
@@ -40,8 +40,9 @@ OPTIONS = {
     "management-key": ("", "management key (default: the key file's)"),
     "payloads": (str(DEFAULT_FOLDER), "payload folder built by `make payloads`"),
     "bad-share": (0.05, "share of requests that carry an invalid payload"),
-    # set from a measured ramp: docs/load-testing.md says how
-    "p99-ms": (250.0, "service level: p99 bound of valid predictions in ms"),
+    "multipart-share": (0.5, "share of requests that send the image as a multipart field `image`, not the raw body"),
+    "user-rate": (1.0, "PacedUser: requests/s each user sends at most"),
+    "p99-ms": (250.0, "service level: p99 bound of valid predictions in ms (set from a ramp: docs/load-testing.md)"),
     "operator-interval": (10.0, "seconds between two worker changes by the operator"),
     "operator-workers": (0, "workers the operator scales up to (default: the count it finds + 1)"),
     "operator-mode": ("up", "up: scale up once under load; up-down: alternate up and down (docs/load-testing.md)"),
@@ -55,6 +56,16 @@ OPTIONS = {
     "spike-before": (20.0, "spike: seconds of low load before the spike"),
     "spike-duration": (20.0, "spike: seconds of the spike"),
     "spike-after": (30.0, "spike: seconds of low load after the spike, to recover"),
+    "capacity": (0.0, "soak: requests/s the deployment sustains, from a benchmark (required)"),
+    "load-fraction": (0.7, "soak: the share of --capacity it offers"),
+    "duration": (600.0, "soak: seconds of load"),
+    "warmup": (-1.0, "soak: seconds before the memory baseline (default: min(60, duration / 5))"),
+    "sample-every": (10.0, "soak: seconds between memory samples"),
+    "max-growth": (0.05, "soak: allowed memory growth of each process after the warm-up"),
+    "ts-config": (str(REPO / "config.properties"), "soak: the server's config.properties (its addresses)"),
+    "ts-workdir": (str(REPO), "soak: the server's working directory (its key_file.json)"),
+    "data": ("", "soak: CIFAR-10 copy whose test images it sends (default: made-up images)"),
+    "report-dir": (str(REPO / "reports"), "soak: folder of soak.json and soak.png"),
 }
 
 
@@ -68,7 +79,7 @@ def add_options(parser):
             default=default,
             help=text if "default:" in text else f"{text} (default: {default})",
             is_secret=name.endswith("-key"),
-            choices=OPERATOR_MODES if name == "operator-mode" else None,
+            choices=["up", "up-down"] if name == "operator-mode" else None,
         )
 
 
@@ -116,8 +127,7 @@ def error_problem(answer) -> str | None:
 
 
 def judge(response, expected_status: int, body_problem):
-    """Marks a catch_response request as a success, a wrong answer or an overload failure; returns
-    the JSON answer of a success, else None."""
+    """Marks a catch_response request a success (returns its JSON answer), a wrong answer or an overload."""
     status = response.status_code
     if status != expected_status:
         if not status or status in OVERLOAD_STATUSES:  # 0: timeout or connection error
@@ -153,13 +163,13 @@ class ClassifierUser(FastHttpUser):
 
     @task
     def classify(self):
-        transport = self.random.choice(TRANSPORTS)
+        transport = "multipart" if self.random.random() < SHARED.options.multipart_share else "raw"
         if self.random.random() < SHARED.options.bad_share:
             what = self.random.choice(list(SHARED.bad))
             body, content_type = SHARED.bad[what]
             name, expected_status, body_problem = f"bad {what} {transport}", 400, error_problem
         else:
-            kind = self.random.choices(list(MIX), weights=list(MIX.values()))[0]
+            kind = self.random.choices(list(SHARED.payloads), weights=[MIX[kind] for kind in SHARED.payloads])[0]
             body = self.random.choice(SHARED.payloads[kind])
             content_type = CONTENT_TYPES[kind.split("-")[0]]
             name, expected_status, body_problem = f"predict {kind} {transport}", 200, answer_problem
@@ -171,10 +181,22 @@ class ClassifierUser(FastHttpUser):
             judge(response, expected_status, body_problem)
 
 
+class PacedUser(ClassifierUser):
+    """At most --user-rate requests/s each, whatever the answers' speed (until each has one request
+    waiting): the soak's users, and the fleet drill's overload (-f ...,fleet/record.py PacedUser)."""
+
+    def wait_time(self):
+        return constant_throughput(SHARED.options.user_rate)(self)
+
+    def on_start(self):
+        super().on_start()
+        # Out of phase: started together, they would send all at once every period (bursts over the job queue).
+        gevent.sleep(self.random.uniform(0, 1 / SHARED.options.user_rate))
+
+
 class OperatorUser(FastHttpUser):
-    """One operator (whatever the user count) who, during the load, scales the model's workers up
-    through the management API (and back down, with --operator-mode up-down) and checks the model's
-    description every interval; at the end of the run the worker count is put back as it found it."""
+    """One operator who scales the model's workers up under load (and back down, with --operator-mode up-down)
+    and checks the model's description every interval; test_stop puts back the worker count it found."""
 
     fixed_count = 1
     host = ClassifierUser.host
