@@ -68,7 +68,8 @@ class SoakShape(StagedShape):
         return super().tick()
 
     def levels(self) -> list[Level]:
-        """No request failed, no worker replaced, and each process's memory grew less than --max-growth."""
+        """No request failed, no worker replaced, and each process's memory grew less than --max-growth;
+        first writes soak.json and soak.png, whose figures the levels read."""
         self.result = result = write_figures(self.runner.environment)  # sampled before the first stage
         limit, replaced = result["max_growth_allowed"], result["workers_replaced"]
         levels = [
