@@ -298,6 +298,10 @@ class Drill:
             ]
             load_start = self.event("load", users=self.options.users).time
             time.sleep(self.options.warm)
+            if load.poll() is not None:
+                raise FleetError(
+                    f"Locust exited with {load.returncode} before the first scenario: see {self.log.with_suffix('.out')}"
+                )
             for name in DrillOptions.scenarios:  # in this order
                 if name in scenarios:
                     getattr(self, name)()
