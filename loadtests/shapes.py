@@ -58,7 +58,9 @@ class Stage:
         return self.group("predict").num_requests > 0 and self.stats.num_failures == 0 and not too_slow
 
 
-class Level(NamedTuple):  # one service level and whether the run met it
+class Level(NamedTuple):
+    """One service level and whether the run met it."""
+
     promise: str
     met: bool
     detail: str
