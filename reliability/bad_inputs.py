@@ -98,6 +98,7 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
     html = b"<html><body><img src=cat.jpg></body></html>"
     oversize = jpeg[:2] + bytes(max_request_size - 1)
     upload = {"upload": ("cat.jpg", jpeg, "image/jpeg")}
+    many_fields = {f"field{i}": "x" for i in range(2000)}
     form = "TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException"
     size = "TorchServe's frontend answers 413 with an empty body, not JSON"
     valid = {  # of any size, mode or container
@@ -132,6 +133,8 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
         Input("multipart form with no file", 400, "no_file", data={"name": "cat"}, files={"note": (None, "a cat")}),
         Input("urlencoded form with no file", 400, "no_file", data={"name": "cat"}),
         Input("multipart form with an empty file", 400, "empty", files={"image": ("cat.jpg", b"", "image/jpeg")}),
+        Input("multipart form of 2,000 text fields and a file", 400, data=many_fields, files=upload),
+        Input("urlencoded form of 2,000 fields", 400, data=many_fields),
         Input(
             "JPEG declared as a urlencoded form (curl --data-binary)",
             400,

@@ -41,17 +41,22 @@ class FaultServer(LocalServer):
         super().__init__(workdir, store, port_base, settings=settings, extra_args=api, models=("cifar10", "sleepy"))
         store.mkdir(parents=True, exist_ok=True)
         shutil.copy(archive, store / "cifar10.mar")
-        config = store / "sleepy-config.yaml"
-        config.write_text(
-            f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 1\n"
-            f"responseTimeout: {SLEEPY_RESPONSE_TIMEOUT}\njobQueueSize: {SLEEPY_QUEUE}\n"
-        )
-        archiver = Path(sys.executable).with_name("torch-model-archiver")
-        handler = Path(__file__).with_name("sleepy_handler.py")
-        options = ["--handler", handler, "--config-file", config, "--export-path", store, "--force"]
-        subprocess.run([archiver, "--model-name", "sleepy", "--version", "1", *options], check=True)
+        sleepy_archive(store, "sleepy", batch_size=1, queue=SLEEPY_QUEUE)
         valid = archive.read_bytes()
         (store / BROKEN_AT_START).write_bytes(valid[: len(valid) // 3])
+
+
+def sleepy_archive(store: Path, name: str, batch_size: int, queue: int) -> None:
+    """`store`/`name`.mar: the sleepy handler, one worker, batches of up to `batch_size`, `queue` requests waiting."""
+    config = store / f"{name}-config.yaml"
+    config.write_text(
+        f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: 1\n"
+        f"responseTimeout: {SLEEPY_RESPONSE_TIMEOUT}\njobQueueSize: {queue}\n"
+    )
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    handler = Path(__file__).with_name("sleepy_handler.py")
+    options = ["--handler", handler, "--config-file", config, "--export-path", store, "--force"]
+    subprocess.run([archiver, "--model-name", name, "--version", "1", *options], check=True)
 
 
 def worker_pids(client: Client, model: str = "cifar10") -> list[int]:
@@ -178,6 +183,27 @@ def overflow_queue(client: Client, model: str, payload: bytes, burst: int) -> di
         "503_message": error_message(refused) if refused else None,
         "seconds_until_answering_again": wait_until_answering(client, model, payload),
     }
+
+
+def flood_a_full_queue_of_large_bodies(server: FaultServer, threads: int = 32, seconds: float = 8) -> dict:
+    """Clients keep a small job queue full of bodies so large that every batch stops at the
+    frontend's batch-bytes cap, while the model's one worker takes batch after batch: the queue is
+    full at the moment a batch is found complete. Every request must be answered, 200 or 503."""
+    name = "sleepy-batched"
+    sleepy_archive(server.paths.model_store, name, batch_size=8, queue=4)
+    server.client.register(f"{name}.mar", workers=1, model_name=name)
+    try:
+        pids = worker_pids(server.client, name)
+        body = b"0.02" + b" " * (1536 * 1024)  # a number the sleepy handler reads, 1.5 MiB long
+        with clients(server.client, threads, lambda own: [call(own, body, name)]) as calls:
+            time.sleep(seconds)
+        return {
+            "requests": len(calls),
+            "statuses": dict(Counter(c.status for c in calls)),
+            "worker_unchanged": worker_pids(server.client, name) == pids,
+        }
+    finally:
+        server.client.unregister("1", name)
 
 
 def outlast_response_timeout(server: FaultServer) -> dict:

@@ -18,7 +18,7 @@ Versions (docs/operations.md):
     python -m serve set-default VERSION               route /predictions/cifar10 to VERSION (also: roll back)
     python -m serve retire VERSION                    unregister a version that is not the default, once
                                                       every request it took is answered
-    python -m serve rotate-keys [inference|management]  new keys (default: both) in key_file.json
+    python -m serve rotate-keys [all|inference|management|both]  new keys (default: all three) in key_file.json
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     retire = commands.add_parser("retire")
     retire.add_argument("version")
     rotate = commands.add_parser("rotate-keys")
-    rotate.add_argument("api", nargs="?", choices=["inference", "management", "both"], default="both")
+    rotate.add_argument("api", nargs="?", choices=["all", "inference", "management", "both"], default="all")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -169,10 +169,11 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "retire":
         print(json.dumps(client.retire(args.version, model=args.model), indent=2))
     elif args.command == "rotate-keys":
-        apis = ["inference", "management"] if args.api == "both" else [args.api]
+        apis = {"all": ["api"], "both": ["inference", "management"]}.get(args.api, [args.api])
         for api in apis:
             client.renew_key(api)
-        print(f"new {' and '.join(apis)} key(s) in {client.key_file}; the old ones no longer work")
+        renewed = "API, inference and management keys" if apis == ["api"] else f"{' and '.join(apis)} key(s)"
+        print(f"new {renewed} in {client.key_file}; the old ones no longer work")
 
 
 def archive_for_this_gpu(args) -> None:

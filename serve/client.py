@@ -161,8 +161,9 @@ class Client:
         return self.unregister(version, model)
 
     def renew_key(self, api: str) -> None:
-        """Has TorchServe replace the `api` key (inference or management) with the API key; the old
-        key stops working at once, and key_file.json holds the new one."""
+        """Has TorchServe replace the `api` key (inference or management; "api": the API key and both
+        others, through the frontend agent) with the API key; the old key stops working at once, and
+        key_file.json holds the new one."""
         self.request("POST", f"{self.management}/token", "API", params={"type": api}, timeout=30)
         self.refresh_keys()
 

@@ -14,6 +14,7 @@ from reliability.drills import (
     SLEEPY_QUEUE,
     FaultServer,
     broken_archive_at_start,
+    flood_a_full_queue_of_large_bodies,
     kill_worker_under_load,
     outlast_response_timeout,
     overflow_queue,
@@ -45,6 +46,12 @@ def test_a_full_job_queue_answers_503_and_recovers(fault_server):
     assert not overflow_problems("sleepy", seen) and 503 in seen["statuses"], seen
     assert seen["statuses"][200] >= SLEEPY_QUEUE + 1, seen  # the one served and those queued
     assert seen["503_message"]
+
+
+def test_a_full_queue_of_large_bodies_answers_every_request(fault_server):
+    seen = flood_a_full_queue_of_large_bodies(fault_server)
+    assert seen["requests"] > 0 and set(seen["statuses"]) <= {200, 503}, seen
+    assert seen["statuses"].get(200, 0) > 0 and seen["worker_unchanged"], seen
 
 
 def test_a_request_outlasting_response_timeout_fails_clearly_and_the_worker_is_replaced(fault_server):

@@ -111,16 +111,15 @@ def test_scaling_beyond_what_the_memory_holds_is_refused(server, server_paths):
     assert len(server.describe()[0]["workers"]) == configured
 
 
-def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test_jpegs):
+def test_rotate_keys_replaces_every_key_at_once(server, server_paths, cifar_test_jpegs):
     old = dict(server.keys)
     cli(server_paths, "rotate-keys")
     try:
         new = {
             api: entry["key"] for api, entry in json.loads((server_paths.workdir / "key_file.json").read_text()).items()
         }
-        assert (
-            new["API"] == old["API"] and new["inference"] != old["inference"] and new["management"] != old["management"]
-        )
+        assert all(new[api] != old[api] for api in ("API", "inference", "management"))
+        assert oct((server_paths.workdir / "key_file.json").stat().st_mode & 0o777) == "0o600"
         url, image = f"{server.inference}/predictions/cifar10", cifar_test_jpegs["cat"][0]
 
         def status(method: str, address: str, key: str, **kwargs) -> int:
@@ -132,5 +131,8 @@ def test_rotate_keys_replaces_both_keys_at_once(server, server_paths, cifar_test
         assert status("POST", url, new["inference"], data=image) == 200
         assert status("GET", f"{server.management}/models", old["management"]) == 400
         assert status("GET", f"{server.management}/models", new["management"]) == 200
+        # a leaked API key is revoked: it mints no key, and so cannot invalidate the clients' keys
+        assert status("POST", f"{server.management}/token?type=inference", old["API"]) == 400
+        assert json.loads((server_paths.workdir / "key_file.json").read_text())["inference"]["key"] == new["inference"]
     finally:
         server.refresh_keys()

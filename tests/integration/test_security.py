@@ -68,17 +68,64 @@ def attacker_site():
     site.server_close()
 
 
+def register(server, url: str) -> requests.Response:
+    return requests.post(
+        f"{server.management}/models",
+        params={"url": url, "model_name": "evil", "initial_workers": 1, "synchronous": "true"},
+        headers=bearer(server.keys["management"]),
+        timeout=120,
+    )
+
+
 def test_registering_a_model_from_a_url_is_refused_and_fetches_nothing(server, attacker_site, model_store):
     for url in (f"{attacker_site}/evil.mar", f"file://{model_store / 'cifar10.mar'}"):
-        response = requests.post(
-            f"{server.management}/models",
-            params={"url": url, "model_name": "evil"},
-            headers=bearer(server.keys["management"]),
-            timeout=60,
-        )
-        assert response.status_code == 404, response.text
-        assert "does not match any allowed URL" in response.json()["message"]
+        response = register(server, url)
+        assert response.status_code == 400, response.text
+        assert "only by the file name of an archive in the model store" in response.json()["message"]
     assert RecordingHandler.requests_seen == []
+    assert [model["modelName"] for model in server.describe("cifar10", "all")] == ["cifar10"]
+
+
+def handler_folder(folder, marker) -> None:
+    """A model folder whose handler, if it ever ran, would write `marker`."""
+    (folder / "MAR-INF").mkdir(parents=True)
+    (folder / "MAR-INF" / "MANIFEST.json").write_text(
+        '{"runtime": "python", "model": {"modelName": "evil", "handler": "evil_handler.py", "modelVersion": "1.0"},'
+        ' "archiverVersion": "0.12.0"}'
+    )
+    (folder / "evil_handler.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\ndef handle(data, context):\n    return ['x'] * len(data or [])\n"
+    )
+
+
+def test_a_model_is_registered_only_by_the_name_of_an_archive_in_the_store(server, server_paths, tmp_path):
+    marker = tmp_path / "handler-ran"
+    outside = tmp_path / "evil"
+    handler_folder(outside, marker)
+    store = server_paths.model_store
+    link = store / "evil-link"
+    link.symlink_to(outside)
+    try:
+        refused = {
+            "an absolute folder": str(outside),
+            "a folder that does not exist": str(tmp_path / "nothing-here"),
+            "a link out of the store": link.name,
+            "a relative path": f"../{outside.name}",
+            "a file below the store": f"sub/{outside.name}",
+        }
+        answers = {what: register(server, url) for what, url in refused.items()}
+    finally:
+        link.unlink()
+    for what, response in answers.items():
+        assert response.status_code == 400, (what, response.text)
+        message = response.json()["message"]
+        assert "only by the file name of an archive in the model store" in message, (what, message)
+    # the same answer whether or not the path exists: the call cannot probe the machine's folders
+    assert (
+        answers["an absolute folder"].json()["message"].split(";")[0]
+        == answers["a folder that does not exist"].json()["message"].split(";")[0]
+    )
+    assert not marker.exists()
     assert [model["modelName"] for model in server.describe("cifar10", "all")] == ["cifar10"]
 
 

@@ -8,15 +8,23 @@ import java.security.ProtectionDomain;
 import java.util.Map;
 import org.objectweb.asm.ClassReader;
 import org.objectweb.asm.ClassWriter;
+import org.objectweb.asm.Opcodes;
 import org.objectweb.asm.tree.ClassNode;
+import org.objectweb.asm.tree.InsnList;
+import org.objectweb.asm.tree.InsnNode;
+import org.objectweb.asm.tree.MethodInsnNode;
 import org.objectweb.asm.tree.MethodNode;
+import org.objectweb.asm.tree.VarInsnNode;
 
 /**
- * What we change in TorchServe 0.12's frontend, as a Java agent that rewrites two classes when they
- * load: {@link DrainBatching} (Model: a worker takes what is queued and never waits for more) and
- * {@link ScaleDownDrain} (WorkerThread: a worker removed by a scale-down answers its batch first).
+ * What we change in TorchServe 0.12's frontend, as a Java agent that rewrites classes when they
+ * load: {@link DrainBatching} (Model: a worker takes what is queued and never waits for more),
+ * {@link ScaleDownDrain} (WorkerThread: a worker removed by a scale-down answers its batch first),
+ * {@link ArchiveNamesOnly} (ModelArchive: a model is registered only by the name of an archive in
+ * the model store), {@link FormLimits} (RequestInput: a request carries a bounded number of
+ * parameters) and {@link KeyRotation} (the token API replaces the API key too).
  *
- * <p>Both rewrites are tried on TorchServe's own class files before it starts. If a class is not
+ * <p>Every rewrite are tried on TorchServe's own class files before it starts. If a class is not
  * the bytecode they were written against, the JVM stops, saying why: a TorchServe that silently
  * behaves differently is worse than none.
  */
@@ -29,8 +37,13 @@ public final class Agent implements ClassFileTransformer {
         byte[] apply(byte[] original) throws UnexpectedBytecode;
     }
 
-    static final Map<String, Rewrite> REWRITES =
-            Map.of(DrainBatching.MODEL, DrainBatching::rewrite, ScaleDownDrain.WORKER, ScaleDownDrain::rewrite);
+    static final Map<String, Rewrite> REWRITES = Map.of(
+            DrainBatching.MODEL, DrainBatching::rewrite,
+            ScaleDownDrain.WORKER, ScaleDownDrain::rewrite,
+            ArchiveNamesOnly.MODEL_ARCHIVE, ArchiveNamesOnly::rewrite,
+            FormLimits.REQUEST_INPUT, FormLimits::rewrite,
+            KeyRotation.HANDLER, KeyRotation::rewriteHandler,
+            KeyRotation.TOKENS, KeyRotation::rewriteTokens);
 
     /** The bytecode is not what a rewrite was written against. */
     static final class UnexpectedBytecode extends Exception {
@@ -55,7 +68,10 @@ public final class Agent implements ClassFileTransformer {
         instrumentation.addTransformer(new Agent());
         System.err.println(
                 "frontend agent: Model.pollBatch takes what is queued and never waits for more (maxBatchDelay"
-                        + " unused); WorkerThread.shutdown lets a scaled-down worker answer its batch first");
+                        + " unused); WorkerThread.shutdown lets a scaled-down worker answer its batch first;"
+                        + " models are registered only by archive name; at most "
+                        + FormLimits.MAX_PARAMETERS
+                        + " parameters a request; /token?type=api replaces every key");
     }
 
     @Override
@@ -96,6 +112,36 @@ public final class Agent implements ClassFileTransformer {
             }
         }
         throw new UnexpectedBytecode(type.name + " has no " + name + descriptor);
+    }
+
+    /**
+     * `target(arguments...)` inserted as the method's first instruction: a static call of ours with the
+     * method's own arguments (their local slots), which may throw to refuse the call.
+     */
+    static void callFirst(MethodNode method, String target, String descriptor, int... locals)
+            throws UnexpectedBytecode {
+        if (method.maxStack < locals.length) {
+            throw new UnexpectedBytecode(method.name + " has no operand stack for " + locals.length + " arguments");
+        }
+        InsnList call = new InsnList();
+        for (int local : locals) {
+            call.add(new VarInsnNode(Opcodes.ALOAD, local));
+        }
+        call.add(new MethodInsnNode(Opcodes.INVOKESTATIC, "cifar10/frontend/" + target, method.name, descriptor));
+        method.instructions.insert(call);
+    }
+
+    /** The method's body replaced by `return target(arguments...)`: a static method of ours that returns an object. */
+    static void replaceBody(MethodNode method, String target, String descriptor, int... locals) {
+        method.instructions.clear();
+        method.tryCatchBlocks.clear();
+        method.localVariables = null;
+        for (int local : locals) {
+            method.instructions.add(new VarInsnNode(Opcodes.ALOAD, local));
+        }
+        method.instructions.add(new MethodInsnNode(Opcodes.INVOKESTATIC, "cifar10/frontend/" + target, method.name, descriptor));
+        method.instructions.add(new InsnNode(Opcodes.ARETURN));
+        method.maxStack = Math.max(1, locals.length);
     }
 
     /** The class written back with the frames and stack depths it was read with (the rewrites keep both). */

@@ -153,33 +153,40 @@ public final class DrainBatching {
 
     /**
      * The next queued job if one is there and the batch's bodies stay within BATCH_BYTES with it;
-     * else null (the batch is complete) and the job stays first in the queue. Jobs whose client's
-     * connection is closed are dropped on the way: nobody could read their answer. Called with
-     * Model's lock held: no other worker takes from the queue meanwhile.
+     * else null (the batch is complete), and that job stays first in the queue: it is looked at
+     * before it is taken, so nothing is ever put back (the queue is bounded, and the frontend's
+     * threads keep adding to it). Jobs whose client's connection is closed are dropped on the
+     * way: nobody could read their answer. Called with Model's lock held, with a timeout of 0:
+     * no other worker takes from the queue meanwhile.
      */
-    public static Object pollWithin(LinkedBlockingDeque<Object> queue, long timeout, TimeUnit unit, Map<?, ?> batch)
-            throws InterruptedException {
-        Object job = pollOpen(queue, timeout, unit);
-        if (job == null || batch.isEmpty()) {
-            return job;
+    public static Object pollWithin(LinkedBlockingDeque<Object> queue, long timeout, TimeUnit unit, Map<?, ?> batch) {
+        Object job = queue.peekFirst();
+        while (job != null && clientLeft(job)) {
+            queue.removeFirstOccurrence(job);
+            job = queue.peekFirst();
         }
-        Filling filling = FILLING.get();
-        Object first = batch.values().iterator().next();
-        if (filling.first != first || filling.jobs != batch.size()) { // another batch, or not counted yet
-            filling.first = first;
-            filling.jobs = batch.size();
-            filling.bytes = 0;
-            for (Object taken : batch.values()) {
-                filling.bytes += bodyBytes(taken);
-            }
-        }
-        long bytes = filling.bytes + bodyBytes(job);
-        if (bytes > BATCH_BYTES) {
-            queue.addFirst(job);
+        if (job == null) {
             return null;
         }
-        filling.jobs += 1; // the caller puts the job into the batch
-        filling.bytes = bytes;
+        if (!batch.isEmpty()) {
+            Filling filling = FILLING.get();
+            Object first = batch.values().iterator().next();
+            if (filling.first != first || filling.jobs != batch.size()) { // another batch, or not counted yet
+                filling.first = first;
+                filling.jobs = batch.size();
+                filling.bytes = 0;
+                for (Object taken : batch.values()) {
+                    filling.bytes += bodyBytes(taken);
+                }
+            }
+            long bytes = filling.bytes + bodyBytes(job);
+            if (bytes > BATCH_BYTES) {
+                return null;
+            }
+            filling.jobs += 1; // the caller puts the job into the batch
+            filling.bytes = bytes;
+        }
+        queue.removeFirstOccurrence(job);
         return job;
     }
 
@@ -193,11 +200,12 @@ public final class DrainBatching {
     private static final ThreadLocal<Filling> FILLING = ThreadLocal.withInitial(Filling::new);
 
     /** TorchServe's Job accessors, looked up once (the batching loop calls them for every job). */
-    private static final class Accessors {
+    static final class Accessors {
         static final Method IS_OPEN = method("org.pytorch.serve.job.Job", "isOpen");
         static final Method PAYLOAD = method("org.pytorch.serve.job.Job", "getPayload");
         static final Method PARAMETERS = method("org.pytorch.serve.util.messages.RequestInput", "getParameters");
         static final Method VALUE = method("org.pytorch.serve.util.messages.InputParameter", "getValue");
+        static final Method NAME = method("org.pytorch.serve.util.messages.InputParameter", "getName");
 
         static Method method(String type, String name) {
             try {
@@ -217,15 +225,19 @@ public final class DrainBatching {
         }
     }
 
-    /** The bytes of a job's request parameters (its body or form fields): Job.getPayload().getParameters(). */
+    /**
+     * The bytes of a job's request parameters (its body or form fields, names and values):
+     * Job.getPayload().getParameters().
+     */
     static long bodyBytes(Object job) {
-        if (Accessors.PAYLOAD == null || Accessors.PARAMETERS == null || Accessors.VALUE == null) {
+        if (Accessors.PAYLOAD == null || Accessors.PARAMETERS == null || Accessors.VALUE == null || Accessors.NAME == null) {
             return 0;
         }
         try {
             long bytes = 0;
             for (Object parameter : (List<?>) Accessors.PARAMETERS.invoke(Accessors.PAYLOAD.invoke(job))) {
                 bytes += ((byte[]) Accessors.VALUE.invoke(parameter)).length;
+                bytes += ((String) Accessors.NAME.invoke(parameter)).length();
             }
             return bytes;
         } catch (ReflectiveOperationException | RuntimeException unexpected) {

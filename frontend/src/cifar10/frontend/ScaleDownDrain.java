@@ -6,12 +6,8 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
-import org.objectweb.asm.Opcodes;
 import org.objectweb.asm.tree.ClassNode;
-import org.objectweb.asm.tree.InsnList;
-import org.objectweb.asm.tree.MethodInsnNode;
 import org.objectweb.asm.tree.MethodNode;
-import org.objectweb.asm.tree.VarInsnNode;
 
 /**
  * A scale-down that answers the removed worker's batch (applied by {@link Agent}).
@@ -19,7 +15,7 @@ import org.objectweb.asm.tree.VarInsnNode;
  * <p>TorchServe's {@code WorkerThread.shutdown} interrupts the worker's thread and closes its
  * connection to the Python process at once: the batch in flight on that worker is lost (its
  * clients get 500 "Worker died."), while the rest of the queue goes to the other workers. This
- * rewrite calls {@link #finishBatch} first thing in {@code shutdown}: the worker takes no new
+ * rewrite calls {@link #shutdown} (ours) first thing in {@code shutdown}: the worker takes no new
  * batch, and shutdown waits until the one in flight is answered (at most {@code responseTimeout})
  * before it goes on as before.
  */
@@ -31,23 +27,16 @@ public final class ScaleDownDrain {
 
     private ScaleDownDrain() {}
 
-    /** WorkerThread's class file with shutdown() starting with finishBatch(this). */
+    /** WorkerThread's class file with shutdown() starting with ScaleDownDrain.shutdown(this). */
     static byte[] rewrite(byte[] original) throws UnexpectedBytecode {
         ClassNode worker = Agent.read(original);
         MethodNode shutdown = Agent.method(worker, "shutdown", "()V");
-        if (shutdown.maxStack < 1) {
-            throw new UnexpectedBytecode(WORKER + ".shutdown has no operand stack for its argument");
-        }
         for (String name : FIELDS) {
             if (worker.fields.stream().noneMatch(field -> field.name.equals(name))) {
                 throw new UnexpectedBytecode(WORKER + " has no field " + name);
             }
         }
-        InsnList call = new InsnList();
-        call.add(new VarInsnNode(Opcodes.ALOAD, 0));
-        call.add(new MethodInsnNode(
-                Opcodes.INVOKESTATIC, "cifar10/frontend/ScaleDownDrain", "finishBatch", "(Ljava/lang/Object;)V"));
-        shutdown.instructions.insert(call);
+        Agent.callFirst(shutdown, "ScaleDownDrain", "(Ljava/lang/Object;)V", 0);
         return Agent.write(worker);
     }
 
@@ -60,7 +49,7 @@ public final class ScaleDownDrain {
      * that its thread's exit does not schedule a restart. A worker still loading its model holds no
      * batch: shutdown goes on as it was.
      */
-    public static void finishBatch(Object worker) {
+    public static void shutdown(Object worker) {
         try {
             Field state = field(worker, "state");
             if (state.get(worker) != workerState(state.getType(), "WORKER_MODEL_LOADED")) {
