@@ -9,12 +9,16 @@ agent built from the source beside it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+
+import ts
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 JAR = HERE / "build" / "frontend-agent.jar"
+TORCHSERVE_JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"  # what the agent compiles against
 
 
 class AgentBuildError(RuntimeError):
@@ -26,7 +30,12 @@ def agent_jar() -> Path:
     newest = max(path.stat().st_mtime for path in [BUILD_SCRIPT, *(HERE / "src").rglob("*.java")])
     if JAR.exists() and JAR.stat().st_mtime >= newest:
         return JAR
-    result = subprocess.run(["bash", str(BUILD_SCRIPT), str(JAR)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), str(JAR)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TORCHSERVE_JAR": str(TORCHSERVE_JAR)},
+    )
     if result.returncode != 0:
         raise AgentBuildError(
             f"building the frontend agent failed ({BUILD_SCRIPT}):\n{result.stdout}{result.stderr}"

@@ -1,7 +1,6 @@
 """What clients may send to /predictions/cifar10, good and bad, made on the spot, for
 tests/integration/test_bad_input.py and the reliability report. Each `Input` says what the service
-must answer: a prediction (200), or a 4xx whose JSON body names the problem. Where TorchServe's
-frontend answers before our handler and breaks that rule, `frontend_gap` says how.
+must answer: a prediction (200), or a 4xx whose JSON body names the problem.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ class Input:
     data: bytes | dict | None = None  # the raw body, or text fields (urlencoded, or beside `files`)
     files: dict | None = None  # multipart fields, as requests takes them
     headers: dict = field(default_factory=dict)
-    frontend_gap: str | None = None  # how TorchServe's frontend breaks the rule for this input
 
 
 @dataclass
@@ -99,8 +97,6 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
     oversize = jpeg[:2] + bytes(max_request_size - 1)
     upload = {"upload": ("cat.jpg", jpeg, "image/jpeg")}
     many_fields = {f"field{i}": "x" for i in range(2000)}
-    form = "TorchServe's frontend parses the body as a form and answers 500 ErrorDataDecoderException"
-    size = "TorchServe's frontend answers 413 with an empty body, not JSON"
     valid = {  # of any size, mode or container
         "large photo 6000x4000 JPEG": encode_image(photo.resize((6000, 4000), Image.BICUBIC), "JPEG", quality=80),
         "1x1 PNG": encode_image(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"),
@@ -135,21 +131,24 @@ def corpus(photo_jpeg: bytes, max_request_size: int = TORCHSERVE_MAX_REQUEST_SIZ
         Input("multipart form with an empty file", 400, "empty", files={"image": ("cat.jpg", b"", "image/jpeg")}),
         Input("multipart form of 2,000 text fields and a file", 400, data=many_fields, files=upload),
         Input("urlencoded form of 2,000 fields", 400, data=many_fields),
-        Input(
-            "JPEG declared as a urlencoded form (curl --data-binary)",
-            400,
-            data=jpeg,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            frontend_gap=form,
-        ),
-        Input(
-            "body over max_request_size", 413, data=oversize, headers={"Content-Type": "image/jpeg"}, frontend_gap=size
-        ),
+        Input("body over max_request_size", 413, data=oversize, headers={"Content-Type": "image/jpeg"}),
         *[Input(name, 200, data=data) for name, data in valid.items()],
         # the same image, however the request declares it
         Input("JPEG, no Content-Type", 200, data=jpeg),
         Input("JPEG declared text/plain", 200, data=jpeg, headers=text),
         Input("JPEG declared application/json", 200, data=jpeg, headers=json_type),
+        Input(
+            "JPEG declared application/octet-stream",
+            200,
+            data=jpeg,
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        Input(
+            "JPEG declared a urlencoded form (curl --data-binary)",
+            200,
+            data=jpeg,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
         Input("multipart file declared text/plain", 200, files={"image": ("cat.txt", jpeg, "text/plain")}),
         Input("multipart: a text field, then the file", 200, data={"name": "cat"}, files=upload),
         Input("multipart: image bytes as a text field named image", 200, files={"image": (None, jpeg)}),

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             ready = ready_workers(args)
         except urllib.error.HTTPError as error:
             api_key = read_keys(args.key_file).get("API")
-            if error.code != 400 or api_key is None:
+            if error.code != 401 or api_key is None:
                 raise
             call(f"{args.management}/token?type=management", api_key, "POST", timeout=args.deadline - time.monotonic())
             ready = ready_workers(args)

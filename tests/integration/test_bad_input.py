@@ -29,10 +29,7 @@ from serve.config import properties
 
 # For the test ids only: the corpus has the same inputs whatever image it is made from.
 SAMPLE = corpus(sample_jpeg())
-CASES = [
-    pytest.param(item.name, marks=pytest.mark.xfail(strict=True, reason=item.frontend_gap) if item.frontend_gap else ())
-    for item in SAMPLE
-]
+CASES = [item.name for item in SAMPLE]
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +52,6 @@ def test_each_input_alone(server, inputs, name):
     assert set(pids) <= set(worker_pids(server))  # none died or was replaced (one still starting may join)
 
 
-@pytest.mark.parametrize("name", [item.name for item in SAMPLE if item.frontend_gap])
-def test_inputs_the_frontend_refuses_are_errors_that_cost_nothing(server, inputs, name):
-    """TorchServe answers these before our handler (see frontend_gap): an error, never a prediction."""
-    item = inputs[name]
-    pids = worker_pids(server)
-    answer = send(server, item)
-    assert answer.status >= 400 and "prediction" not in (answer.body or {})
-    assert set(pids) <= set(worker_pids(server))
-
-
 def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cifar_test_jpegs):
     good = [
         Input(f"CIFAR-10 test image {i}", 200, data=blob)
@@ -73,9 +60,6 @@ def test_bad_inputs_mixed_into_concurrent_batches_fail_alone(server, inputs, cif
     alone = {item.name: server.predict(item.data)["prediction"] for item in good}
     pids = worker_pids(server)
     for item, answer in send_mixed(server, list(inputs.values()) + good):
-        if item.frontend_gap:
-            assert answer.status >= 400, item.name
-            continue
         assert_answer_keeps_the_rule(item, answer)
         if item.name in alone:
             assert answer.body["prediction"] == alone[item.name], item.name

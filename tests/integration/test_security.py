@@ -4,9 +4,14 @@ management and metrics APIs on loopback only."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
+import json
+import select
 import socket
 import threading
+import time
+import urllib.parse
 from typing import ClassVar
 
 import pytest
@@ -14,6 +19,7 @@ import requests
 from helpers import PORT_BASE
 
 from serve.config import properties
+from serve.server import LocalServer
 
 ATTACKER_PORT = PORT_BASE + 20  # a web server a malicious registration would fetch from
 
@@ -34,15 +40,39 @@ def test_management_calls_without_the_right_key_are_refused(server, headers):
     ]
     for method, path in calls:
         response = requests.request(method, f"{server.management}{path}", headers=headers, timeout=30)
-        assert response.status_code == 400 and "Token" in response.json()["message"], (method, path)
+        assert response.status_code == 401 and "Token" in response.json()["message"], (method, path)
+        assert response.headers["WWW-Authenticate"] == "Bearer", (method, path)
     assert [w["id"] for w in server.describe()[0]["workers"]] == [w["id"] for w in before]  # nothing changed
 
 
 def test_the_inference_key_opens_neither_management_nor_key_making(server):
     inference = bearer(server.keys["inference"])
-    assert requests.get(f"{server.management}/models", headers=inference, timeout=30).status_code == 400
+    assert requests.get(f"{server.management}/models", headers=inference, timeout=30).status_code == 401
     management = bearer(server.keys["management"])
-    assert requests.post(f"{server.management}/token?type=inference", headers=management, timeout=30).status_code == 400
+    assert requests.post(f"{server.management}/token?type=inference", headers=management, timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong-key")], ids=["no key", "wrong key"])
+def test_predictions_without_the_right_key_are_refused_with_401(server, headers):
+    response = requests.post(f"{server.inference}/predictions/cifar10", data=b"x", headers=headers, timeout=30)
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    assert "inference key" in response.json()["message"]
+
+
+def test_ping_answers_without_a_key_and_tells_only_health(server):
+    response = requests.get(f"{server.inference}/ping", timeout=30)
+    assert response.status_code == 200 and response.json() == {"status": "Healthy"}
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [("GET", "/no/such/path", 404), ("GET", "/", 405), ("POST", "/predictions/no-such-model", 404)],
+)
+def test_refusals_are_json_with_their_status(server, method, path, status):
+    response = requests.request(
+        method, f"{server.inference}{path}", headers=bearer(server.keys["inference"]), timeout=30
+    )
+    assert response.status_code == status and response.json()["message"], response.text
 
 
 class RecordingHandler(http.server.BaseHTTPRequestHandler):
@@ -137,7 +167,7 @@ def test_a_body_over_the_size_limit_is_refused_with_413(server, server_paths):
         headers={**bearer(server.keys["inference"]), "Content-Type": "image/jpeg"},
         timeout=60,
     )
-    assert response.status_code == 413
+    assert response.status_code == 413 and str(limit) in response.json()["message"]
     # a body just under the limit reaches the handler, which says what is wrong with it
     response = requests.post(
         f"{server.inference}/predictions/cifar10",
@@ -176,3 +206,66 @@ def test_all_apis_listen_on_loopback_only(server, server_paths):
             assert probe.connect_ex((address, port)) != 0, f"{key} answers on {address}:{port}"
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # and it does listen, on loopback
+
+
+IDLE_SECONDS = 3
+MAX_CONNECTIONS = 350
+
+
+@pytest.fixture(scope="module")
+def door_server(tmp_path_factory, model_store):
+    """A TorchServe of its own (ports TEST_PORT_BASE+25..+29) that closes connections idle for
+    IDLE_SECONDS, and any past MAX_CONNECTIONS from one address."""
+    settings = {"idle_connection_timeout": str(IDLE_SECONDS), "max_connections_per_address": str(MAX_CONNECTIONS)}
+    with LocalServer(tmp_path_factory.mktemp("door"), model_store, PORT_BASE + 25, settings=settings) as server:
+        yield server
+
+
+def predict_from(server, source: str, image: bytes) -> dict:
+    """A prediction on a connection from the loopback address `source` (another client than 127.0.0.1)."""
+    inference = urllib.parse.urlsplit(server.client.inference)
+    connection = http.client.HTTPConnection(inference.hostname, inference.port, timeout=30, source_address=(source, 0))
+    try:
+        connection.request("POST", "/predictions/cifar10", body=image, headers=server.client.auth_headers("inference"))
+        response = connection.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def closed_by_the_server(connection: socket.socket) -> bool:
+    """Reads what was answered, then the end of the stream; False if the server kept it open."""
+    connection.settimeout(5)
+    try:
+        while connection.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_idle_connections_are_bounded_and_closed_and_a_good_client_is_served(door_server, cifar_test_jpegs):
+    inference = urllib.parse.urlsplit(door_server.client.inference)
+    address, image = (inference.hostname, inference.port), cifar_test_jpegs["cat"][0]
+    http10 = [socket.create_connection(address, timeout=10) for _ in range(100)]
+    for connection in http10:  # an HTTP/1.0 request whose connection TorchServe keeps open after its answer
+        connection.sendall(b"GET /ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    idle = [socket.create_connection(address, timeout=10) for _ in range(300)]  # never send anything
+    try:
+        # past the limit: closed as soon as opened (well before the idle timeout); the others stay open
+        readable, _, _ = select.select(idle, [], [], 1.0)
+        assert readable and all(closed_by_the_server(c) for c in readable)
+        frontend = door_server.processes()[0]
+        held = [c for c in frontend.net_connections("tcp") if c.laddr.port == inference.port and c.raddr]
+        assert len(held) <= MAX_CONNECTIONS
+        # while one address holds its limit, another client is served
+        assert predict_from(door_server, "127.0.0.2", image)["prediction"]
+        time.sleep(IDLE_SECONDS + 1)
+        assert all(closed_by_the_server(c) for c in idle + http10)  # idle past the timeout: closed
+        assert door_server.client.predict(image)["prediction"]
+    finally:
+        for connection in idle + http10:
+            connection.close()

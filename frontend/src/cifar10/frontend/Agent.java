@@ -22,7 +22,9 @@ import org.objectweb.asm.tree.VarInsnNode;
  * {@link ScaleDownDrain} (WorkerThread: a worker removed by a scale-down answers its batch first),
  * {@link ArchiveNamesOnly} (ModelArchive: a model is registered only by the name of an archive in
  * the model store), {@link FormLimits} (RequestInput: a request carries a bounded number of
- * parameters) and {@link KeyRotation} (the token API replaces the API key too).
+ * parameters), {@link KeyRotation} (the token API replaces the API key too) and {@link FrontDoor}
+ * (what clients meet at the door: health without a key, 401, a JSON 413, images posted as forms,
+ * idle connections).
  *
  * <p>Every rewrite are tried on TorchServe's own class files before it starts. If a class is not
  * the bytecode they were written against, the JVM stops, saying why: a TorchServe that silently
@@ -34,7 +36,7 @@ public final class Agent implements ClassFileTransformer {
 
     /** A class's bytes, rewritten: the class name (with slashes) maps to its rewrite. */
     interface Rewrite {
-        byte[] apply(byte[] original) throws UnexpectedBytecode;
+        byte[] apply(byte[] original) throws UnexpectedBytecode, IOException;
     }
 
     static final Map<String, Rewrite> REWRITES = Map.of(
@@ -42,8 +44,11 @@ public final class Agent implements ClassFileTransformer {
             ScaleDownDrain.WORKER, ScaleDownDrain::rewrite,
             ArchiveNamesOnly.MODEL_ARCHIVE, ArchiveNamesOnly::rewrite,
             FormLimits.REQUEST_INPUT, FormLimits::rewrite,
-            KeyRotation.HANDLER, KeyRotation::rewriteHandler,
-            KeyRotation.TOKENS, KeyRotation::rewriteTokens);
+            KeyRotation.TOKENS, KeyRotation::rewriteTokens,
+            FrontDoor.TOKEN_HANDLER, bytes -> FrontDoor.rewriteTokenHandler(KeyRotation.rewriteHandler(bytes)),
+            FrontDoor.INFERENCE_HANDLER, FrontDoor::rewriteInferenceHandler,
+            FrontDoor.AGGREGATOR, FrontDoor::rewriteAggregator,
+            FrontDoor.INITIALIZER, FrontDoor::rewriteInitializer);
 
     /** The bytecode is not what a rewrite was written against. */
     static final class UnexpectedBytecode extends Exception {
@@ -71,7 +76,9 @@ public final class Agent implements ClassFileTransformer {
                         + " unused); WorkerThread.shutdown lets a scaled-down worker answer its batch first;"
                         + " models are registered only by archive name; at most "
                         + FormLimits.MAX_PARAMETERS
-                        + " parameters a request; /token?type=api replaces every key");
+                        + " parameters a request; /token?type=api replaces every key; /ping needs no key, a refused"
+                        + " key is 401, an oversize body 413 JSON, an image posted as a form is the raw body, idle"
+                        + " connections are closed");
     }
 
     @Override
@@ -83,7 +90,7 @@ public final class Agent implements ClassFileTransformer {
         }
         try {
             return rewrite.apply(bytes);
-        } catch (UnexpectedBytecode error) { // another class of that name than the one checked at start
+        } catch (UnexpectedBytecode | IOException error) { // another class of that name than the one checked at start
             System.err.println("frontend agent: " + error.getMessage() + ". Stopping. " + OFF);
             Runtime.getRuntime().halt(78);
             return null;
@@ -112,6 +119,13 @@ public final class Agent implements ClassFileTransformer {
             }
         }
         throw new UnexpectedBytecode(type.name + " has no " + name + descriptor);
+    }
+
+    /** Throws unless the class declares a field of that name. */
+    static void field(ClassNode type, String name) throws UnexpectedBytecode {
+        if (type.fields.stream().noneMatch(field -> field.name.equals(name))) {
+            throw new UnexpectedBytecode(type.name + " has no field " + name);
+        }
     }
 
     /**

@@ -43,9 +43,7 @@ public final class KeyRotation {
         ClassNode tokens = Agent.read(original);
         Agent.method(tokens, "generateKey", "()Ljava/lang/String;");
         Agent.method(tokens, "generateKeyFile", "(" + TOKEN_TYPE + ")Z");
-        if (tokens.fields.stream().noneMatch(field -> field.name.equals("apiKey"))) {
-            throw new UnexpectedBytecode(TOKENS + " has no field apiKey");
-        }
+        Agent.field(tokens, "apiKey");
         Agent.replaceBody(
                 Agent.method(tokens, "updateKeyFile", "(" + TOKEN_TYPE + ")Ljava/lang/String;"),
                 "KeyRotation",

@@ -1,6 +1,7 @@
 package cifar10.frontend;
 
 import cifar10.frontend.Agent.UnexpectedBytecode;
+import java.io.IOException;
 import java.lang.reflect.Field;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
@@ -21,6 +22,7 @@ import org.objectweb.asm.tree.MethodNode;
  */
 public final class ScaleDownDrain {
     static final String WORKER = "org/pytorch/serve/wlm/WorkerThread";
+    static final String AGGREGATOR = "org/pytorch/serve/wlm/BatchAggregator";
     static final String MODEL_CLASS = "org.pytorch.serve.wlm.Model";
     static final long IDLE_MILLIS = 100;
     static final String[] FIELDS = {"running", "state", "currentThread", "aggregator", "responseTimeout"};
@@ -28,13 +30,12 @@ public final class ScaleDownDrain {
     private ScaleDownDrain() {}
 
     /** WorkerThread's class file with shutdown() starting with ScaleDownDrain.shutdown(this). */
-    static byte[] rewrite(byte[] original) throws UnexpectedBytecode {
+    static byte[] rewrite(byte[] original) throws UnexpectedBytecode, IOException {
         ClassNode worker = Agent.read(original);
+        Agent.field(Agent.read(Agent.classBytes(AGGREGATOR)), "jobs"); // the batch in flight, read by shutdown()
         MethodNode shutdown = Agent.method(worker, "shutdown", "()V");
         for (String name : FIELDS) {
-            if (worker.fields.stream().noneMatch(field -> field.name.equals(name))) {
-                throw new UnexpectedBytecode(WORKER + " has no field " + name);
-            }
+            Agent.field(worker, name);
         }
         Agent.callFirst(shutdown, "ScaleDownDrain", "(Ljava/lang/Object;)V", 0);
         return Agent.write(worker);
