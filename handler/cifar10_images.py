@@ -87,31 +87,41 @@ def _as_bytes(value, name: str) -> bytes:
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded image -> 32 x 32 x 3 uint8 RGB: first frame, EXIF rotation applied, alpha over white.
 
-    Within the budget of cifar10_budget.py, checked before decoding and enforced while decoding.
-    A truncated image (pixel data missing) is an error: `corrupt`; a file whose pixels are all
-    there but whose end marker or trailer is missing is served."""
+    Within the budget of cifar10_budget.py: its caps checked once the header is read, its CPU time
+    bounded from the moment the file is opened. A truncated image (pixel data missing) is an error:
+    `corrupt`; a file whose pixels are all there but whose end marker or trailer is missing is served."""
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        with cpu_deadline():
+            return _pixels(_opened(data), data)
+    except OverBudget as error:
+        raise InvalidImage(error.reason, str(error)) from error
+
+
+def _opened(data: bytes) -> Image.Image:
+    """The image with its header read, its pixels not yet decoded."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as error:
         raise InvalidImage("too_large", f"image too large: {error}") from error
     except Exception as error:  # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error...
         raise InvalidImage(
             "not_an_image", "not a decodable image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
         ) from error
+
+
+def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
+    """The opened image admitted by the budget, checked and decoded; a decoder that fails means `corrupt`."""
     try:
         admit(image, data)
         if image.format == "PNG":  # PIL decodes PNG pixels without checking their chunks' CRCs; verify() does
             Image.open(io.BytesIO(data), formats=("PNG",)).verify()
         image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG only: decode at 1/2..1/8 scale when that is still >= 32 px
         check_memory(image)
-        with cpu_deadline():
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except OverBudget as error:
-        raise InvalidImage(error.reason, str(error)) from error
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
     except Image.DecompressionBombError as error:
         raise InvalidImage("too_large", f"image too large: {error}") from error
     except Exception as error:  # truncated or corrupt data fails in many ways inside the decoders
