@@ -24,6 +24,11 @@ Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS.values())  # PIL's own bomb check, as a 
 Image.init()  # register every plugin now: Image.open(formats=...) knows only the registered ones
 # Fields searched, in this order, for the image; otherwise the first field that holds bytes.
 IMAGE_FIELDS = ("body", "image", "data", "file")
+# What an error message may quote of the request: a few field names, each cut short, and a
+# decoder's own message, cut short too. The answer stays small whatever was sent.
+QUOTED_FIELDS = 5
+QUOTED_NAME_CHARACTERS = 40
+QUOTED_MESSAGE_CHARACTERS = 200
 
 
 class InvalidImage(ValueError):
@@ -61,13 +66,23 @@ def request_payload(row, text_fields=frozenset()) -> bytes:
     if row.keys() & set(text_fields):
         raise InvalidImage(
             "no_file",
-            f"no file in the form, only text fields ({', '.join(sorted(row))}): "
+            f"no file in the form, only text fields ({_some_of(sorted(row))}): "
             "send the image as a file field, e.g. curl -F image=@cat.jpg",
         )
     raise InvalidImage(
         "no_image",
         "no image in the request: send the image as the raw body or as a multipart file field named 'image'",
     )
+
+
+def _some_of(names: list[str]) -> str:
+    """The first QUOTED_FIELDS names, each cut short, and how many more there are."""
+    quoted = ", ".join(_cut(name, QUOTED_NAME_CHARACTERS) for name in names[:QUOTED_FIELDS])
+    return f"{quoted} and {len(names) - QUOTED_FIELDS} more" if len(names) > QUOTED_FIELDS else quoted
+
+
+def _cut(text: str, characters: int) -> str:
+    return text if len(text) <= characters else text[: characters - 3] + "..."
 
 
 def _as_bytes(value, name: str) -> bytes:
@@ -125,7 +140,8 @@ def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
     except Image.DecompressionBombError as error:
         raise InvalidImage("too_large", f"image too large: {error}") from error
     except Exception as error:  # truncated or corrupt data fails in many ways inside the decoders
-        raise InvalidImage("corrupt", f"corrupt or truncated {image.format} image: {error}") from error
+        message = _cut(str(error), QUOTED_MESSAGE_CHARACTERS)
+        raise InvalidImage("corrupt", f"corrupt or truncated {image.format} image: {message}") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

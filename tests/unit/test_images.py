@@ -3,8 +3,10 @@
 
 import io
 
+import cifar10_images
 import numpy as np
 import pytest
+from cifar10_answers import error_body
 from cifar10_images import InvalidImage, decode_image, request_payload
 from helpers import synthetic_jpegs
 from PIL import Image
@@ -89,6 +91,33 @@ def test_payload_errors(row, reason):
     with pytest.raises(InvalidImage) as error:
         request_payload(row)
     assert error.value.reason == reason
+
+
+def test_a_form_without_a_file_is_told_its_fields_and_what_to_send():
+    with pytest.raises(InvalidImage) as error:
+        request_payload({"note": "a cat", "name": "cat"}, text_fields={"note", "name"})
+    assert error.value.reason == "no_file"
+    assert "(name, note)" in str(error.value) and "curl -F image=@cat.jpg" in str(error.value)
+
+
+def test_an_error_quotes_a_few_of_thousands_of_form_fields():
+    """The answer stays small however many fields were sent (a body of hundreds of KB is cut off on its way)."""
+    row = {f"field-{i:05d}-" + "x" * 500: "text" for i in range(5000)}
+    with pytest.raises(InvalidImage) as error:
+        request_payload(row, text_fields=set(row))
+    body = error_body(error.value)
+    assert len(body) < 1000, body
+    assert "field-00000-" in body and "4995 more" in body and "curl -F image=@cat.jpg" in body
+
+
+def test_a_decoders_long_message_is_quoted_cut_short(cifar_image, monkeypatch):
+    def fail(image):
+        raise ValueError("x" * 100_000)
+
+    monkeypatch.setattr(cifar10_images.ImageOps, "exif_transpose", fail)
+    with pytest.raises(InvalidImage) as error:
+        decode_image(encode_image(cifar_image, "PNG"))
+    assert error.value.reason == "corrupt" and len(str(error.value)) < 300
 
 
 @pytest.mark.parametrize(
