@@ -29,6 +29,9 @@ IMAGE_FIELDS = ("body", "image", "data", "file")
 QUOTED_FIELDS = 5
 QUOTED_NAME_CHARACTERS = 40
 QUOTED_MESSAGE_CHARACTERS = 200
+# The level of white of each grayscale mode deeper than 8 bits: the first of these levels that
+# holds an image's brightest value, else that value (_eight_bit_gray).
+DEEP_GRAY_WHITES = {"I;16": (65535,), "I": (255, 65535), "F": (1.0, 255)}
 
 
 class InvalidImage(ValueError):
@@ -145,15 +148,26 @@ def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale
-        pixels = np.asarray(image, dtype=np.float32)
-        scale = 255.0 / 65535.0 if image.mode != "F" else 255.0 / max(float(pixels.max()), 1e-12)
-        image = Image.fromarray((pixels * scale).clip(0, 255).astype(np.uint8), "L")
+    whites = DEEP_GRAY_WHITES.get(image.mode[:4])  # I;16B, I;16L... are I;16 in another byte order
+    if whites:
+        image = Image.fromarray(_eight_bit_gray(image, whites), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _eight_bit_gray(image: Image.Image, whites: tuple) -> np.ndarray:
+    """A grayscale image deeper than 8 bits as 8-bit levels, by the range its values use: 16-bit
+    modes (I;16, I;16B...) by 65535. 32-bit integers (I) hold what their writer put there: values
+    within 0..255 are 8-bit levels, within 0..65535 16-bit levels, larger ones are scaled by the
+    largest. Floats (F): within 0..1 the usual 0..1 levels, within 0..255 8-bit levels, larger
+    ones scaled by the largest. Negative values and NaN are black."""
+    pixels = np.nan_to_num(np.array(image, dtype=np.float32), copy=False)
+    brightest = float(pixels.max())
+    pixels *= 255.0 / next((white for white in whites if brightest <= white), brightest)
+    return np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)
 
 
 def decode_payloads(payloads: list, errors: list) -> np.ndarray | None:

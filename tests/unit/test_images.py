@@ -49,10 +49,31 @@ def test_every_mode_becomes_rgb_32(cifar_image, mode):
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
-def test_sixteen_bit_png_keeps_its_brightness(cifar_image):
-    gray = np.asarray(cifar_image.convert("L"), dtype=np.uint16)
-    pixels = decode_image(encode_image(Image.fromarray(gray * 257), "PNG"))
-    np.testing.assert_allclose(pixels[..., 0], gray, atol=1)
+@pytest.mark.parametrize(
+    ("mode", "levels", "fmt"),
+    [
+        ("I;16", lambda gray: gray.astype(np.uint16) * 257, "PNG"),
+        ("I;16", lambda gray: gray.astype(np.uint16) * 257, "TIFF"),
+        ("I", lambda gray: gray.astype(np.int32), "TIFF"),  # 8-bit data in 32-bit integers
+        ("I", lambda gray: gray.astype(np.int32) * 257, "TIFF"),  # 16-bit data in 32-bit integers
+        ("F", lambda gray: gray.astype(np.float32) / 255, "TIFF"),  # 0..1
+        ("F", lambda gray: gray.astype(np.float32), "TIFF"),  # 0..255
+    ],
+    ids=[
+        "16-bit PNG",
+        "16-bit TIFF",
+        "32-bit TIFF of 8-bit levels",
+        "32-bit TIFF of 16-bit levels",
+        "float TIFF 0-1",
+        "float TIFF 0-255",
+    ],
+)
+def test_deep_grayscale_keeps_its_brightness(cifar_image, mode, levels, fmt):
+    """Each mode deeper than 8 bits decodes to the 8-bit gray it was made from, by the range its values use."""
+    gray = cifar_image.convert("L")
+    deep = Image.fromarray(levels(np.asarray(gray)))
+    assert deep.mode == mode
+    np.testing.assert_array_equal(decode_image(encode_image(deep, fmt)), decode_image(encode_image(gray, "PNG")))
 
 
 def test_transparent_pixels_become_white():
