@@ -129,6 +129,7 @@ def _opened(data: bytes) -> Image.Image:
 
 def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
     """The opened image admitted by the budget, checked and decoded; a decoder that fails means `corrupt`."""
+    image_format = image.format  # the images that decoding makes from this one have none
     try:
         admit(image, data)
         if image.format == "PNG":  # PIL decodes PNG pixels without checking their chunks' CRCs; verify() does
@@ -144,7 +145,7 @@ def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
         raise InvalidImage("too_large", f"image too large: {error}") from error
     except Exception as error:  # truncated or corrupt data fails in many ways inside the decoders
         message = _cut(str(error), QUOTED_MESSAGE_CHARACTERS)
-        raise InvalidImage("corrupt", f"corrupt or truncated {image.format} image: {message}") from error
+        raise InvalidImage("corrupt", f"corrupt or truncated {image_format} image: {message}") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -131,14 +131,15 @@ def test_an_error_quotes_a_few_of_thousands_of_form_fields():
     assert "field-00000-" in body and "4995 more" in body and "curl -F image=@cat.jpg" in body
 
 
-def test_a_decoders_long_message_is_quoted_cut_short(cifar_image, monkeypatch):
+def test_a_decoders_long_message_is_quoted_cut_short_with_the_format(cifar_image, monkeypatch):
     def fail(image):
         raise ValueError("x" * 100_000)
 
-    monkeypatch.setattr(cifar10_images.ImageOps, "exif_transpose", fail)
+    monkeypatch.setattr(cifar10_images, "_to_rgb", fail)  # fails on the image EXIF rotation returned
     with pytest.raises(InvalidImage) as error:
         decode_image(encode_image(cifar_image, "PNG"))
     assert error.value.reason == "corrupt" and len(str(error.value)) < 300
+    assert str(error.value).startswith("corrupt or truncated PNG image: xxx")
 
 
 @pytest.mark.parametrize(
