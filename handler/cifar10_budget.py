@@ -9,7 +9,9 @@ and one image never makes its batch outlast responseTimeout.
   run-length-encoded BMPs (Pillow decodes them in pure Python, a byte at a time) and progressive
   JPEGs with more scans than encoders write (each scan reads every block of the image again).
 - A memory bound on the decoded pixels (with the copies that converting them takes), and a CPU
-  time bound per image, enforced while it decodes (a timer signal in the worker's main thread).
+  time bound per image, enforced from the moment its file is opened (a timer signal in the
+  worker's main thread): a header can cost more than any pixels, PIL reading thousands of empty
+  PNG chunks or JPEG fill bytes one at a time in Python.
 Each refusal is an InvalidImage whose reason names the budget; its batch-mates are untouched.
 """
 
@@ -37,8 +39,12 @@ CPU_SECONDS = 0.25  # per image
 BATCH_DECODE_SECONDS = 10.0  # per batch (wall clock): a third of model-config.yaml's responseTimeout
 
 
-class OverBudget(Exception):
-    """An image that would cost more than its budget; `reason` is the InvalidImage label."""
+class OverBudget(BaseException):
+    """An image that would cost more than its budget; `reason` is the InvalidImage label.
+
+    Not an Exception: the deadline raises it wherever decoding happens to be, and PIL's own
+    `except Exception` blocks (some turn any error into "not this format, try the next") must let
+    it through, as they let KeyboardInterrupt through."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -89,8 +95,9 @@ def cpu_deadline(seconds: float = CPU_SECONDS):
     """Raises OverBudget inside the block once this process has spent `seconds` of CPU time in it.
 
     A timer signal (SIGPROF) can only be handled in the main thread: elsewhere the block runs
-    without the deadline (the format and size checks still bound it). The handler stays installed
-    once set: restoring the default action would let a signal still on its way end the process."""
+    without the deadline (the format and size checks, and the request size, still bound it, less
+    tightly). The handler stays installed once set: restoring the default action would let a
+    signal still on its way end the process."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

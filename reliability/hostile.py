@@ -59,6 +59,22 @@ def deep_png(side: int = 8000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
 
 
+def chunk_flood_png(size: int) -> bytes:
+    """A 32 x 32 PNG grown to `size` bytes by empty private chunks (12 bytes each) before its pixels:
+    PIL reads them one at a time in Python, when it opens the file and again when it checks its CRCs."""
+    data = encode_image(Image.new("RGB", (32, 32), (120, 80, 200)), "PNG")
+    pixels_at = data.index(b"IDAT") - 4  # the first image-data chunk, its length field included
+    empty = png_chunk(b"prIv", b"")  # ancillary and private: every decoder skips it
+    return data[:pixels_at] + empty * ((size - len(data)) // len(empty)) + data[pixels_at:]
+
+
+def fill_byte_jpeg(size: int) -> bytes:
+    """A 32 x 32 JPEG grown to `size` bytes by 0xFF fill bytes (which may pad any marker) after its
+    start marker: PIL's header parser reads them one at a time in Python."""
+    data = encode_image(Image.new("RGB", (32, 32), (120, 80, 200)), "JPEG")
+    return data[:2] + b"\xff" * (size - len(data)) + data[2:]
+
+
 def pipelined(client: Client, bodies: list[bytes], read: bool = True) -> list[Call]:
     """Sends every body on one connection before reading an answer (HTTP/1.1 pipelining); with
     read=False the client goes away at once, and each request counts as 'abandoned'. Requests left
@@ -97,7 +113,9 @@ class Attack:
 
 @cache
 def attacks(good: bytes, max_body: int) -> list[Attack]:
-    junk, bmp, jpeg, png = np.random.default_rng(1).bytes(max_body - 64), rle_bmp(), many_scan_jpeg(), deep_png()
+    size = max_body - 64
+    junk, bmp, jpeg, png = np.random.default_rng(1).bytes(size), rle_bmp(), many_scan_jpeg(), deep_png()
+    chunk_flood, fill_bytes = chunk_flood_png(size), fill_byte_jpeg(size)
     photo = Image.open(io.BytesIO(good)).convert("RGB").resize((640, 480))
     big_jpeg = encode_image(photo, "JPEG", quality=90)
     truncated = [big_jpeg[: len(big_jpeg) * 7 // 10], encode_image(photo, "PNG")[:-12]]  # at 70 %, before IEND
@@ -105,6 +123,8 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
         Attack("RLE BMP, 1 KB, 60 MP", lambda c: [call(c, bmp)]),
         Attack("progressive JPEG, 2,000 scans", lambda c: [call(c, jpeg)]),
         Attack("64 MP 16-bit PNG", lambda c: [call(c, png)]),
+        Attack("max-size PNG of empty chunks", lambda c: [call(c, chunk_flood)]),
+        Attack("max-size JPEG of fill bytes", lambda c: [call(c, fill_bytes)]),
         Attack("truncated JPEG and PNG", lambda c: [call(c, body) for body in truncated]),
         Attack("/explanations", lambda c: [call(c, good, route="explanations")], connections=2),
         Attack(

@@ -1,13 +1,19 @@
 """The handler's decoding on the data set's own files: the served pixels are the trained ones, the
-served module answers as the export does, and CIFAR-10's JPEGs are the files a GPU worker decodes
-on the GPU (tests/unit/test_images.py and test_gpu_decode.py: the same rules on images made there)."""
+served module answers as the export does, grayscale deeper than 8 bits decodes to the 8-bit gray it
+holds, and CIFAR-10's JPEGs are the files a GPU worker decodes on the GPU (tests/unit/test_images.py
+and test_gpu_decode.py: the same rules on images made there)."""
+
+import io
 
 import numpy as np
+import pytest
 import torch
 from cifar10_images import decode_image
 from cifar10_torch_runtimes import gpu_decodable
+from PIL import Image
 
 from model import SimpleCNN
+from reliability.bad_inputs import encode_image
 from train.data import decode_training_image
 
 
@@ -19,6 +25,27 @@ def test_real_cifar_jpegs_decode_exactly_as_in_training(cifar_test_jpegs):
     for images in cifar_test_jpegs.values():
         for data in images:
             np.testing.assert_array_equal(decode_image(data), as_training_tensor(data))
+
+
+@pytest.mark.parametrize(
+    ("mode", "levels"),
+    [
+        ("I;16", lambda gray: gray.astype(np.uint16) * 257),
+        ("I", lambda gray: gray.astype(np.int32)),
+        ("F", lambda gray: gray.astype(np.float32) / 255),
+    ],
+    ids=["16-bit", "32-bit integer", "float"],
+)
+def test_deep_grayscale_tiffs_decode_as_their_8_bit_gray(cifar_test_jpegs, mode, levels):
+    """A test image's gray saved as a 16-bit, 32-bit integer or float TIFF gives the pixels (so the
+    class) of the 8-bit gray it was made from."""
+    for images in cifar_test_jpegs.values():
+        for data in images[:2]:
+            gray = Image.open(io.BytesIO(data)).convert("L")
+            deep = Image.fromarray(levels(np.asarray(gray)))
+            assert deep.mode == mode
+            expected = decode_image(encode_image(gray, "PNG"))
+            np.testing.assert_array_equal(decode_image(encode_image(deep, "TIFF")), expected)
 
 
 def test_handler_batch_gives_the_models_answer_on_training_tensors(cifar_test_jpegs):

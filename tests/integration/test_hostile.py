@@ -42,6 +42,8 @@ def attack_list(hostile_server):
         "RLE BMP, 1 KB, 60 MP",
         "progressive JPEG, 2,000 scans",
         "64 MP 16-bit PNG",
+        "max-size PNG of empty chunks",
+        "max-size JPEG of fill bytes",
         "truncated JPEG and PNG",
         "/explanations",
         "max-size bodies, 16 pipelined per connection",

@@ -3,8 +3,10 @@
 
 import io
 
+import cifar10_images
 import numpy as np
 import pytest
+from cifar10_answers import error_body
 from cifar10_images import InvalidImage, decode_image, request_payload
 from helpers import synthetic_jpegs
 from PIL import Image
@@ -47,10 +49,31 @@ def test_every_mode_becomes_rgb_32(cifar_image, mode):
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
-def test_sixteen_bit_png_keeps_its_brightness(cifar_image):
-    gray = np.asarray(cifar_image.convert("L"), dtype=np.uint16)
-    pixels = decode_image(encode_image(Image.fromarray(gray * 257), "PNG"))
-    np.testing.assert_allclose(pixels[..., 0], gray, atol=1)
+@pytest.mark.parametrize(
+    ("mode", "levels", "fmt"),
+    [
+        ("I;16", lambda gray: gray.astype(np.uint16) * 257, "PNG"),
+        ("I;16", lambda gray: gray.astype(np.uint16) * 257, "TIFF"),
+        ("I", lambda gray: gray.astype(np.int32), "TIFF"),  # 8-bit data in 32-bit integers
+        ("I", lambda gray: gray.astype(np.int32) * 257, "TIFF"),  # 16-bit data in 32-bit integers
+        ("F", lambda gray: gray.astype(np.float32) / 255, "TIFF"),  # 0..1
+        ("F", lambda gray: gray.astype(np.float32), "TIFF"),  # 0..255
+    ],
+    ids=[
+        "16-bit PNG",
+        "16-bit TIFF",
+        "32-bit TIFF of 8-bit levels",
+        "32-bit TIFF of 16-bit levels",
+        "float TIFF 0-1",
+        "float TIFF 0-255",
+    ],
+)
+def test_deep_grayscale_keeps_its_brightness(cifar_image, mode, levels, fmt):
+    """Each mode deeper than 8 bits decodes to the 8-bit gray it was made from, by the range its values use."""
+    gray = cifar_image.convert("L")
+    deep = Image.fromarray(levels(np.asarray(gray)))
+    assert deep.mode == mode
+    np.testing.assert_array_equal(decode_image(encode_image(deep, fmt)), decode_image(encode_image(gray, "PNG")))
 
 
 def test_transparent_pixels_become_white():
@@ -89,6 +112,34 @@ def test_payload_errors(row, reason):
     with pytest.raises(InvalidImage) as error:
         request_payload(row)
     assert error.value.reason == reason
+
+
+def test_a_form_without_a_file_is_told_its_fields_and_what_to_send():
+    with pytest.raises(InvalidImage) as error:
+        request_payload({"note": "a cat", "name": "cat"}, text_fields={"note", "name"})
+    assert error.value.reason == "no_file"
+    assert "(name, note)" in str(error.value) and "curl -F image=@cat.jpg" in str(error.value)
+
+
+def test_an_error_quotes_a_few_of_thousands_of_form_fields():
+    """The answer stays small however many fields were sent (a body of hundreds of KB is cut off on its way)."""
+    row = {f"field-{i:05d}-" + "x" * 500: "text" for i in range(5000)}
+    with pytest.raises(InvalidImage) as error:
+        request_payload(row, text_fields=set(row))
+    body = error_body(error.value)
+    assert len(body) < 1000, body
+    assert "field-00000-" in body and "4995 more" in body and "curl -F image=@cat.jpg" in body
+
+
+def test_a_decoders_long_message_is_quoted_cut_short_with_the_format(cifar_image, monkeypatch):
+    def fail(image):
+        raise ValueError("x" * 100_000)
+
+    monkeypatch.setattr(cifar10_images, "_to_rgb", fail)  # fails on the image EXIF rotation returned
+    with pytest.raises(InvalidImage) as error:
+        decode_image(encode_image(cifar_image, "PNG"))
+    assert error.value.reason == "corrupt" and len(str(error.value)) < 300
+    assert str(error.value).startswith("corrupt or truncated PNG image: xxx")
 
 
 @pytest.mark.parametrize(
