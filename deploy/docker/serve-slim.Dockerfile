@@ -32,10 +32,11 @@ RUN python3.11 -m venv /opt/venv \
 RUN patch --forward --fuzz=0 -p1 -d /opt/venv/lib/python3.11/site-packages < /tmp/torchserve-0.12.0-without-torch.patch \
  && /opt/venv/bin/python -c "import ts.model_service_worker, ts.protocol.otf_message_handler"
 
-# The frontend agent (frontend/: drain-the-queue batching, scale-down drain), built from source; the image carries only the jar.
+# The frontend agent (frontend/), built from source against the TorchServe above; the image carries only the jar.
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
-RUN bash /build/frontend/build.sh /build/frontend-agent.jar
+RUN TORCHSERVE_JAR=/opt/venv/lib/python3.11/site-packages/ts/frontend/model-server.jar \
+        bash /build/frontend/build.sh /build/frontend-agent.jar
 
 # --- the image: Debian, Python 3.11, procps, the Java above and the venv -------------------------
 FROM ${DEBIAN_IMAGE}

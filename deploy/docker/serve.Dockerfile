@@ -6,13 +6,15 @@
 # No model and no key inside: model-store/ is mounted, and TorchServe makes its keys at start.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
-# The frontend agent (frontend/: drain-the-queue batching, scale-down drain), built from source with a JDK and ASM that stay
-# in this stage; the image below carries only the jar.
+# The frontend agent (frontend/), built from source with a JDK, ASM and the pinned TorchServe's jar (it
+# compiles against it) that stay in this stage; the image below carries only the agent's jar.
 FROM ${PYTHON_IMAGE} AS frontend
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jdk-headless libasm-java \
  && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --no-deps -c /tmp/requirements.txt torchserve
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
 RUN bash /build/frontend/build.sh /build/frontend-agent.jar
