@@ -77,10 +77,14 @@ class Call:
     body: str
 
 
-def call(client: Client, payload: bytes, model: str = "cifar10", route: str = "predictions") -> Call:
+def call(
+    client: Client, payload: bytes, model: str = "cifar10", route: str = "predictions", content_type: str | None = None
+) -> Call:
     started = time.monotonic()
     try:
         url, headers = f"{client.inference}/{route}/{model}", client.auth_headers("inference")
+        if content_type:
+            headers = {**headers, "Content-Type": content_type}
         response = client.session.post(url, data=payload, headers=headers, timeout=120)
         status, body = response.status_code, response.text
     except OSError as error:  # requests' errors are OSErrors

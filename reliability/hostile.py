@@ -22,6 +22,7 @@ from functools import cache
 import numpy as np
 import psutil
 from PIL import Image
+from urllib3 import encode_multipart_formdata
 
 from reliability.bad_inputs import encode_image, png_chunk
 from reliability.drills import Call, answers, call, clients, error_message, wait_for, worker_pids
@@ -119,6 +120,9 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
     photo = Image.open(io.BytesIO(good)).convert("RGB").resize((640, 480))
     big_jpeg = encode_image(photo, "JPEG", quality=90)
     truncated = [big_jpeg[: len(big_jpeg) * 7 // 10], encode_image(photo, "PNG")[:-12]]  # at 70 %, before IEND
+    form, form_type = encode_multipart_formdata(
+        [*((f"f{i}", "x") for i in range(20_000)), ("image", ("cat.jpg", good))]
+    )
     return [
         Attack("RLE BMP, 1 KB, 60 MP", lambda c: [call(c, bmp)]),
         Attack("progressive JPEG, 2,000 scans", lambda c: [call(c, jpeg)]),
@@ -126,6 +130,7 @@ def attacks(good: bytes, max_body: int) -> list[Attack]:
         Attack("max-size PNG of empty chunks", lambda c: [call(c, chunk_flood)]),
         Attack("max-size JPEG of fill bytes", lambda c: [call(c, fill_bytes)]),
         Attack("truncated JPEG and PNG", lambda c: [call(c, body) for body in truncated]),
+        Attack("form of 20,000 one-byte fields and an image", lambda c: [call(c, form, content_type=form_type)]),
         Attack("/explanations", lambda c: [call(c, good, route="explanations")], connections=2),
         Attack(
             "max-size bodies, 16 pipelined per connection", lambda c: pipelined(c, [junk] * 16), (400, 503, "closed"), 8

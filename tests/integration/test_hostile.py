@@ -45,6 +45,7 @@ def attack_list(hostile_server):
         "max-size PNG of empty chunks",
         "max-size JPEG of fill bytes",
         "truncated JPEG and PNG",
+        "form of 20,000 one-byte fields and an image",
         "/explanations",
         "max-size bodies, 16 pipelined per connection",
         "250 pipelined, then gone",
