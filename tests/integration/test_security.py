@@ -1,11 +1,12 @@
 """Security defaults against the session's real TorchServe (config.properties; docs/operations.md):
-token authorization, no model from a URL (ShellTorch, CVE-2023-43654), a request size limit, the
-management and metrics APIs on loopback only."""
+token authorization with a key file for its owner alone, no model from a URL (ShellTorch,
+CVE-2023-43654), a request size limit, the management and metrics APIs on loopback only."""
 
 from __future__ import annotations
 
 import http.server
 import socket
+import stat
 import threading
 from typing import ClassVar
 
@@ -43,6 +44,10 @@ def test_the_inference_key_opens_neither_management_nor_key_making(server):
     assert requests.get(f"{server.management}/models", headers=inference, timeout=30).status_code == 400
     management = bearer(server.keys["management"])
     assert requests.post(f"{server.management}/token?type=inference", headers=management, timeout=30).status_code == 400
+
+
+def test_the_key_file_is_its_owners_alone(server_paths):
+    assert stat.S_IMODE((server_paths.workdir / "key_file.json").stat().st_mode) == 0o600
 
 
 class RecordingHandler(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,44 @@
+"""Keys and tokens this project writes to disk are their owner's alone (mode 600) from the first byte
+(serve.keys.write_secret): the fleet gateway's token map, the copies of key_file.json."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from fleet.pod import write_token_map
+from serve.keys import write_secret
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_fleet_gateways_token_map_is_for_its_owner_alone(tmp_path):
+    token_map = tmp_path / "tokens.map"
+    token_map.write_text('"Bearer old" drill;\n')
+    token_map.chmod(0o644)  # a last run's, readable by everyone
+    write_token_map(token_map, {"drill": "t0ken", "other": "s3cret"})
+    assert token_map.read_text() == '"Bearer t0ken" drill;\n"Bearer s3cret" other;\n'
+    assert mode(token_map) == 0o600
+
+
+def test_a_secret_is_its_owners_alone_before_it_holds_a_byte(tmp_path, monkeypatch):
+    """Under the most permissive umask, the file being written is already 600 when it is renamed
+    into place; no partial file is left behind."""
+    modes = []
+    rename = os.replace
+
+    def replace(source, target):
+        modes.append(stat.S_IMODE(os.stat(source).st_mode))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    umask = os.umask(0)
+    try:
+        write_secret(tmp_path / "key", "secret")
+    finally:
+        os.umask(umask)
+    assert modes == [0o600] and mode(tmp_path / "key") == 0o600
+    assert [path.name for path in tmp_path.iterdir()] == ["key"]
