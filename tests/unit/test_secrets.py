@@ -1,14 +1,17 @@
 """Keys and tokens this project writes to disk are their owner's alone (mode 600) from the first byte
-(serve.keys.write_secret): the fleet gateway's token map, the copies of key_file.json."""
+(serve.keys.write_secret): the fleet gateway's token map, the inference key the health check copies
+for Compose's load test, the copies of key_file.json."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
 from fleet.pod import write_token_map
-from serve.keys import write_secret
+from serve.healthcheck import copy_inference_key
+from serve.keys import read_keys, write_secret
 
 
 def mode(path: Path) -> int:
@@ -42,3 +45,14 @@ def test_a_secret_is_its_owners_alone_before_it_holds_a_byte(tmp_path, monkeypat
         os.umask(umask)
     assert modes == [0o600] and mode(tmp_path / "key") == 0o600
     assert [path.name for path in tmp_path.iterdir()] == ["key"]
+
+
+def test_the_health_check_copies_the_inference_key_alone_and_follows_its_rotation(tmp_path):
+    key_file, copy = tmp_path / "key_file.json", tmp_path / "inference_key.json"
+    for generation in (1, 2):  # TorchServe's keys, then new ones (rotate-keys)
+        key_file.write_text(
+            json.dumps({api: {"key": f"{api}-{generation}"} for api in ("inference", "management", "API")})
+        )
+        copy_inference_key(key_file, copy)
+        assert read_keys(copy) == {"inference": f"inference-{generation}"}
+        assert mode(copy) == 0o600
