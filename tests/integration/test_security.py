@@ -14,6 +14,7 @@ import pytest
 import requests
 from helpers import PORT_BASE
 
+from serve.client import sample_jpeg
 from serve.config import properties
 
 ATTACKER_PORT = PORT_BASE + 20  # a web server a malicious registration would fetch from
@@ -39,11 +40,27 @@ def test_management_calls_without_the_right_key_are_refused(server, headers):
     assert [w["id"] for w in server.describe()[0]["workers"]] == [w["id"] for w in before]  # nothing changed
 
 
-def test_the_inference_key_opens_neither_management_nor_key_making(server):
-    inference = bearer(server.keys["inference"])
-    assert requests.get(f"{server.management}/models", headers=inference, timeout=30).status_code == 400
-    management = bearer(server.keys["management"])
-    assert requests.post(f"{server.management}/token?type=inference", headers=management, timeout=30).status_code == 400
+def test_each_key_opens_its_own_api_alone(server):
+    """Predictions take the inference key alone, management calls the management key alone, and
+    neither makes keys. The API key's own call (POST /token) is not made here: it would replace the
+    session's keys."""
+    server.refresh_keys()
+    keys = [server.keys[api] for api in ("inference", "management", "API")]
+    image = {"Content-Type": "image/jpeg"}
+
+    def predict(key):
+        url = f"{server.inference}/predictions/cifar10"
+        return requests.post(url, data=sample_jpeg(), headers={**bearer(key), **image}, timeout=30).status_code
+
+    def describe(key):
+        return requests.get(f"{server.management}/models", headers=bearer(key), timeout=30).status_code
+
+    def make_key(key):
+        return requests.post(f"{server.management}/token?type=inference", headers=bearer(key), timeout=30).status_code
+
+    assert [predict(key) for key in keys] == [200, 400, 400]
+    assert [describe(key) for key in keys] == [400, 200, 400]
+    assert [make_key(key) for key in keys[:2]] == [400, 400]
 
 
 def test_the_key_file_is_its_owners_alone(server_paths):
