@@ -25,6 +25,7 @@ from benchmarks import command_line, command_parser
 from benchmarks.systems import System, bench_images, process_tree, until
 from serve.archive import REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
+from serve.keys import write_secret
 from serve.report import Report, write_csv
 from serve.server import LocalServer
 from serve.verify import CONFIDENCE_TOLERANCE, compare
@@ -72,7 +73,7 @@ def start_container(image: str, store: Path, port: int, name: str, scratch: Path
 
     def answers() -> dict:
         # TorchServe writes its keys at start; with token auth off there are none, and none are needed
-        client.key_file.write_text(engine("exec", name, "cat", KEY_FILE, check=False).stdout)
+        write_secret(client.key_file, engine("exec", name, "cat", KEY_FILE, check=False).stdout)
         client.refresh_keys()
         return client.predict(sample_jpeg(), timeout=10)
 

@@ -39,7 +39,6 @@ from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.config import properties
 from serve.report import Report, write_csv
-from serve.server import LOG_CONFIG
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.
@@ -67,12 +66,6 @@ def systems(args, scratch: Path) -> dict:
     scratch.mkdir(parents=True)
     shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     onnx = yaml.safe_load(FORMATS["onnx"][1].read_text())
-    # the shipped log4j2 file without the frontend's INFO lines for each metric line a worker prints
-    # and for each response sent (WorkerLifeCycle, BatchAggregator): WARN and above only
-    loggers = ("WorkerLifeCycle", "BatchAggregator")
-    quiet = "".join(f'<Logger name="org.pytorch.serve.wlm.{name}" level="warn"/>' for name in loggers)
-    quiet_logs = scratch / "log4j2-quiet.xml"
-    quiet_logs.write_text(LOG_CONFIG.read_text().replace("<Loggers>", "<Loggers>" + quiet))
 
     def torchserve(name, config, **options):
         return lambda: torchserve_system(name, run_dir, config, scratch, ports, **options)
@@ -89,7 +82,6 @@ def systems(args, scratch: Path) -> dict:
         "flask": lambda: process_system("flask", ports + FLASK_OFFSET, run_dir / "model.pt"),
         "litserve": lambda: process_system("litserve", ports + LITSERVE_OFFSET, run_dir / "model.pt"),
         # --variants: measured, not kept
-        "torchserve-quiet-logs": torchserve("torchserve-quiet-logs", shipped, log_config=quiet_logs),
         "torchserve-onnx-stock": torchserve("torchserve-onnx-stock", onnx, model_format="onnx", **STOCK),
         "torchserve-nowait": torchserve("torchserve-nowait", shipped, register=NO_WAIT, **STOCK),
         "torchserve-onnx-nowait-1x2": torchserve(

@@ -81,9 +81,10 @@ def start_locust(
     every request to `log`."""
     command = [sys.executable, "-m", "locust", "-f", "loadtests/steady.py,fleet/record.py", "--headless"]
     command += ["--only-summary", "-u", str(users), "-r", str(users), "-t", f"{seconds:.0f}s", "--host", url]
-    command += ["--inference-key", token, "--key-file", str(log.parent / "no-key-file.json")]
+    command += ["--key-file", str(log.parent / "no-key-file.json")]
     command += ["--payloads", str(payloads), user] + (["--user-rate", str(rate)] if rate else [])
-    env = {**os.environ, "FLEET_REQUEST_LOG": str(log), "PYTHONPATH": str(REPO)}
+    # The token in the environment, which only this user can read (a command line, everyone can).
+    env = {**os.environ, "FLEET_REQUEST_LOG": str(log), "PYTHONPATH": str(REPO), "LOADTEST_INFERENCE_KEY": token}
     with open(log.with_suffix(".out"), "ab") as output:
         return subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
 

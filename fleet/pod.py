@@ -25,6 +25,7 @@ import yaml
 from frontend import JAR as AGENT_JAR
 from serve.archive import REPO
 from serve.config import properties
+from serve.keys import write_secret
 from serve.server import LocalServer
 
 K8S = REPO / "deploy" / "k8s" / "base"
@@ -112,6 +113,11 @@ def gateway_config(listen: int, upstream: int, status: int) -> str:
     return text
 
 
+def write_token_map(path: Path, tokens: dict[str, str]) -> None:
+    """The Secret's tokens.map, for its owner alone: one `"Bearer <token>" <client name>;` line per client."""
+    write_secret(path, "".join(f'"Bearer {token}" {name};\n' for name, token in tokens.items()))
+
+
 class Replica:
     def __init__(self, name: str, root: Path, port_base: int, model_store: Path, tokens: dict[str, str]):
         self.name, self.root, self.port_base, self.tokens = name, root, port_base, tokens
@@ -156,8 +162,7 @@ class Replica:
         prefix.mkdir(parents=True, exist_ok=True)
         gateway = self.port_base + GATEWAY_OFFSET
         (prefix / "nginx.conf").write_text(gateway_config(gateway, self.port_base, self.port_base + STATUS_OFFSET))
-        # The Secret's tokens.map: one `"Bearer <token>" <client name>;` line per client.
-        (prefix / "tokens.map").write_text("".join(f'"Bearer {t}" {name};\n' for name, t in self.tokens.items()))
+        write_token_map(prefix / "tokens.map", self.tokens)
         nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
         if nginx is None:
             raise FleetError("nginx not found: sudo apt-get install -y nginx")

@@ -3,7 +3,7 @@
 
     python -m serve.healthcheck [--management http://127.0.0.1:8081] [--model cifar10] [--key-file key_file.json]
                                 [--predict [--inference http://127.0.0.1:8080]] [--drain-file PATH]
-                                [--live] [--timeout 4]
+                                [--live] [--timeout 4] [--inference-key-file PATH]
 
 Three callers: the serve image's HEALTHCHECK, the Kubernetes probes (deploy/k8s) and the fleet
 drill's load balancer (fleet/). /ping alone is not enough: TorchServe answers Healthy while every
@@ -18,7 +18,10 @@ Standard library only: the serve image runs it with serve/ and nothing else of t
 It sends the management key from key_file.json. TorchServe wrote that file, so a refused key is an
 expired one: the check then has TorchServe make a new management key with the API key and asks
 again, which keeps a working management key in key_file.json for operators too. Without the file
-(token authorization off, as in the Kubernetes pod) it sends no key.
+(token authorization off, as in the Kubernetes pod) it sends no key. With --inference-key-file it
+also copies the inference key alone there (key_file.json's format, mode 600) whenever it changed:
+what a client that needs no other key reads (the serve image's HEALTHCHECK writes it for Compose's
+load test, which never sees key_file.json).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from serve.keys import read_keys
+from serve.keys import read_keys, write_secret
 
 # TorchServe's APIs as config.properties puts them (the pod's too: deploy/k8s/base/config.properties).
 INFERENCE = "http://127.0.0.1:8080"
@@ -73,6 +76,13 @@ def predicted_class(args) -> str:
     return answer["prediction"]
 
 
+def copy_inference_key(key_file: Path, copy: Path) -> None:
+    """The inference key of `key_file` alone into `copy`, when it is not there already."""
+    key = read_keys(key_file).get("inference")
+    if key is not None and read_keys(copy).get("inference") != key:
+        write_secret(copy, json.dumps({"inference": {"key": key}}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--management", default=MANAGEMENT)
@@ -83,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-file", type=Path, help="fail while this file exists (the replica is draining)")
     parser.add_argument("--live", action="store_true", help="pass when the frontend answers, READY worker or not")
     parser.add_argument("--timeout", type=float, default=4, help="seconds for the whole check (default: 4)")
+    parser.add_argument("--inference-key-file", type=Path, help="also copy the inference key alone there (mode 600)")
     args = parser.parse_args(argv)
     args.deadline = time.monotonic() + args.timeout
     if args.drain_file is not None and args.drain_file.exists():
         print(f"draining: {args.drain_file} exists")
         return 1
     try:
+        if args.inference_key_file is not None:
+            copy_inference_key(args.key_file, args.inference_key_file)
         try:
             ready = ready_workers(args)
         except urllib.error.HTTPError as error:

@@ -62,14 +62,16 @@ COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py se
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
         -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
- && mkdir -p model-store run logs \
- && chown model-server:model-server run logs
+ && mkdir -p model-store run logs inference-key \
+ && chown model-server:model-server run logs inference-key
 
 USER 1000:1000
 WORKDIR /home/model-server/run
 ENV LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", "--key-file", "/home/model-server/run/key_file.json"]
+  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", \
+       "--key-file", "/home/model-server/run/key_file.json", \
+       "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
 CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
      "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]

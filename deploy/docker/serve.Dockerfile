@@ -57,18 +57,21 @@ COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py se
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
         -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
- && mkdir -p model-store run logs \
- && chown model-server:model-server run logs
+ && mkdir -p model-store run logs inference-key \
+ && chown model-server:model-server run logs inference-key
 
 USER 1000:1000
-# TorchServe writes key_file.json into its working directory: run/, a volume that the operator
-# and load-test containers of Compose read.
+# TorchServe writes key_file.json, every key, into its working directory: run/, a volume that
+# Compose's operator container reads. The health check copies the inference key alone into
+# inference-key/, the volume of Compose's load test.
 WORKDIR /home/model-server/run
 ENV LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs
 EXPOSE 8080 8081 8082
 # Healthy once the model has a READY worker, not merely when /ping answers (serve/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", "--key-file", "/home/model-server/run/key_file.json"]
+  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", \
+       "--key-file", "/home/model-server/run/key_file.json", \
+       "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
 # TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (serve/entrypoint.py).
 CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
      "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]

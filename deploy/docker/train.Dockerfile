@@ -23,8 +23,9 @@ RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.or
 # the one above, with torch, stays cached.
 RUN pip install -c requirements.txt onnx onnxruntime onnxscript psutil
 
-# uid 1000, as the serve image's user: TorchServe's key_file.json (mode 600, on a shared volume)
-# is then readable by the operator and load-test containers.
+# uid 1000, as the serve image's user: TorchServe's key_file.json and the inference key its health
+# check copies (mode 600, on shared volumes) are then readable by the operator's and the load
+# test's containers.
 RUN useradd --create-home --uid 1000 trainer \
  && mkdir -p data models model-store reports \
  && chown trainer:trainer data models model-store reports

@@ -35,6 +35,7 @@ from helpers import PORT_BASE, REPO, require_container_engine
 
 from model import CLASSES
 from serve.client import Client, ServiceError
+from serve.keys import write_secret
 
 PREFIX = f"cifar10-test-{os.getpid()}"
 CONTAINER_PORTS = PORT_BASE + 100  # the serving container's inference port; management, metrics follow
@@ -204,7 +205,7 @@ class Served:
     def refresh_keys(self) -> None:
         """key_file.json from the container (TorchServe writes new keys at each start)."""
         keys = self.engine("exec", self.name, "cat", "/home/model-server/run/key_file.json").stdout
-        (self.key_dir / "key_file.json").write_text(keys)
+        write_secret(self.key_dir / "key_file.json", keys)
         self.client.refresh_keys()
 
 

@@ -32,6 +32,7 @@ from helpers import PORT_BASE, REPO, require_container_engine
 
 from serve.archive import build_archive
 from serve.healthcheck import probe_png
+from serve.keys import write_secret
 
 GATEWAY_PORT = PORT_BASE + 360
 NAME = f"fleet-kube-play-{os.getpid()}"
@@ -121,7 +122,7 @@ def pod(tmp_path_factory, trained_run):
     token = secrets.token_hex(32)
     folder = tmp_path_factory.mktemp("kube")
     manifest = folder / "pod.yaml"
-    manifest.write_text(yaml.safe_dump_all(playable(objects, images, token, folder)))
+    write_secret(manifest, yaml.safe_dump_all(playable(objects, images, token, folder)))  # it holds the token
     try:
         podman("kube", "play", str(manifest))
         yield {"token": token, "spec": spec, "torchserve": f"{NAME}-pod-0-torchserve"}

@@ -9,14 +9,17 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dockerfile
 import pytest
 import yaml
 from helpers import REPO, require_tool
+
+from serve.keys import read_keys
 
 COMPOSE_FILES = {  # file -> the variables it requires
     "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},
@@ -127,6 +130,19 @@ def test_every_path_a_dockerfile_copies_is_in_the_build_context(name):
             assert not ignored(source), f"{name}: {command.original}: .dockerignore leaves {source} out"
 
 
+def mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A service's mounts, source -> (target, read-only); a named volume's source is its name, a bind
+    mount's its path. Compose 1.29 writes "source:target:mode", Compose 2 a mapping."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            found[source] = (target, mode == ["ro"])
+        else:
+            found[volume.get("source", "")] = (volume["target"], bool(volume.get("read_only")))
+    return found
+
+
 def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
     files = [None, "deploy/compose/gpu.yml", "deploy/compose/local-data.yml"]
     for override in files:
@@ -135,12 +151,32 @@ def test_every_file_compose_mounts_or_builds_is_in_the_repository(data_source):
         ].items():
             if "build" in service:
                 assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]).is_file(), name
-            for volume in service.get("volumes", []):
-                source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            for source in mounts(service):
                 if source.startswith("/"):  # a bind mount (named volumes have no slash)
                     assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
                     if Path(source).resolve() != data_source.resolve():  # the local data copy lies outside, on purpose
                         assert Path(source).is_relative_to(REPO), f"{name} mounts {source} from outside the repository"
+
+
+@pytest.mark.parametrize("override", [None, "deploy/compose/gpu.yml", "deploy/compose/local-data.yml"])
+def test_only_torchserve_and_the_operator_mount_every_key(override, data_source):
+    """key_file.json (the torchserve-run volume) holds the API key, which makes new keys and does not
+    expire: TorchServe writes it, and its health check renews the management key with it; the
+    operator's commands rotate keys with it. Nothing else mounts it."""
+    services = compose_config(*([override] if override else []), data_source=data_source)["services"]
+    assert {name for name, service in services.items() if "torchserve-run" in mounts(service)} == {"torchserve", "ops"}
+
+
+@pytest.mark.parametrize("name", SERVE_DOCKERFILES)
+def test_the_load_test_reads_the_inference_key_the_health_check_copies(name, data_source):
+    check = next(command for command in dockerfile.parse_file(str(REPO / name)) if command.cmd == "HEALTHCHECK").value
+    copy = PurePosixPath(check[check.index("--inference-key-file") + 1])
+    services = compose_config(data_source=data_source)["services"]
+    volume = next(
+        source for source, (target, _) in mounts(services["torchserve"]).items() if target == str(copy.parent)
+    )
+    target, read_only = mounts(services["locust"])[volume]
+    assert read_only and services["locust"]["environment"]["LOADTEST_KEY_FILE"] == f"{target}/{copy.name}"
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -232,6 +268,14 @@ def test_health_check_asks_for_a_ready_worker(server, server_paths):
     assert result.returncode == 0 and "READY worker" in result.stdout, result.stdout
     result = healthcheck(server_paths, server, "--model", "no-such-model")
     assert result.returncode == 1 and "404" in result.stdout
+
+
+def test_health_check_copies_the_inference_key_alone(server, server_paths, tmp_path):
+    copy = tmp_path / "inference_key.json"
+    result = healthcheck(server_paths, server, "--inference-key-file", str(copy))
+    assert result.returncode == 0, result.stdout
+    assert read_keys(copy) == {"inference": read_keys(server_paths.workdir / "key_file.json")["inference"]}
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
 def test_health_check_renews_a_refused_management_key(server, server_paths):

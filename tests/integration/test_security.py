@@ -1,6 +1,6 @@
 """Security defaults against the session's real TorchServe (config.properties; docs/operations.md):
-token authorization, no model from a URL (ShellTorch, CVE-2023-43654), a request size limit, the
-management and metrics APIs on loopback only."""
+token authorization with a key file for its owner alone, no model from a URL (ShellTorch,
+CVE-2023-43654), a request size limit, the management and metrics APIs on loopback only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import http.server
 import json
 import select
 import socket
+import stat
 import threading
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ import pytest
 import requests
 from helpers import PORT_BASE
 
+from serve.client import sample_jpeg
 from serve.config import properties
 from serve.server import LocalServer
 
@@ -45,11 +47,31 @@ def test_management_calls_without_the_right_key_are_refused(server, headers):
     assert [w["id"] for w in server.describe()[0]["workers"]] == [w["id"] for w in before]  # nothing changed
 
 
-def test_the_inference_key_opens_neither_management_nor_key_making(server):
-    inference = bearer(server.keys["inference"])
-    assert requests.get(f"{server.management}/models", headers=inference, timeout=30).status_code == 401
-    management = bearer(server.keys["management"])
-    assert requests.post(f"{server.management}/token?type=inference", headers=management, timeout=30).status_code == 401
+def test_each_key_opens_its_own_api_alone(server):
+    """Predictions take the inference key alone, management calls the management key alone, and
+    neither makes keys. The API key's own call (POST /token) is not made here: it would replace the
+    session's keys."""
+    server.refresh_keys()
+    keys = [server.keys[api] for api in ("inference", "management", "API")]
+    image = {"Content-Type": "image/jpeg"}
+
+    def predict(key):
+        url = f"{server.inference}/predictions/cifar10"
+        return requests.post(url, data=sample_jpeg(), headers={**bearer(key), **image}, timeout=30).status_code
+
+    def describe(key):
+        return requests.get(f"{server.management}/models", headers=bearer(key), timeout=30).status_code
+
+    def make_key(key):
+        return requests.post(f"{server.management}/token?type=inference", headers=bearer(key), timeout=30).status_code
+
+    assert [predict(key) for key in keys] == [200, 401, 401]
+    assert [describe(key) for key in keys] == [401, 200, 401]
+    assert [make_key(key) for key in keys[:2]] == [401, 401]
+
+
+def test_the_key_file_is_its_owners_alone(server_paths):
+    assert stat.S_IMODE((server_paths.workdir / "key_file.json").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("headers", [{}, bearer("wrong-key")], ids=["no key", "wrong key"])

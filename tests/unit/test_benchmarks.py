@@ -8,7 +8,7 @@ import pytest
 from benchmarks.gpu_serving import gpu_use
 from benchmarks.systems import BATCHING_SUMS, metric_samples, time_breakdown, until
 
-COMMANDS = ["serving", "images", "portability", "training", "gpu_check"]
+COMMANDS = ["serving", "images", "portability", "training", "gpu_check", "log_volume"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
