@@ -56,7 +56,9 @@ RUN useradd --create-home --uid 1000 model-server
 WORKDIR /home/model-server
 # The repository's config, changed as in serve.Dockerfile: the APIs listen on the container's
 # interfaces, and the metrics file and the frontend agent are named by their paths here.
-COPY config.properties deploy/torchserve/metrics.yaml ./
+# log4j2.xml: TorchServe's logging to the console alone (the container's log), without a line per
+# request or batch; the engine's log driver bounds it (docker-compose.yml: logging).
+COPY config.properties deploy/torchserve/metrics.yaml deploy/k8s/base/log4j2.xml ./
 COPY --from=build /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
@@ -74,4 +76,5 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
        "--key-file", "/home/model-server/run/key_file.json", \
        "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
 CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
-     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]
+     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store", \
+     "--log-config", "/home/model-server/log4j2.xml"]

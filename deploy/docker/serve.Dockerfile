@@ -49,7 +49,9 @@ WORKDIR /home/model-server
 # The repository's config, changed in three places: the APIs listen on the container's interfaces
 # (Compose publishes management and metrics on the host's loopback only), and the metrics file and
 # the frontend agent are named by their paths here.
-COPY config.properties deploy/torchserve/metrics.yaml ./
+# log4j2.xml: TorchServe's logging to the console alone (the container's log), without a line per
+# request or batch; the engine's log driver bounds it (docker-compose.yml: logging).
+COPY config.properties deploy/torchserve/metrics.yaml deploy/k8s/base/log4j2.xml ./
 COPY --from=frontend /build/frontend-agent.jar /home/model-server/frontend-agent.jar
 # serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
 # probes; serve.drain: the Kubernetes preStop hook.
@@ -74,4 +76,5 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
        "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
 # TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (serve/entrypoint.py).
 CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
-     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store"]
+     "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store", \
+     "--log-config", "/home/model-server/log4j2.xml"]
