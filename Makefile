@@ -69,10 +69,12 @@ kube-play: .venv/.installed ## the rendered CPU overlay's pod under podman kube 
 FLEET_RUNS := models/fleet
 $(FLEET_RUNS)/%/model.pt: | .venv/.installed
 	$(PY) -m train --epochs 1 --train-subset 5000 --test-subset 1000 $(DATA_ARG) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
-fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt payloads ## a pod's capacity, then rollout, kill -9, overload behind a Service-like balancer
+fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt payloads ## rollout, kill -9, overload behind a Service-like balancer
 	@bash setup/system-packages.sh test
-	$(PY) -m fleet.capacity --run $(FLEET_RUNS)/a
 	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
+capacity: .venv/.installed ## one pod as deployed (slim image, limits, gateway) under wrk -> reports/capacity.md, the HPA target
+	@bash setup/system-packages.sh test
+	$(PY) -m fleet.capacity $(DATA_ARG) --run $(RUN)
 
 # --- Load, drills, benchmarks (docs/load-testing.md, reliability.md, performance.md, training.md) ---
 loadtests/payloads/manifest.json: | .venv/.installed

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +18,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.alternatives import CLASSES, decode_image, pixel_batch
-from benchmarks.systems import metric_samples, run_wrk, time_breakdown, torchserve_system
+from benchmarks.systems import metric_samples, profile_worker, run_wrk, time_breakdown, torchserve_system
 
-# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
-# its metrics logging and the JSON answers.
-HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
-HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
 PROFILED_CONCURRENCY = 256  # the load of the throughput target: where does a worker's CPU time go
 
 
@@ -73,41 +65,6 @@ def served_equals_offline(client, listing: Path, model_path: Path, clients: int 
     with ThreadPoolExecutor(clients) as pool:
         served = list(pool.map(served_class, blobs))
     return {"images": len(blobs), "mismatches": sum(CLASSES[o] != s for o, s in zip(offline, served))}
-
-
-def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
-    """After a second (in the middle of a load), py-spy samples one TorchServe worker's Python stacks
-    for `seconds`; returns the functions where its samples ended (self time) and the handler steps
-    they ran under, as shares of samples."""
-    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
-    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if py_spy is None:
-        return {"error": "py-spy not found (pip install py-spy)"}
-    time.sleep(1)
-    with tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "stacks.txt"
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
-        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
-        if completed.returncode != 0 or not raw.exists():
-            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
-        stacks = raw.read_text().splitlines()
-    leaves, steps = Counter(), Counter()
-    for line in stacks:
-        frames, _, count = line.rpartition(" ")
-        if frames and count.isdigit():
-            leaves[frames.split(";")[-1]] += int(count)
-            # a step's frame reads "Cifar10Handler.preprocess (file:line)"
-            steps.update(
-                {step: int(count) for step in HANDLER_STEPS if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames)}
-            )
-    total = leaves.total()
-    if not total:
-        return {"error": "py-spy recorded no samples"}
-
-    def shares(counts: Counter, most: int | None = None) -> dict:
-        return {name: round(count / total, 3) for name, count in counts.most_common(most)}
-
-    return {"samples": total, "self": shares(leaves, top), "under": shares(steps)}
 
 
 def serve_one(

@@ -60,15 +60,19 @@ def pulled_bytes(image: str) -> int:
     return int(counted.stdout)
 
 
-def start_container(image: str, store: Path, port: int, name: str, scratch: Path, options=(), command=()) -> System:
+def start_container(
+    image: str, store: Path, port: int, name: str, scratch: Path, options=(), command=(), publish: bool = True
+) -> System:
     """`image` serving `store` (`run -d` with `options`, and `command` instead of the image's CMD),
     ready once it answered a prediction (its cold start: from `run -d`); its CPU time is that of the
-    container's processes, read on the host."""
+    container's processes, read on the host. `publish`: the container's inference and management
+    ports on `port` and `port + 1` of this machine's loopback; else the container listens there
+    itself (`--network host` and a config with those ports, in `options`)."""
     key_dir = scratch / name
     key_dir.mkdir(parents=True)
     client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", "", key_file=key_dir / "key_file.json")
     started = time.monotonic()
-    ports = ["-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{port + 1}:8081"]
+    ports = ["-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{port + 1}:8081"] if publish else []
     engine("run", "-d", "--name", name, "--init", *ports, "-v", f"{store}:{MODEL_STORE}:ro", *options, image, *command)
 
     def answers() -> dict:

@@ -27,6 +27,7 @@ import yaml
 from benchmarks import command_line, command_parser
 from benchmarks.systems import (
     CPU,
+    WORKER_PARTS,
     WrkError,
     bench_images,
     ceiling_rate,
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measure every system this many times, in turn")
     parser.add_argument("--variants", action="store_true", help="also the configurations measured and not kept")
     parser.add_argument("--levers", action="store_true", help="instead: TorchServe alone, one setting at a time")
+    parser.add_argument(
+        "--profile-at", type=int, default=64, help="connections at which a TorchServe worker is profiled"
+    )
     ports = f"TorchServe +0..4, Flask +{FLASK_OFFSET}, LitServe +{LITSERVE_OFFSET}"
     parser.add_argument("--port-base", type=int, default=PORT_BASE, help=ports)
     args = parser.parse_args(argv)
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"== {name}, round {round_}", flush=True)
                 try:
                     with every[name]() as system:
-                        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup)
+                        loads = system.loads(listing, args.concurrency, args.seconds, args.warmup, args.profile_at)
                     beside = ceiling_rate(system.runtime, run, listing, args.ceiling_seconds)
                 except (RuntimeError, TimeoutError, ServiceError, WrkError) as error:  # one system down: go on
                     print(f"   {name} failed: {error}", flush=True)
@@ -185,6 +189,21 @@ def targets(rows: list[dict], cpu_per_image: dict[str, float]) -> list[str]:
     return lines
 
 
+PARTS = [*WORKER_PARTS, "other"]
+
+
+def cpu_breakdown(rows: list[dict]) -> list[dict]:
+    """For each profiled row: the frontend's and the workers' CPU per request, and the workers' split by part."""
+    breakdown = []
+    for row in rows:
+        if row.get("worker_parts"):
+            workers = row[CPU] - row["frontend_cpu_ms_per_request"]
+            parts = {part: workers * row["worker_parts"].get(part, 0.0) for part in PARTS}
+            which = {key: row[key] for key in ("system", "round", "concurrency")}
+            breakdown.append({**which, "frontend": row["frontend_cpu_ms_per_request"], "workers": workers, **parts})
+    return breakdown
+
+
 def write(rows: list[dict], cpu_per_image: dict, cold: dict, failed: dict, stem: Path, command: str) -> None:
     """stem.md (the table, cold starts, failures, targets), stem.csv and stem.png; `cpu_per_image`:
     runtime -> the ceiling's CPU seconds per image."""
@@ -216,6 +235,17 @@ def write(rows: list[dict], cpu_per_image: dict, cold: dict, failed: dict, stem:
     )
     if verdicts := targets(rows, cpu_per_image):
         report.text("Targets, this run:", "", *verdicts)
+    if breakdown := cpu_breakdown(rows):
+        report.text(
+            "Where a request's CPU goes (milliseconds of CPU per request answered): `frontend`, TorchServe's "
+            "Java process (its CPU time); the workers' time (the server's less the frontend's) split by "
+            "where py-spy's samples of one worker ran, half-way through the load (`WORKER_PARTS` in "
+            "benchmarks/systems.py): `decode` (the handler's preprocess), `forward` (its inference), `answers` "
+            "(its postprocess: softmax, top 3, JSON), `protocol` (TorchServe's worker reading the batch and "
+            "writing the answers), `metrics and logging` (Python's logging and TorchServe's metrics, wherever "
+            "called), `other` (the rest: TorchServe's service loop, the interpreter)."
+        )
+        report.table(breakdown, ["system", "round", "concurrency", "frontend", "workers", *PARTS])
     report.write(stem.with_suffix(".md"))
     plot(rows, stem.with_suffix(".png"))
 

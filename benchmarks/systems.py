@@ -11,12 +11,15 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,19 @@ from serve.server import LOG_CONFIG, LocalServer, cpu_seconds, wait_until_servin
 from train.data import encoded_images
 
 CPU = "server_cpu_ms_per_request"
+# The frames py-spy's samples are counted under: our handler's steps, TorchServe's message loop,
+# its metrics logging and the JSON answers.
+HANDLER_STEPS = ("preprocess", "inference", "postprocess", "retrieve_msg", "send_intermediate_predict_response")
+HANDLER_STEPS += ("emit", "answer_bodies", "decode_batch")
+# Where a worker's CPU time goes: each sample counts under the first part whose frame its stack holds.
+WORKER_PARTS = {
+    "metrics and logging": r"\((?:[^;)]*/)?(?:logging/|metrics/)[^;)]*\)",  # Python's logging, TorchServe's metrics
+    "decode": r"(?:^|;)(?:\w+\.)?preprocess \(",
+    "forward": r"(?:^|;)(?:\w+\.)?inference \(",
+    "answers": r"(?:^|;)(?:\w+\.)?postprocess \(",
+    "protocol": r"(?:^|;)(?:\w+\.)?(?:retrieve_msg|send_intermediate_predict_response|create_predict_response|"
+    r"handle_connection|_retrieve_\w+|recv\w*) \(",  # reading the batch, writing the answers
+}
 LUA = Path(__file__).with_name("wrk_predict.lua")
 # TorchServe's running sums (requests, their queue and inference time in µs) and the handler's
 # (batches, their requests, decode and model seconds)
@@ -130,17 +146,27 @@ class System(contextlib.AbstractContextManager):
         metrics = self.client.metrics()
         return {name: sum(metric_samples(metrics, name)) for name in BATCHING_SUMS}
 
-    def loads(self, listing: Path, concurrencies: list[int], seconds: int, warmup: int) -> list[dict]:
+    def loads(
+        self, listing: Path, concurrencies: list[int], seconds: int, warmup: int, profile_at: int | None = None
+    ) -> list[dict]:
         """wrk at each concurrency after a warm-up: its figures, with the CPU time per request of
         the server's processes and of its first one (the frontend), and TorchServe's mean queue
-        time and batch size where it has them."""
+        time and batch size where it has them; at `profile_at` connections, where one TorchServe
+        worker's CPU time went (py-spy, `worker_parts`)."""
         run_wrk(self.url, listing, 16, warmup, self.token, self.form)
         rows = []
         for concurrency in concurrencies:
             processes, batching = self.processes(), self.batching()
             groups = {"server": processes, "frontend": processes[:1]}
             before = {group: cpu_seconds(members) for group, members in groups.items()}
-            result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form)
+            profiled = concurrency == profile_at and self.client is not None
+            with ThreadPoolExecutor(1) as profiler:
+                if profiled:
+                    worker = int(self.client.describe()[0]["workers"][0]["pid"])
+                    profile = profiler.submit(profile_worker, worker, max(1, seconds // 2))
+                result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form)
+                if profiled:
+                    result["worker_parts"] = profile.result().get("parts")
             for group, members in groups.items():
                 result[f"{group}_cpu_seconds"] = spent = cpu_seconds(members) - before[group]
                 result[f"{group}_cpu_ms_per_request"] = 1e3 * spent / max(result["requests"], 1)
@@ -152,6 +178,48 @@ class System(contextlib.AbstractContextManager):
             figures += f"  errors {result['errors']}  server cpu {result[CPU]:.3f} ms/req"
             print(f"   {self.name} c={concurrency:3d}  {figures}", flush=True)
         return rows
+
+
+def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
+    """After a second (in the middle of a load), py-spy samples one TorchServe worker's Python stacks
+    for `seconds`; returns the functions where its samples ended (self time) and the handler steps
+    they ran under, as shares of samples."""
+    beside = Path(sys.executable).with_name("py-spy")  # installed in this Python's environment
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy not found (pip install py-spy)"}
+    time.sleep(1)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "stacks.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
+        completed = subprocess.run([*command, "--format", "raw", "--output", str(raw)], capture_output=True, text=True)
+        if completed.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy exited {completed.returncode}: {completed.stderr.strip()[-500:]}"}
+        stacks = raw.read_text().splitlines()
+    leaves, steps = Counter(), Counter()
+    for line in stacks:
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            leaves[frames.split(";")[-1]] += int(count)
+            # a step's frame reads "Cifar10Handler.preprocess (file:line)"
+            steps.update(
+                {step: int(count) for step in HANDLER_STEPS if re.search(rf"(?:^|;)(?:\w+\.)?{step} \(", frames)}
+            )
+    total = leaves.total()
+    if not total:
+        return {"error": "py-spy recorded no samples"}
+
+    def shares(counts: Counter, most: int | None = None) -> dict:
+        return {name: round(count / total, 3) for name, count in counts.most_common(most)}
+
+    parts = Counter()
+    for line in stacks:
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            parts[next((part for part, frame in WORKER_PARTS.items() if re.search(frame, frames)), "other")] += int(
+                count
+            )
+    return {"samples": total, "self": shares(leaves, top), "under": shares(steps), "parts": shares(parts)}
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -1,83 +1,139 @@
-"""One pod's capacity, measured in a container limited like the pod: the serving image under podman
-with `--cpus` and `--memory` at the torchserve container's requests (deploy/k8s), the pod's log
-configuration, and Locust's ClassifierUser (the loadtests/ payload mix) at growing user counts.
+"""One pod's capacity, measured as the pod is deployed, and the HPA target it gives.
 
-    python -m fleet.capacity --run models/fleet/a [--image localhost/cifar10-serve:local]
+    python -m fleet.capacity --run models/latest [--image localhost/cifar10-serve-slim:local]
 
-Writes reports/fleet/capacity.md and .csv: each step's throughput and p99, the capacity (the best
-throughput) and the HPA target it gives (TARGET_SHARE of it; docs/kubernetes.md).
+The CPU overlay's pod: the slim serving image (ONNX Runtime) serving the run's ONNX archive, in a
+container limited to the torchserve container's CPU and memory limits (deploy/k8s/base/deployment.yaml),
+with the pod's config.properties (its ports moved) and log configuration, behind the pod's token gateway (nginx with
+its nginx.conf, a bearer token); wrk sends CIFAR-10 test JPEGs through the gateway at a rising
+number of connections. The capacity is the highest rate of a step that held the service level
+(p99 at most --p99-ms, no error); the HPA target is TARGET_SHARE of it. Writes reports/capacity.md
+and .csv, and the target into the HPA manifest (tests/integration/test_kubernetes.py checks that
+the two agree).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import csv
+import math
+import re
 import secrets
 import sys
 from pathlib import Path
 
-from benchmarks import command_line
-from benchmarks.images import MODEL_STORE, engine, start_container
-from fleet.drill import HelpFormatter, start_locust
-from fleet.pod import K8S, read_pod
-from fleet.report import load_figures, read_sent
-from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
+from benchmarks import command_line, command_parser
+from benchmarks.images import MODEL_STORE, EngineError, engine, start_container
+from benchmarks.systems import bench_images, run_wrk
+from fleet.pod import GATEWAY_OFFSET, K8S, STATUS_OFFSET, FleetError, read_pod, start_gateway, stop_process
 from serve.archive import REPO, build_archive
+from serve.config import config_on_ports
 from serve.report import Report, write_csv
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
-COLUMNS = ["users", "seconds", "requests", "per_second", "p50_ms", "p99_ms", "failed"]
+HPA = K8S / "horizontalpodautoscaler.yaml"
+TARGET_LINE = re.compile(r'^(\s*averageValue: )"(\d+)"(.*)$', re.M)
+COLUMNS = ["connections", "rps", "p50_ms", "p99_ms", "errors", "held"]
 
 
-def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Path) -> list[dict]:
-    rows = []
-    for users in steps:
-        log = root / f"users-{users}.csv"
-        start_locust(url, "", users, payloads, log, seconds=seconds).wait(timeout=seconds + 120)
-        logged = read_sent(log)
-        sent = [s for s in logged if s.time >= min(s.time for s in logged) + 5]  # 5 s to spawn
-        rows.append({"users": users, **load_figures(sent, max(s.time for s in sent) - min(s.time for s in sent))})
-        print(rows[-1], flush=True)
-    return rows
+def capacity(rows: list[dict]) -> float:
+    """The highest rate among the steps that held the service level; 0 when none did."""
+    return max((row["rps"] for row in rows if row["held"]), default=0.0)
+
+
+def hpa_target(pod_capacity: float) -> int:
+    """The HPA's averageValue for a pod of this capacity (req/s, rounded down)."""
+    return math.floor(TARGET_SHARE * pod_capacity)
+
+
+def reported_target(report_csv: Path = REPO / "reports" / "capacity.csv") -> int:
+    """The HPA target that the capacity report's steps give."""
+    with open(report_csv, newline="") as handle:
+        rows = [{"rps": float(row["rps"]), "held": row["held"] == "True"} for row in csv.DictReader(handle)]
+    return hpa_target(capacity(rows))
+
+
+def written_target(text: str) -> int:
+    """The averageValue of the HPA manifest's text."""
+    found = TARGET_LINE.findall(text)
+    if len(found) != 1:
+        raise FleetError(f"{HPA}: expected one averageValue line, found {len(found)}")
+    return int(found[0][1])
+
+
+def write_target(target: int, path: Path = HPA) -> None:
+    text = path.read_text()
+    written_target(text)
+    path.write_text(TARGET_LINE.sub(lambda m: f'{m.group(1)}"{target}"{m.group(3)}', text))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fleet.capacity", description=__doc__, formatter_class=HelpFormatter
-    )
-    parser.add_argument("--run", type=Path, required=True, help="the training run to serve")
-    parser.add_argument("--image", default="localhost/cifar10-serve:local", help="the serving image (make images)")
-    parser.add_argument("--port", type=int, default=38590, help="the container's inference port on this machine")
-    parser.add_argument("--users", default="4,8,16,32,64", help="Locust users per step")
-    parser.add_argument("--seconds", type=float, default=30, help="seconds per step")
-    parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "fleet-capacity", help="model store, logs")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet", help="the report's folder")
-    parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
+    parser = command_parser("fleet.capacity", __doc__, run=True, load=True)
+    parser.set_defaults(concurrency=[1, 2, 4, 8, 16, 32, 64, 128], seconds=10)
+    parser.add_argument("--image", default="localhost/cifar10-serve-slim:local", help="the serving image (make images)")
+    parser.add_argument("--port-base", type=int, default=38590, help="the container's port, the gateway's at +5, +6")
+    parser.add_argument("--p99-ms", type=float, default=100.0, help="the service level: p99 latency")
+    parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "fleet-capacity", help="archive, gateway")
     args = parser.parse_args(argv)
     if engine("image", "inspect", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
         return 2
-    workdir, requests, home = args.workdir.resolve(), read_pod().requests, "/home/model-server"
-    store, name = workdir / "model-store", f"fleet-capacity-{secrets.token_hex(4)}"
-    build_archive(args.run, store)
-    options = ["--cpus", requests["cpu"], "--memory", requests["memory"].replace("Gi", "g")]
-    options += ["-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro"]
-    # the pod's command: the image's CMD with the pod's log configuration; token auth off, for Locust
+    workdir, limits, home = args.workdir.resolve(), read_pod().limits, "/home/model-server"
+    store, name, token = workdir / "model-store", f"fleet-capacity-{secrets.token_hex(4)}", secrets.token_hex(16)
+    build_archive(args.run, store, model_format="onnx")
+    listing = bench_images(args.data, args.images, workdir / "images")
+    # The pod's config.properties with its ports moved: TorchServe on loopback, as in the pod, where the
+    # gateway reaches it without a port forward (the container shares this machine's network).
+    config = workdir / "config.properties"
+    metrics = f"http://127.0.0.1:{args.port_base + 2}"
+    config.write_text(config_on_ports(K8S / "config.properties", args.port_base, metrics_address=metrics))
+    options = ["--cpus", limits["cpu"], "--memory", limits["memory"].replace("Gi", "g"), "--network", "host"]
+    options += ["-v", f"{config}:{home}/config.properties:ro", "-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro"]
+    # the pod's command (deployment.yaml's args); token checks are the gateway's
     command = f"env PYTHONPATH={home} python -m serve.entrypoint --ncs --ts-config {home}/config.properties"
-    command += f" --model-store {MODEL_STORE} --log-config {home}/log4j2.xml --disable-token-auth"
-    with start_container(args.image, store, args.port, name, workdir, options, command.split()) as pod:
-        load, steps = os.getloadavg(), [int(n) for n in args.users.split(",")]
-        rows = measure(pod.client.inference, workdir, steps, args.seconds, args.payloads)
-    best = max(rows, key=lambda row: row["per_second"])
+    command += f" --model-store {MODEL_STORE} --log-config {home}/log4j2.xml"
+    gateway_port = args.port_base + GATEWAY_OFFSET
+    url = f"http://127.0.0.1:{gateway_port}/predictions/cifar10"
+    rows = []
+    try:
+        with start_container(args.image, store, args.port_base, name, workdir, options, command.split(), publish=False):
+            gateway = start_gateway(
+                workdir / "gateway", gateway_port, args.port_base, args.port_base + STATUS_OFFSET, {"capacity": token}
+            )
+            try:
+                run_wrk(url, listing, 16, args.warmup, token, form=False)
+                for connections in args.concurrency:
+                    result = run_wrk(url, listing, connections, args.seconds, token, form=False)
+                    held = result["p99_ms"] <= args.p99_ms and result["errors"] == 0
+                    rows.append({"connections": connections, **result, "held": held})
+                    print(
+                        f"c={connections:4d} {result['rps']:8.1f} req/s  p99 {result['p99_ms']:7.1f} ms  "
+                        f"errors {result['errors']}",
+                        flush=True,
+                    )
+            finally:
+                stop_process(gateway)
+    except (EngineError, FleetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    pod_capacity = capacity(rows)
+    if not pod_capacity:
+        print(
+            f"error: no step held p99 <= {args.p99_ms:g} ms with no error: nothing to size the HPA on", file=sys.stderr
+        )
+        return 1
+    target = hpa_target(pod_capacity)
+    write_target(target)
     write_csv(args.out / "capacity.csv", rows, COLUMNS)
-    Report("One pod's capacity, in a container limited like the pod", command_line("fleet.capacity", argv)).text(
-        f"`podman run --cpus {requests['cpu']} --memory {requests['memory']}` (the torchserve container's requests) "
-        f"of `{args.image}`, the pod's log configuration; Locust's ClassifierUser (the loadtests/ mix, 5 % bad "
-        f"payloads) on the same machine, {args.seconds:.0f} s per step. Machine load average at the start "
-        f"{load[0]:.1f} ({os.cpu_count()} cores, shared with other work and with Locust)."
+    Report("One pod's capacity, as deployed", command_line("fleet.capacity", argv)).text(
+        f"`{args.image}` serving the ONNX archive of `{args.run}` with `--cpus {limits['cpu']} --memory "
+        f"{limits['memory']}` (the torchserve container's limits), the pod's config.properties and log "
+        f"configuration, behind the pod's gateway (nginx, bearer token). wrk (one thread, on the same "
+        f"machine) sends {args.images} CIFAR-10 test JPEGs in turn, {args.seconds} s per step after a "
+        f"{args.warmup} s warm-up. Service level: p99 <= {args.p99_ms:g} ms and no error."
     ).table(rows, COLUMNS).text(
-        f"Capacity: **{best['per_second']:,.0f} req/s** ({best['users']} users, p99 {best['p99_ms']:,.0f} ms). "
-        f"HPA target = {TARGET_SHARE:.0%} of it = **{TARGET_SHARE * best['per_second']:,.0f} req/s per pod**."
+        f"Capacity: **{pod_capacity:,.0f} req/s**. HPA target = {TARGET_SHARE:.0%} of it = **{target} req/s per "
+        f"pod**, written into `{HPA.relative_to(REPO)}` (docs/kubernetes.md: Capacity and autoscaling). These are "
+        "32 x 32 JPEGs: larger photos cost more to decode, and a mix of them lowers the capacity."
     ).write(args.out / "capacity.md")
     return 0
 

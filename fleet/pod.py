@@ -79,6 +79,7 @@ class Pod:
     drain: dict[str, float]  # serve.drain's --settle, --quiet, --timeout
     grace: float  # terminationGracePeriodSeconds
     requests: dict[str, str]  # the torchserve container's resource requests (cpu, memory)
+    limits: dict[str, str]  # and its limits
 
 
 def read_pod(path: Path = K8S / "deployment.yaml") -> Pod:
@@ -95,6 +96,7 @@ def read_pod(path: Path = K8S / "deployment.yaml") -> Pod:
         drain={key: float(drain[drain.index(f"--{key}") + 1]) for key in ("settle", "quiet", "timeout")},
         grace=float(template["terminationGracePeriodSeconds"]),
         requests=serving["resources"]["requests"],
+        limits=serving["resources"]["limits"],
     )
 
 
@@ -116,6 +118,26 @@ def gateway_config(listen: int, upstream: int, status: int) -> str:
 def write_token_map(path: Path, tokens: dict[str, str]) -> None:
     """The Secret's tokens.map, for its owner alone: one `"Bearer <token>" <client name>;` line per client."""
     write_secret(path, "".join(f'"Bearer {token}" {name};\n' for name, token in tokens.items()))
+
+
+def start_gateway(prefix: Path, listen: int, upstream: int, status: int, tokens: dict[str, str]) -> subprocess.Popen:
+    """The pod's gateway: Debian's nginx with nginx.conf's ports moved and `tokens` as its token map,
+    its config, token map, pid file and temp folders in `prefix`."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "nginx.conf").write_text(gateway_config(listen, upstream, status))
+    write_token_map(prefix / "tokens.map", tokens)
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        raise FleetError("nginx not found: sudo apt-get install -y nginx")
+    # As in the pod, master and workers run as one user: started by root, nginx would hand its
+    # workers to `nobody`, who may not reach the prefix (large bodies are buffered there).
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    command = [nginx, "-e", "stderr", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", directives]
+    test = subprocess.run([*command, "-t"], capture_output=True, text=True)
+    if test.returncode != 0:
+        raise FleetError(f"nginx -t: {test.stderr.strip()}")
+    with open(prefix / "nginx.out", "ab") as output:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
 
 
 class Replica:
@@ -158,23 +180,10 @@ class Replica:
                     time.sleep(0.5)
 
     def start_gateway(self) -> None:
-        prefix = self.root / "gateway"  # nginx's prefix: its config, tokens.map, pid file and temp folders
-        prefix.mkdir(parents=True, exist_ok=True)
         gateway = self.port_base + GATEWAY_OFFSET
-        (prefix / "nginx.conf").write_text(gateway_config(gateway, self.port_base, self.port_base + STATUS_OFFSET))
-        write_token_map(prefix / "tokens.map", self.tokens)
-        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-        if nginx is None:
-            raise FleetError("nginx not found: sudo apt-get install -y nginx")
-        # As in the pod, master and workers run as one user: started by root, nginx would hand its
-        # workers to `nobody`, who may not reach the prefix (large bodies are buffered there).
-        directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
-        command = [nginx, "-e", "stderr", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", directives]
-        test = subprocess.run([*command, "-t"], capture_output=True, text=True)
-        if test.returncode != 0:
-            raise FleetError(f"nginx -t: {test.stderr.strip()}")
-        with open(prefix / "nginx.out", "ab") as output:
-            self.nginx = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+        self.nginx = start_gateway(
+            self.root / "gateway", gateway, self.port_base, self.port_base + STATUS_OFFSET, self.tokens
+        )
 
     def start(self) -> float:
         """Starts the gateway (a sidecar: first) and TorchServe; returns the seconds until a prediction answered."""

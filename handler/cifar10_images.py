@@ -136,7 +136,7 @@ def _pixels(image: Image.Image, data: bytes) -> np.ndarray:
             Image.open(io.BytesIO(data), formats=("PNG",)).verify()
         image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG only: decode at 1/2..1/8 scale when that is still >= 32 px
         check_memory(image)
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an image that needs no turn
         image = _to_rgb(image)
         if image.size != (IMAGE_SIZE, IMAGE_SIZE):
             image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from helpers import REPO, require_tool
 
+from fleet.capacity import reported_target
 from fleet.pod import GATEWAY_CONFIG, POD_PORTS
 from serve.config import api_address, properties
 from serve.healthcheck import INFERENCE, MANAGEMENT
@@ -374,6 +375,13 @@ def test_selectors_match_the_pods_and_the_autoscaler_reads_the_adapters_metric(r
     assert {"scaleUp", "scaleDown"} <= hpa["spec"]["behavior"].keys()
     assert hpa["spec"]["minReplicas"] >= 3  # a node drain leaves two
     assert "replicas" not in find(objects, "Deployment")["spec"]  # the HPA owns the count
+
+
+def test_the_cpu_autoscaler_targets_its_share_of_the_measured_capacity():
+    """The HPA target is what `python -m fleet.capacity` wrote from its report: the two cannot drift."""
+    objects = render("cpu")
+    hpa = find(objects, "HorizontalPodAutoscaler")
+    assert int(hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]) == reported_target()
 
 
 def test_images_by_pull_policy_and_the_rollout_fits_the_nodes(rendered):
