@@ -58,6 +58,29 @@ def test_predictions_and_rejections_are_counted_by_class_and_reason(server, cifa
         assert re.search(rf'^{histogram}_count{{.*model_version="[0-9.]+".*}} [1-9]', after, re.M), histogram
 
 
+def test_what_clients_wait_is_a_histogram_by_model_version_and_status(server, cifar_test_jpegs):
+    name = "cifar10_request_duration_seconds"
+
+    def counts(text: str) -> dict[str, float]:
+        found = re.findall(rf'^{name}_count{{model="cifar10",version="default",status="(\dxx)",?}} (\S+)$', text, re.M)
+        return {status: float(value) for status, value in found}
+
+    before = counts(server.metrics())
+    for image in (images[0] for images in cifar_test_jpegs.values()):
+        server.predict(image)
+    for body in (b"", b"not an image"):
+        with pytest.raises(ServiceError):
+            server.predict(body)
+    after = server.metrics()
+    grown = {status: after_count - before.get(status, 0) for status, after_count in counts(after).items()}
+    assert grown.get("2xx") == len(cifar_test_jpegs) and grown.get("4xx") == 2, grown
+    buckets = re.findall(
+        rf'^{name}_bucket{{model="cifar10",version="default",status="2xx",le="([^"]+)",?}} ', after, re.M
+    )
+    assert "0.1" in buckets and "+Inf" in buckets
+    assert "pid" not in after.split(f"# TYPE {name} histogram")[1].split("# TYPE")[0]  # no per-process series
+
+
 def free_port(ports=range(39090, 39100)) -> int:
     for port in ports:
         with socket.socket() as probe:
