@@ -149,8 +149,8 @@ def stage_train(data: str) -> dict:
             "seconds_per_epoch": round(train_seconds / len(epochs), 3),
             "eval_seconds": round(sum(epoch["eval_seconds"] for epoch in epochs), 2),
             "total_seconds": meta["total_seconds"],
-            "test_accuracy": meta["final_test_accuracy"],
-            "best_accuracy": meta["test_accuracy"],
+            "test_accuracy": meta["test_accuracy"],
+            "validation_accuracy": meta["selection"]["validation_accuracy"],
             "cuda_graph": meta.get("cuda_graph"),
             "device": meta["device"],
         }
@@ -223,7 +223,7 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
     if results.get("train"):
         columns = ["run", "epochs", "train_seconds", "seconds_per_epoch", "eval_seconds", "total_seconds"]
         train = [{"run": name, **run} for name, run in results["train"].items()]
-        report.text("## Training").table(train, [*columns, "test_accuracy", "best_accuracy", "error"])
+        report.text("## Training").table(train, [*columns, "test_accuracy", "validation_accuracy", "error"])
     for label, part in results.get("serve", {}).items():
         if label == "machine":
             continue

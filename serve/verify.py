@@ -10,8 +10,8 @@ confidence within CONFIDENCE_TOLERANCE.
 
 The images are the files of the data source (the JPEGs, for the image-folder copy), the test
 images the run was measured on; the served model must be the run's version. Every served class
-must equal the offline one, and the served accuracy the best epoch's `test_accuracy` in the run's
-metadata.json. Exits with status 1 otherwise. Any train/serve difference in decoding or
+must equal the offline one, and the served accuracy the `test_accuracy` in the run's metadata.json
+(the exported model's, measured once after training). Exits with status 1 otherwise. Any train/serve difference in decoding or
 preprocessing shows up here.
 """
 

@@ -1,7 +1,9 @@
 """Recipes side by side, from the runs' metadata.json: a markdown table (every run given, with the
-command that reproduces it) and test accuracy against training time as a PNG. On a shared machine
-wall times mostly measure the neighbours; the fastest epoch's images/s is the least disturbed
-figure of a run's speed.
+command that reproduces it) and the per-epoch accuracy against training time as a PNG. The
+per-epoch figures (exported epoch, final epoch, live weights) are on the split the run selected its
+epoch on: validation (test for runs recorded before the validation split, train.plots.evaluated_split);
+the test accuracy is the exported model's. On a shared machine wall times mostly measure the
+neighbours; the fastest epoch's images/s is the least disturbed figure of a run's speed.
 
     python -m train.compare models/trials/* --plot docs/recipes.png
 """
@@ -20,6 +22,7 @@ import matplotlib.pyplot as plt
 
 from train.atomic import atomic_path
 from train.config import RECIPES, Config
+from train.plots import evaluated_split
 
 TARGET_ACCURACY = 0.82
 # Options that say where a run reads and writes, not how it trains: left out of its command.
@@ -42,34 +45,50 @@ def command(meta: dict) -> str:
     return "python -m train --data $CIFAR10_DATA " + " ".join(options)
 
 
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
 def table(runs: list[dict]) -> str:
     lines = [
-        "| run | best test accuracy (epoch) | final epoch | live weights, final | wall time | fastest epoch | command |",
-        "|---|---|---|---|---|---|---|",
+        "| run | selected on | exported epoch | final epoch | live weights, final | test accuracy | wall time "
+        "| fastest epoch | command |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for meta in runs:
-        live = meta["history"][-1].get("live_test_accuracy")
+        history, split = meta["history"], evaluated_split(meta["history"])
+        exported = final = live = None
+        if split:
+            exported = history[meta["epoch"] - 1][f"{split}_accuracy"]
+            final = history[-1][f"{split}_accuracy"]
+            live = history[-1].get(f"live_{split}_accuracy")
         lines.append(
-            f"| {meta['run']} | {meta['test_accuracy']:.2%} ({meta['epoch']}) | {meta['final_test_accuracy']:.2%} "
-            f"| {f'{live:.2%}' if live is not None else '—'} | {meta['total_seconds']:.0f} s "
-            f"| {max(r['images_per_second'] for r in meta['history']):,.0f} images/s | `{command(meta)}` |"
+            f"| {meta['run']} | {split or 'final epoch'} | {percent(exported)} ({meta['epoch']}) | {percent(final)} "
+            f"| {percent(live)} | {meta['test_accuracy']:.2%} | {meta['total_seconds']:.0f} s "
+            f"| {max(r['images_per_second'] for r in history):,.0f} images/s | `{command(meta)}` |"
         )
     return "\n".join(lines)
 
 
 def plot(runs: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(9, 5.5))
+    splits = set()
     for meta in runs:
+        split = evaluated_split(meta["history"])
+        if split is None:  # no per-epoch figures to draw
+            continue
+        splits.add(split)
         elapsed, points = 0.0, []
         for record in meta["history"]:
             elapsed += record["train_seconds"] + record["eval_seconds"]
-            points.append((elapsed, 100 * record["test_accuracy"]))
-        axis.plot(*zip(*points), "o-", markersize=3, label=f"{meta['run']} ({meta['test_accuracy']:.2%})")
+            points.append((elapsed, 100 * record[f"{split}_accuracy"]))
+        axis.plot(*zip(*points), "o-", markersize=3, label=f"{meta['run']} (test {meta['test_accuracy']:.2%})")
     axis.axhline(100 * TARGET_ACCURACY, color="gray", linestyle=":", label="target 82 %")
+    measured_on = " or ".join(sorted(splits, reverse=True)) or "validation"
     axis.set(
         xlabel="training + evaluation time (s, wall clock, each run as measured)",
-        ylabel="test accuracy (%)",
-        title="CIFAR-10 SimpleCNN, 10 epochs: test accuracy against training time",
+        ylabel=f"{measured_on} accuracy per epoch (%)",
+        title=f"CIFAR-10 SimpleCNN: {measured_on} accuracy against training time",
         ylim=(60, 84),
     )
     axis.grid(alpha=0.3)

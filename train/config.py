@@ -39,8 +39,33 @@ class Config:
     cuda_graph: str = "auto"  # the whole step as one CUDA graph: auto (CUDA, Adam, one process) | on | off
     eval_batch_size: int = 1000
     train_subset: int = 0  # 0: all 50,000 training images
+    val_size: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "validation images held out of the training images (of --train-subset, when given); the "
+            "epoch with the best validation accuracy is exported. Default: a tenth of the training images "
+            "(5,000 of 50,000); 0: none, the final epoch is exported"
+        },
+    )
     test_subset: int = 0  # 0: all 10,000 test images
     threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
+
+    def __post_init__(self) -> None:
+        if self.val_size is not None and self.val_size < 0:
+            raise ConfigError(f"--val-size {self.val_size}: expected a number of images, 0 or more")
+        if self.train_subset:  # else the number of training images is known once the data is loaded
+            self.validation_size(self.train_subset)
+
+    def validation_size(self, training_images: int) -> int:
+        """How many of `training_images` are held out for validation; a ConfigError if none would be
+        left to train on."""
+        size = training_images // 10 if self.val_size is None else self.val_size
+        if size >= training_images:
+            raise ConfigError(
+                f"--val-size {size} leaves none of the {training_images:,} training images to train on: "
+                "hold out fewer (0: no validation split, the final epoch is exported)"
+            )
+        return size
 
 
 # Each recipe overrides Config's defaults; the command line overrides the recipe.
@@ -105,8 +130,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         elif field.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            kind = {"int": int, "float": float}.get(field.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=f"default: {field.default}")
+            kind = {"int": int, "int | None": int, "float": float}.get(field.type, str)
+            help_text = field.metadata.get("help", f"default: {field.default}")
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
     args = vars(parser.parse_args(argv))
     args["recipe"] = RECIPE_ALIASES.get(args["recipe"], args["recipe"])
     overrides = {name: value for name, value in args.items() if value is not None}

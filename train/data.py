@@ -249,6 +249,30 @@ def subset(images, labels, count):
     return images[keep], labels[keep]
 
 
+VALIDATION_SEED = 0  # the same images are held out for every run of the same data, whatever its --seed
+VALIDATION_DRAWN = (
+    "from the training images (the --train-subset, when given): each class gives its share of them "
+    "(largest remainders), its images chosen by a shuffle seeded with `seed`; trained on the rest"
+)
+
+
+def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the images kept for training and of the `size` held out for validation, each in
+    ascending order. Class-stratified: each class gives its share of `size` (rounded by largest
+    remainders, so the shares add up to `size`); which of its images is drawn by a shuffle seeded
+    with `seed`."""
+    exact = torch.bincount(labels, minlength=len(CLASSES)).double() * size / len(labels)
+    shares = exact.floor().long()
+    rounded_up = torch.argsort(exact - shares, descending=True, stable=True)[: size - int(shares.sum())]
+    shares[rounded_up] += 1
+    generator = torch.Generator().manual_seed(seed)
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    for label, share in enumerate(shares.tolist()):
+        members = torch.nonzero(labels == label).flatten()
+        held_out[members[torch.randperm(len(members), generator=generator)[:share]]] = True
+    return torch.nonzero(~held_out).flatten(), torch.nonzero(held_out).flatten()
+
+
 def random_crop_flip(
     padded: torch.Tensor, pad: int, flip: bool, generator: torch.Generator, crop: bool = True
 ) -> torch.Tensor:

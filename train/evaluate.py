@@ -5,7 +5,8 @@ model must give (see serve/verify.py), computed by the training job's own code.
 
 By default it evaluates the test images the run was measured on (`test_subset` in the run's
 metadata.json, beside the model: 0 means the whole split), so its accuracy is comparable with the
-metadata's `test_accuracy` (the best epoch's), which it prints beside its own.
+metadata's `test_accuracy` (the exported model's, measured once after training), which it prints
+beside its own.
 """
 
 from __future__ import annotations

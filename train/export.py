@@ -1,13 +1,17 @@
 """What a training run leaves behind, in models/<run>/, every file written atomically:
 
-    checkpoint.pt    best epoch's state_dict (+ epoch, accuracy, config), for further training
+    checkpoint.pt    the selected epoch's state_dict (+ epoch, test accuracy, config), for further training
     model.pt         TorchScript export of that epoch, checked against the eager model first
     model.onnx       ONNX export of the same weights (torch.export -> ONNX, dynamic batch size), checked
                      with ONNX Runtime against the eager model on 1,000 real test images first
-    metadata.json    accuracy (overall and per class), hyperparameters, data source and checksum,
-                     git commit, date, versions, history per epoch, the archive version
+    metadata.json    the exported epoch and how it was selected, test accuracy (overall and per class),
+                     hyperparameters, data source and checksum, the validation split, git commit, date,
+                     versions, history per epoch, the archive version
     curves.png       loss and accuracy per epoch
     confusion.png    confusion matrix on the test split
+
+The test split is evaluated here, once: model.pt as written, on the CPU in float32 as TorchServe runs
+it. Its figures are the metadata's test accuracy; the epoch was selected before, without it.
 
 models/latest is then pointed at the run, last, so it never names a half-written run.
 """
@@ -27,6 +31,7 @@ import torchvision
 
 from model import CLASSES, SimpleCNN
 from train.atomic import atomic_path, atomic_symlink, atomic_write_text
+from train.evaluate import evaluate
 from train.plots import plot_confusion, plot_curves
 
 
@@ -139,37 +144,52 @@ def export_aot_inductor(model: SimpleCNN, test_images: torch.Tensor, path: Path)
     return {"torch_version": torch.__version__, **check}
 
 
-def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: torch.Tensor, run_info: dict) -> dict:
+def write_run(
+    cfg,
+    selected: dict,
+    history: list[dict],
+    data: dict,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    run_info: dict,
+) -> dict:
     now = datetime.now(UTC)
     run_name = cfg.run_name or f"{cfg.recipe}-{now:%Y%m%d-%H%M%S}"
     out = Path(cfg.out_dir) / run_name
     out.mkdir(parents=True, exist_ok=True)
 
     model = SimpleCNN()
-    model.load_state_dict(best["state_dict"])
+    model.load_state_dict(selected["state_dict"])
+    export_torchscript(model, test_images[:256], out / "model.pt")
+    exported = torch.jit.load(str(out / "model.pt"), map_location="cpu")
+    test = evaluate(exported, test_images, test_labels, cfg.eval_batch_size, torch.device("cpu"))
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save(
             {
-                "state_dict": best["state_dict"],
-                "epoch": best["epoch"],
-                "test_accuracy": best["accuracy"],
+                "state_dict": selected["state_dict"],
+                "epoch": selected["epoch"],
+                "test_accuracy": test["accuracy"],
                 "config": run_info["config"],
             },
             tmp,
         )
-    export_torchscript(model, test_images[:256], out / "model.pt")
     onnx_check = export_onnx(model, test_images, out / "model.onnx")
 
+    validation_accuracy = selected["validation_accuracy"]  # None without a validation split
     metadata = {
         "run": run_name,
         "version": f"{now:%Y%m%d.%H%M%S}",
         "created": now.isoformat(timespec="seconds"),
         "recipe": cfg.recipe,
-        "epoch": best["epoch"],
-        "test_accuracy": round(best["accuracy"], 4),
-        "final_test_accuracy": round(history[-1]["test_accuracy"], 4),
-        "per_class_accuracy": {name: round(acc, 4) for name, acc in zip(CLASSES, best["per_class_accuracy"])},
-        "confusion_matrix": best["confusion"],
+        "epoch": selected["epoch"],
+        "selection": {
+            "selected_on": selected["selected_on"],
+            "validation_accuracy": None if validation_accuracy is None else round(validation_accuracy, 4),
+            "test_split": "evaluated once, on the exported model after training; no part in selecting it",
+        },
+        "test_accuracy": round(test["accuracy"], 4),
+        "per_class_accuracy": {name: round(acc, 4) for name, acc in zip(CLASSES, test["per_class_accuracy"])},
+        "confusion_matrix": test["confusion"],
         "classes": list(CLASSES),
         "parameters": sum(p.numel() for p in model.parameters()),
         "hyperparameters": run_info.pop("config"),
@@ -189,8 +209,11 @@ def write_run(cfg, best: dict, history: list[dict], data: dict, test_images: tor
         },
     }
     plot_curves(history, out / "curves.png", title=run_name)
-    plot_confusion(best["confusion"], CLASSES, out / "confusion.png", title=f"{run_name}, epoch {best['epoch']}")
+    plot_confusion(test["confusion"], CLASSES, out / "confusion.png", title=f"{run_name}, epoch {selected['epoch']}")
     atomic_write_text(out / "metadata.json", json.dumps(metadata, indent=2) + "\n")
     atomic_symlink(run_name, Path(cfg.out_dir) / "latest")
-    print(f"wrote {out}: epoch {best['epoch']}, test accuracy {best['accuracy']:.2%}")
+    print(
+        f"wrote {out}: epoch {selected['epoch']} (selected on {selected['selected_on']}), "
+        f"test accuracy {test['accuracy']:.2%}"
+    )
     return metadata

@@ -6,7 +6,10 @@
 
 The data set lives in memory as uint8 tensors (on the GPU when there is one); each epoch is
 augmented in one vectorized step (random crop with padding, horizontal flip), then cut into
-batches. Writes models/<run>/ (see train.export) and points models/latest at it.
+batches. A validation split held out of the training images is evaluated after each epoch, and the
+epoch with the best validation accuracy is the one exported (the final epoch, with --val-size 0);
+the test split is evaluated once, on the exported model (train.export). Writes models/<run>/ and
+points models/latest at it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from tqdm import tqdm
 from model import SimpleCNN
 from train.config import Config, ConfigError, parse_args
 from train.cuda_graph import GraphedTrainStep, graph_supported
-from train.data import DataSourceError, load_cifar10, random_crop_flip, subset
+from train.data import (
+    VALIDATION_DRAWN,
+    VALIDATION_SEED,
+    DataSourceError,
+    load_cifar10,
+    random_crop_flip,
+    subset,
+    validation_split,
+)
 from train.device import DeviceError, training_device
 from train.evaluate import evaluate
 from train.export import ExportMismatch, write_run
@@ -56,7 +67,11 @@ def train(cfg: Config) -> dict:
 
     data = load_cifar10(cfg.data or os.environ.get("CIFAR10_DATA") or None)
     train_images, train_labels = subset(data.train_images, data.train_labels, cfg.train_subset)
-    test_images, test_labels = subset(data.test_images, data.test_labels, cfg.test_subset)
+    kept, held_out = validation_split(train_labels, cfg.validation_size(len(train_labels)), VALIDATION_SEED)
+    val_images, val_labels = train_images[held_out].to(device), train_labels[held_out]  # evaluated each epoch
+    train_images, train_labels = train_images[kept], train_labels[kept]
+    validating = len(val_labels) > 0
+    test_images, test_labels = subset(data.test_images, data.test_labels, cfg.test_subset)  # once, after training
     pad = cfg.crop_padding
     padded = F.pad(train_images, (pad, pad, pad, pad)).to(device)  # zero (black) padding, as RandomCrop
     train_labels = train_labels.to(device)
@@ -76,9 +91,8 @@ def train(cfg: Config) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)  # same stream on every rank
     use_amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
     graphed = GraphedTrainStep(model, optimizer, cfg.batch_size, use_amp, cfg.label_smoothing) if graph else None
-    eval_images = test_images.to(device)  # evaluated each epoch: copied to the GPU once (on the CPU: the same tensor)
 
-    history, best = [], None
+    history, selected = [], None
     for epoch in range(1, cfg.epochs + 1):
         epoch_start = time.time()
         model.train()
@@ -124,31 +138,38 @@ def train(cfg: Config) -> dict:
             torch.cuda.synchronize(device)  # the steps run asynchronously: time them to their end
         train_seconds = time.time() - epoch_start
         epoch_loss, epoch_correct = graphed.sums() if graphed is not None else (loss_sum.item(), correct.item())
-        result = evaluate(served, eval_images, test_labels, cfg.eval_batch_size, device)
-        record = {
-            "epoch": epoch,
-            "train_loss": epoch_loss / seen,
-            "train_accuracy": epoch_correct / seen,
-            "test_loss": result["loss"],
-            "test_accuracy": result["accuracy"],
+        record = {"epoch": epoch, "train_loss": epoch_loss / seen, "train_accuracy": epoch_correct / seen}
+        if validating:
+            validation = evaluate(served, val_images, val_labels, cfg.eval_batch_size, device)
+            record |= {"validation_loss": validation["loss"], "validation_accuracy": validation["accuracy"]}
+            if averaged is not None and epoch == cfg.epochs:  # what the average added, once, at the end
+                live = evaluate(model, val_images, val_labels, cfg.eval_batch_size, device)
+                record["live_validation_accuracy"] = live["accuracy"]
+        record |= {
             "lr": float(optimizer.param_groups[0]["lr"]),
             "train_seconds": round(train_seconds, 2),
             "eval_seconds": round(time.time() - epoch_start - train_seconds, 2),
             "images_per_second": round(seen * world_size / train_seconds, 1),
         }
-        if averaged is not None and epoch == cfg.epochs:  # what the average added, once, at the end
-            record["live_test_accuracy"] = evaluate(model, eval_images, test_labels, cfg.eval_batch_size, device)[
-                "accuracy"
-            ]
         history.append(record)
         if rank == 0:
+            validated = f"validation {record['validation_accuracy']:.2%}  " if validating else ""
             tqdm.write(
                 f"epoch {epoch:2d}  loss {record['train_loss']:.4f}  train {record['train_accuracy']:.2%}  "
-                f"test {record['test_accuracy']:.2%}  {train_seconds:.1f}s  {record['images_per_second']:.0f} img/s"
+                f"{validated}{train_seconds:.1f}s  {record['images_per_second']:.0f} img/s"
             )
-        if best is None or result["accuracy"] > best["accuracy"]:
-            state = {name: value.detach().cpu().clone() for name, value in served.state_dict().items()}
-            best = {**result, "epoch": epoch, "state_dict": state}
+        # The epoch exported: the best on the validation split; without one, the final epoch.
+        if validating:
+            better = selected is None or record["validation_accuracy"] > selected["validation_accuracy"]
+        else:
+            better = epoch == cfg.epochs
+        if better:
+            selected = {
+                "epoch": epoch,
+                "selected_on": "validation" if validating else "final_epoch",
+                "validation_accuracy": record.get("validation_accuracy"),
+                "state_dict": {name: value.detach().cpu().clone() for name, value in served.state_dict().items()},
+            }
 
     metadata = {}
     if rank == 0:
@@ -157,15 +178,17 @@ def train(cfg: Config) -> dict:
             peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
         metadata = write_run(
             cfg,
-            best=best,
+            selected=selected,
             history=history,
             data={
                 "source": data.source,
                 "sha256": data.sha256,
                 "train_images": len(train_images),
+                "validation": {"images": len(val_labels), "seed": VALIDATION_SEED, "drawn": VALIDATION_DRAWN},
                 "test_images": len(test_images),
             },
             test_images=test_images,
+            test_labels=test_labels,
             run_info={
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "world_size": world_size,

@@ -18,14 +18,25 @@ def _save(figure, path: Path) -> None:
     plt.close(figure)
 
 
+def evaluated_split(history: list[dict]) -> str | None:
+    """The split each epoch of a run was evaluated on, and its exported epoch selected on: "validation";
+    None for a run without a validation split (no evaluation per epoch: the final epoch is exported);
+    "test" for runs recorded before the validation split existed (reports/recipes/ holds some).
+    The history's records name their figures after it: `validation_accuracy`, `test_loss`, ..."""
+    return next((split for split in ("validation", "test") if f"{split}_accuracy" in history[0]), None)
+
+
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    """Training loss and accuracy per epoch, beside those of the split each epoch was evaluated on."""
     epochs = [record["epoch"] for record in history]
+    split = evaluated_split(history)
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    loss_axis.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     accuracy_axis.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train (augmented)")
-    accuracy_axis.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", label="test")
+    if split:
+        loss_axis.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", label=split)
+        accuracy_axis.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], "o-", label=split)
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from train.atomic import atomic_write_text
-from train.plots import plot_confusion, plot_curves
+from train.plots import evaluated_split, plot_confusion, plot_curves
 
 
 def load_metadata(archive: Path | None, run: Path | None) -> tuple[dict, str]:
@@ -26,19 +26,33 @@ def load_metadata(archive: Path | None, run: Path | None) -> tuple[dict, str]:
         return json.loads(mar.read("metadata.json")), str(archive)
 
 
+def selection(meta: dict) -> str:
+    """Which epoch was exported and how it was chosen, with its accuracy and the final epoch's."""
+    split = evaluated_split(meta["history"])
+    if split is None:
+        return f"epoch {meta['epoch']}, the final one (no validation split)"
+    exported, final = (meta["history"][index][f"{split}_accuracy"] for index in (meta["epoch"] - 1, -1))
+    return f"epoch {meta['epoch']}, the best on the {split} split ({exported:.2%}; final epoch {final:.2%})"
+
+
 def summary(meta: dict, origin: str) -> str:
     per_class = "\n".join(f"| {name} | {accuracy:.2%} |" for name, accuracy in meta["per_class_accuracy"].items())
+    split = evaluated_split(meta["history"])
     history = "\n".join(
-        f"| {r['epoch']} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | {r['test_accuracy']:.2%} | {r['train_seconds']} |"
+        f"| {r['epoch']} | {r['train_loss']:.4f} | "
+        + (f"{r[f'{split}_loss']:.4f} | {r[f'{split}_accuracy']:.2%}" if split else "— | —")
+        + f" | {r['train_seconds']} |"
         for r in meta["history"]
     )
+    data = meta["data"]
+    held_out = f"{data['validation']['images']:,} validation / " if "validation" in data else ""
     return f"""# Model report: {meta["run"]} (version {meta["version"]})
 
 From `{origin}`. Recipe `{meta["recipe"]}`, trained {meta["created"]} on {meta["device"]} in {meta["total_seconds"]} s
-(git {meta["git_commit"]}, torch {meta["torch_version"]}); data `{meta["data"]["source"]}`
-(sha256 {meta["data"]["sha256"][:16]}…, {meta["data"]["train_images"]:,} train / {meta["data"]["test_images"]:,} test images).
+(git {meta["git_commit"]}, torch {meta["torch_version"]}); data `{data["source"]}`
+(sha256 {data["sha256"][:16]}…, {data["train_images"]:,} train / {held_out}{data["test_images"]:,} test images).
 
-**Test accuracy {meta["test_accuracy"]:.2%}** (epoch {meta["epoch"]}, the one exported); final epoch {meta["final_test_accuracy"]:.2%}.
+**Test accuracy {meta["test_accuracy"]:.2%}** of the exported model: {selection(meta)}.
 
 ![training curves](curves.png)
 
@@ -48,7 +62,7 @@ From `{origin}`. Recipe `{meta["recipe"]}`, trained {meta["created"]} on {meta["
 |---|---|
 {per_class}
 
-| epoch | train loss | test loss | test accuracy | train seconds |
+| epoch | train loss | {split or "validation"} loss | {split or "validation"} accuracy | train seconds |
 |---|---|---|---|---|
 {history}
 """

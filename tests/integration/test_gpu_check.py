@@ -51,7 +51,7 @@ RESULTS = {
             "eval_seconds": 0.4,
             "total_seconds": 20.1,
             "test_accuracy": 0.73,
-            "best_accuracy": 0.74,
+            "validation_accuracy": 0.74,
         },
         "gpu-large-batch": {
             "epochs": 16,
@@ -60,7 +60,7 @@ RESULTS = {
             "eval_seconds": 0.3,
             "total_seconds": 12.0,
             "test_accuracy": 0.815,
-            "best_accuracy": 0.815,
+            "validation_accuracy": 0.815,
         },
     },
     "serve": {

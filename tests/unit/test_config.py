@@ -76,3 +76,38 @@ def test_an_unknown_choice_raises_a_typed_error(field, value):
 
     with pytest.raises(ConfigError, match=value):
         make_optimizer(Config(**{field: value}), SimpleCNN(), steps_per_epoch=10)
+
+
+def test_the_validation_split_is_a_tenth_of_the_training_images_by_default():
+    assert parse_args([]).validation_size(50_000) == 5000
+    assert parse_args(["--train-subset", "5000"]).validation_size(5000) == 500
+    assert parse_args(["--val-size", "0"]).validation_size(50_000) == 0
+    assert parse_args(["--val-size", "2000"]).validation_size(50_000) == 2000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--val-size", "-1"], "--val-size -1: expected a number of images, 0 or more"),
+        (["--train-subset", "1000", "--val-size", "1000"], "leaves none of the 1,000 training images"),
+        (["--train-subset", "100", "--val-size", "5000"], "leaves none of the 100 training images"),
+    ],
+)
+def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused_at_parse_time(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(argv)
+
+
+def test_a_validation_split_larger_than_the_data_is_refused_once_the_data_is_known():
+    cfg = parse_args(["--val-size", "50000"])  # no subset: the number of training images is not known yet
+    with pytest.raises(ConfigError, match="leaves none of the 50,000 training images"):
+        cfg.validation_size(50_000)
+
+
+def test_the_training_job_says_why_it_refuses_a_validation_split():
+    """`python -m train --train-subset 100 --val-size 100` (its main, in this process): a message, no traceback."""
+    from train.main import main as train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--train-subset", "100", "--val-size", "100"])
+    assert str(exit_info.value).startswith("error: --val-size 100 leaves none of the 100 training images")

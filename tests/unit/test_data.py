@@ -1,4 +1,5 @@
-"""The training job's data sources, on tiny data sets the tests make themselves."""
+"""The training job's data sources, on tiny data sets the tests make themselves, and the validation
+split held out of the training images."""
 
 import pickle
 import tarfile
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from model import CLASSES
-from train.data import DataSourceError, load_cifar10
+from train.data import DataSourceError, load_cifar10, validation_split
 
 
 def pixels_for(split: str, label: int, index: int) -> np.ndarray:
@@ -143,3 +144,34 @@ def test_training_job_fails_at_once_on_a_bad_source(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--data", str(tmp_path / "nowhere")])
     assert str(exit_info.value).startswith("error:") and "does not exist" in str(exit_info.value)
+
+
+def test_validation_split_is_stratified_deterministic_and_disjoint():
+    """Each class gives its share of the held-out images (shares rounded by largest remainders, adding
+    up to the size asked); the same seed draws the same images, another seed others; every image is
+    either trained on or held out, never both."""
+    counts = [700, 1300, 300, 1000, 1000, 1000, 1000, 1000, 1000, 2000]  # unbalanced, like a subset can be
+    shuffle = torch.randperm(sum(counts), generator=torch.Generator().manual_seed(0))
+    labels = torch.repeat_interleave(torch.arange(10), torch.tensor(counts))[shuffle]
+    kept, held_out = validation_split(labels, 1000, seed=0)
+    exact = torch.tensor(counts) * 1000 / sum(counts)
+    per_class = torch.bincount(labels[held_out], minlength=10)
+    assert per_class.sum() == 1000 and ((per_class == exact.floor()) | (per_class == exact.ceil())).all()
+    assert per_class.tolist() == [68, 127, 29, 97, 97, 97, 97, 97, 97, 194]
+    assert len(set(kept.tolist()) & set(held_out.tolist())) == 0
+    assert sorted([*kept.tolist(), *held_out.tolist()]) == list(range(len(labels)))
+    again_kept, again_held_out = validation_split(labels, 1000, seed=0)
+    assert torch.equal(again_held_out, held_out) and torch.equal(again_kept, kept)
+    assert not torch.equal(validation_split(labels, 1000, seed=1)[1], held_out)
+
+
+def test_the_default_validation_split_of_cifar10_is_500_images_per_class():
+    labels = torch.arange(50_000) % 10
+    kept, held_out = validation_split(labels, 5000, seed=0)
+    assert torch.bincount(labels[held_out]).tolist() == [500] * 10 and len(kept) == 45_000
+
+
+def test_no_validation_split_keeps_every_image():
+    labels = torch.arange(100) % 10
+    kept, held_out = validation_split(labels, 0, seed=0)
+    assert kept.tolist() == list(range(100)) and len(held_out) == 0
