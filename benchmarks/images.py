@@ -6,9 +6,10 @@ Images (`make images` tags them `local`): cifar10-serve (torch), cifar10-serve-s
 no torch), cifar10-train. For each: its size and the bytes of `save | gzip` (what a node pulls, near
 enough). Each serving image serves --run in its format (TorchScript, ONNX), mounted read-only where
 Compose mounts the store: seconds from `run -d` to the first prediction, then the serving benchmark's
-wrk load, with the CPU time of the container's processes. Last, serve.verify's compare of every test
-image through the slim container against a TorchServe run as `make serve` runs it. Writes
-reports/images.{md,csv}.
+wrk load, with the CPU time of the container's processes; then the slim image's ONNX archive served
+bare (as `python -m serve start` serves it) under the same load: what the container costs. And
+serve.verify's compare of every test image through the slim container against a TorchServe run as
+`make serve` runs it. Writes reports/images.{md,csv}.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from benchmarks import command_line, command_parser
-from benchmarks.systems import System, bench_images, process_tree, until
-from serve.archive import REPO, build_archive
+from benchmarks.systems import System, bench_images, process_tree, torchserve_system, until
+from serve.archive import FORMATS, REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.keys import write_secret
 from serve.report import Report, write_csv
@@ -33,6 +36,7 @@ from serve.verify import CONFIDENCE_TOLERANCE, compare
 IMAGES = ["cifar10-serve:local", "cifar10-serve-slim:local", "cifar10-train:local"]
 SERVING = {"cifar10-serve:local": "torchscript", "cifar10-serve-slim:local": "onnx"}  # image -> archive format
 SLIM = "cifar10-serve-slim:local"
+BARE = "none (ONNX archive, bare)"
 MODEL_STORE = "/home/model-server/model-store"  # where the serving images read their archives
 KEY_FILE = "/home/model-server/run/key_file.json"
 ENGINE = os.environ.get("ENGINE", "podman")  # ENGINE=docker for docker
@@ -131,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
                 if image == SLIM:
                     with LocalServer(scratch / "reference", stores["torchscript"], args.port_base + 10) as reference:
                         verification = compare(system.client, args.run, args.data, reference=reference.client)
+        # the slim image's archive served bare, as `make serve` serves an archive: what the container costs
+        onnx_config = yaml.safe_load(FORMATS["onnx"][1].read_text())
+        with torchserve_system(BARE, args.run, onnx_config, scratch, args.port_base + 10, model_format="onnx") as bare:
+            loads = bare.loads(listing, args.concurrency, args.seconds, args.warmup)
+            rows += [{"image": BARE, "connections": row["concurrency"], **row} for row in loads]
     write(args, list(sizes.values()), rows, verification, load_before)
     raise SystemExit(0 if verification is not None and verification.ok else 1)
 
@@ -152,6 +161,15 @@ def write(args, sizes: list[dict], rows: list[dict], verification, load_before: 
         " of the same run; server CPU = the container's processes."
     )
     report.table(rows, columns)
+    by_key = {(row["image"], row["connections"]): row for row in rows}
+    for connections in args.concurrency:
+        slim, bare = by_key.get((SLIM, connections)), by_key.get((BARE, connections))
+        if slim and bare:
+            report.text(
+                f"At {connections} connections the slim container served {slim['rps'] / bare['rps']:.0%} of the"
+                f" requests/s of the same archive served bare ({slim['rps']:,.0f} against {bare['rps']:,.0f});"
+                f" p99 {slim['p99_ms']:.1f} against {bare['p99_ms']:.1f} ms."
+            )
     if verification is not None:
         report.text(
             f"Slim image against the TorchScript server of `make serve` (serve.server.LocalServer) on"

@@ -13,12 +13,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import ts
-
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 JAR = HERE / "build" / "frontend-agent.jar"
-TORCHSERVE_JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"  # what the agent compiles against
 
 
 class AgentBuildError(RuntimeError):
@@ -30,11 +27,14 @@ def agent_jar() -> Path:
     newest = max(path.stat().st_mtime for path in [BUILD_SCRIPT, *(HERE / "src").rglob("*.java")])
     if JAR.exists() and JAR.stat().st_mtime >= newest:
         return JAR
+    import ts  # TorchServe's frontend jar, which the agent compiles against (not in the training image)
+
+    torchserve_jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT), str(JAR)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TORCHSERVE_JAR": str(TORCHSERVE_JAR)},
+        env={**os.environ, "TORCHSERVE_JAR": str(torchserve_jar)},
     )
     if result.returncode != 0:
         raise AgentBuildError(
