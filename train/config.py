@@ -20,12 +20,12 @@ class Config:
     run_name: str | None = None  # default: <recipe>-<UTC timestamp>
     epochs: int = 10
     batch_size: int = 64  # per process
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": ("adam", "sgd")})
     lr: float = 1e-3  # the peak rate when schedule is onecycle
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # on convolution and linear weights only (not BatchNorm, not biases)
     label_smoothing: float = 0.0
-    schedule: str = "constant"  # constant | onecycle
+    schedule: str = dataclasses.field(default="constant", metadata={"choices": ("constant", "onecycle")})
     warmup: float = 0.25  # onecycle: the fraction of the steps spent rising to the peak rate
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights
     dropout: float = 0.5  # the classifier's dropout rate while training (the network's own: 0.5; none at serving)
@@ -34,9 +34,13 @@ class Config:
     flip_only_epochs: int = 0  # the last N epochs without random crops (flip only)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # bf16 autocast for training steps: auto (on for CUDA) | on | off
+    amp: str = dataclasses.field(  # bf16 autocast for training steps
+        default="auto", metadata={"choices": ("auto", "on", "off"), "help": "bf16 autocast: auto (on for CUDA)"}
+    )
     compile: bool = False  # torch.compile the training step's model
-    cuda_graph: str = "auto"  # the whole step as one CUDA graph: auto (CUDA, Adam, one process) | on | off
+    cuda_graph: str = dataclasses.field(  # the whole step as one CUDA graph
+        default="auto", metadata={"choices": ("auto", "on", "off"), "help": "auto: CUDA, Adam, one process"}
+    )
     eval_batch_size: int = 1000
     train_subset: int = 0  # 0: all 50,000 training images
     val_size: int | None = dataclasses.field(
@@ -51,6 +55,11 @@ class Config:
     threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # a recipe's values too, not only the command line's
+            choices = field.metadata.get("choices")
+            if choices and getattr(self, field.name) not in choices:
+                option = "--" + field.name.replace("_", "-")
+                raise ConfigError(f"{option} {getattr(self, field.name)!r}: expected one of {', '.join(choices)}")
         if self.val_size is not None and self.val_size < 0:
             raise ConfigError(f"--val-size {self.val_size}: expected a number of images, 0 or more")
         if self.train_subset:  # else the number of training images is known once the data is loaded
@@ -132,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(field.type, str)
             help_text = field.metadata.get("help", f"default: {field.default}")
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+            choices = field.metadata.get("choices")
+            parser.add_argument(flag, type=kind, default=None, choices=choices, help=help_text)
     args = vars(parser.parse_args(argv))
     args["recipe"] = RECIPE_ALIASES.get(args["recipe"], args["recipe"])
     overrides = {name: value for name, value in args.items() if value is not None}

@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from train.config import Config, ConfigError
+from train.config import Config
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -23,15 +23,13 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, cy
     """`cycle_momentum` False: the one-cycle schedule leaves the momentum alone (the CUDA-graph step
     captures it once)."""
     groups = parameter_groups(model, cfg.weight_decay)
+    # Config admits these choices only (train/config.py)
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     else:
-        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: expected adam or sgd")
-    if cfg.schedule == "constant":
-        scheduler = None
-    elif cfg.schedule == "onecycle":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    scheduler = None
+    if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=cfg.lr,
@@ -39,8 +37,6 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, steps_per_epoch: int, cy
             pct_start=cfg.warmup,
             cycle_momentum=cycle_momentum,
         )
-    else:
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}: expected constant or onecycle")
     return optimizer, scheduler
 
 

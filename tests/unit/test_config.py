@@ -7,7 +7,6 @@ from helpers import REPO
 
 from serve.config import api_address, config_on_ports, properties
 from train.config import RECIPES, Config, ConfigError, parse_args
-from train.main import make_optimizer
 
 
 def test_the_repositorys_config_is_read_as_torchserve_reads_it():
@@ -70,12 +69,15 @@ def test_the_old_recipe_name_still_works():
     assert parse_args(["--recipe", "seed"]) == parse_args(["--recipe", "baseline"])
 
 
-@pytest.mark.parametrize("field, value", [("optimizer", "rmsprop"), ("schedule", "cosine")])
-def test_an_unknown_choice_raises_a_typed_error(field, value):
-    from model import SimpleCNN
-
-    with pytest.raises(ConfigError, match=value):
-        make_optimizer(Config(**{field: value}), SimpleCNN(), steps_per_epoch=10)
+@pytest.mark.parametrize(
+    "field, value", [("optimizer", "rmsprop"), ("schedule", "cosine"), ("amp", "yes"), ("cuda_graph", "maybe")]
+)
+def test_an_unknown_choice_is_refused_before_any_work(field, value, capsys):
+    with pytest.raises(ConfigError, match=value):  # a recipe's value, or a Config made in code
+        Config(**{field: value})
+    with pytest.raises(SystemExit):  # the command line: argparse's error, before any data loads
+        parse_args(["--" + field.replace("_", "-"), value])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_the_validation_split_is_a_tenth_of_the_training_images_by_default():
