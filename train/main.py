@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict
 
@@ -108,8 +109,12 @@ def train(cfg: Config) -> dict:
         seen = 0
         if graphed is not None:
             graphed.start_epoch()
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0, leave=False
+        bar = tqdm(  # on a terminal only: into a log file it would write thousands of frames; the epoch's line stays
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="step",
+            disable=rank != 0 or not sys.stderr.isatty(),
+            leave=False,
         )
         for step in bar:
             x = images[step * cfg.batch_size : (step + 1) * cfg.batch_size]

@@ -1,9 +1,12 @@
 """A short real training run: what it writes, how its epoch was selected (on the validation split,
 never the test split), and that its TorchScript export is the model it reports."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
-from helpers import TEST_SUBSET, metadata, train_run
+from helpers import REPO, TEST_SUBSET, metadata, train_run
 
 from model import CLASSES, SimpleCNN
 from train.data import VALIDATION_SEED, load_cifar10, subset
@@ -68,3 +71,15 @@ def test_the_exported_epoch_is_the_best_on_validation_or_else_the_final_one(tmp_
         assert meta["selection"]["selected_on"] == "validation"
         assert meta["epoch"] == 1 + scores.index(max(scores))  # the first of the best
         assert meta["selection"]["validation_accuracy"] == round(max(scores), 4)
+
+
+def test_a_run_logged_to_a_file_writes_one_line_per_epoch_and_no_progress_frames(tmp_path, data_source):
+    command = [sys.executable, "-m", "train", "--data", str(data_source), "--epochs", "2", "--out-dir", str(tmp_path)]
+    command += ["--train-subset", "600", "--test-subset", "200"]
+    logged = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)  # pipes: no terminal
+    output = logged.stdout + logged.stderr
+    assert "\r" not in output
+    assert [line.split()[:2] for line in output.splitlines() if line.startswith("epoch ")] == [
+        ["epoch", "1"],
+        ["epoch", "2"],
+    ]
