@@ -11,7 +11,6 @@ throughput) and the HPA target it gives (TARGET_SHARE of it; docs/kubernetes.md)
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from fleet.pod import K8S, read_pod
 from fleet.report import load_figures, read_sent
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
 from serve.archive import REPO, build_archive
+from serve.other_work import OtherWork, add_noisy_option, exits_when_busy
 from serve.report import Report, write_csv
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
@@ -41,6 +41,7 @@ def measure(url: str, root: Path, steps: list[int], seconds: float, payloads: Pa
     return rows
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fleet.capacity", description=__doc__, formatter_class=HelpFormatter
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "fleet-capacity", help="model store, logs")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "fleet", help="the report's folder")
     parser.add_argument("--payloads", type=Path, default=PAYLOADS, help="Locust's images (make payloads)")
+    add_noisy_option(parser)
     args = parser.parse_args(argv)
     if engine("image", "inspect", args.image, check=False).returncode != 0:
         print(f"error: no image {args.image}: build it with `make images`", file=sys.stderr)
@@ -65,20 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     # the pod's command: the image's CMD with the pod's log configuration; token auth off, for Locust
     command = f"env PYTHONPATH={home} python -m serve.entrypoint --ncs --ts-config {home}/config.properties"
     command += f" --model-store {MODEL_STORE} --log-config {home}/log4j2.xml --disable-token-auth"
-    with start_container(args.image, store, args.port, name, workdir, options, command.split()) as pod:
-        load, steps = os.getloadavg(), [int(n) for n in args.users.split(",")]
+    steps = [int(n) for n in args.users.split(",")]
+    with (
+        OtherWork(noisy=args.noisy) as other_work,
+        start_container(args.image, store, args.port, name, workdir, options, command.split()) as pod,
+    ):
         rows = measure(pod.client.inference, workdir, steps, args.seconds, args.payloads)
     best = max(rows, key=lambda row: row["per_second"])
-    write_csv(args.out / "capacity.csv", rows, COLUMNS)
-    Report("One pod's capacity, in a container limited like the pod", command_line("fleet.capacity", argv)).text(
+    title = "One pod's capacity, in a container limited like the pod"
+    Report(title, command_line("fleet.capacity", argv), other_work).text(
         f"`podman run --cpus {requests['cpu']} --memory {requests['memory']}` (the torchserve container's requests) "
         f"of `{args.image}`, the pod's log configuration; Locust's ClassifierUser (the loadtests/ mix, 5 % bad "
-        f"payloads) on the same machine, {args.seconds:.0f} s per step. Machine load average at the start "
-        f"{load[0]:.1f} ({os.cpu_count()} cores, shared with other work and with Locust)."
+        f"payloads) on the same machine, {args.seconds:.0f} s per step."
     ).table(rows, COLUMNS).text(
         f"Capacity: **{best['per_second']:,.0f} req/s** ({best['users']} users, p99 {best['p99_ms']:,.0f} ms). "
         f"HPA target = {TARGET_SHARE:.0%} of it = **{TARGET_SHARE * best['per_second']:,.0f} req/s per pod**."
     ).write(args.out / "capacity.md")
+    write_csv(args.out / "capacity.csv", rows, COLUMNS)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The busy-machine guard (serve/other_work.py): what counts as other work, and that a busy
-machine's figures are refused unless --noisy. A process of the test's own keeps a core busy:
+"""The busy-machine guard (serve/other_work.py): what counts as other work, and that a report refuses
+to be written from a busy machine unless --noisy. A process of the test's own keeps a core busy:
 started detached (not the measurement's descendant), it is other work; as a child, or adopted, it is
 the measurement's own. Other work of the shared machine may add to the figures, never take from them:
 the quiet case is checked through the measurement's own CPU time, which nothing else touches."""
@@ -7,6 +7,7 @@ the quiet case is checked through the measurement's own CPU time, which nothing 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shlex
 import subprocess
@@ -26,6 +27,7 @@ from serve.other_work import (
     cpu_used,
     exits_when_busy,
 )
+from serve.report import Report
 
 SPIN = f"{shlex.quote(sys.executable)} -c 'while True: pass'"
 BUSY_SECONDS = 3
@@ -49,7 +51,7 @@ def detached_busy_process():
         busy.kill()
 
 
-def test_a_busy_process_beside_the_measurement_is_refused_unless_noisy():
+def test_a_busy_process_beside_the_measurement_refuses_the_report_and_noisy_marks_it(tmp_path):
     with detached_busy_process() as busy:
         used_before = cpu(busy)
         with OtherWork(noisy=True) as other_work:
@@ -60,13 +62,14 @@ def test_a_busy_process_beside_the_measurement_is_refused_unless_noisy():
     assert load.other_share >= OTHER_WORK_LIMIT
     assert load.too_busy() is not None
 
-    lines = other_work.judge()
-    assert lines[0].startswith("**Measured on a busy machine**: other work took")
-    assert lines[-1].startswith(f"Machine: other work took {load.other_share:.1%} of the {load.cores} cores")
+    page = Report("Figures", "python -m figures", other_work).text("a figure").write(tmp_path / "noisy.md").read_text()
+    assert page.split("\n\n")[2].startswith("**Measured on a busy machine**: other work took")  # below the command
+    assert f"Machine: other work took {load.other_share:.1%} of the {load.cores} cores" in page
 
     other_work.noisy = False  # the same figures, judged as a run without --noisy
     with pytest.raises(BusyMachine, match=r"^busy machine: (other work took|load average)"):
-        other_work.judge()
+        Report("Figures", "python -m figures", other_work).text("a figure").write(tmp_path / "strict.md")
+    assert not (tmp_path / "strict.md").exists()
 
 
 def test_the_measurements_children_and_adopted_processes_are_its_own_work():
@@ -120,11 +123,12 @@ def test_the_limits():
     assert loaded.too_busy() == "load average 3.2 before the run on 2 cores (limit 3)"
 
 
-def test_an_exempt_measurement_states_the_load_and_is_never_refused():
+def test_an_exempt_report_states_the_load_and_is_never_refused(tmp_path):
     with detached_busy_process(), OtherWork(exempt="a count of bytes") as other_work:
         time.sleep(1)
-    (line,) = other_work.judge()
-    assert line.startswith("Machine: other work took") and line.endswith("Not judged: a count of bytes.")
+    page = Report("Bytes", "python -m bytes", other_work).write(tmp_path / "bytes.md").read_text()
+    assert "Machine: other work took" in page and "Not judged: a count of bytes." in page
+    assert "busy machine" not in page
 
 
 def test_a_refusal_ends_the_command_with_one_line_and_status_2(capsys):
@@ -136,3 +140,15 @@ def test_a_refusal_ends_the_command_with_one_line_and_status_2(capsys):
         main([])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: busy machine: other work took 50.0% of the 2 cores (limit 10%)\n"
+
+
+JUDGED = ["benchmarks.serving", "benchmarks.images", "benchmarks.portability", "benchmarks.training"]
+JUDGED += ["fleet.drill", "fleet.capacity", "reliability.__main__"]
+EXEMPT = ["benchmarks.log_volume", "benchmarks.gpu_check"]
+
+
+@pytest.mark.parametrize("module", JUDGED + EXEMPT)
+def test_every_judged_command_takes_noisy_and_no_exempt_one_does(module, capsys):
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    assert ("--noisy" in capsys.readouterr().out) == (module in JUDGED)
