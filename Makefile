@@ -7,6 +7,8 @@ STORE ?= model-store
 TRAIN_ARGS ?= --recipe nesterov
 DEVICE ?= cpu
 DATA_ARG = $(if $(CIFAR10_DATA),--data $(CIFAR10_DATA))
+# NOISY=1: the report of a busy machine is written all the same, marked (docs/performance.md#busy-machines)
+NOISY_ARG = $(if $(NOISY),--noisy)
 export CIFAR10_DATA
 .DEFAULT_GOAL := help
 .PHONY: train serve FORCE  # the targets named like a folder (the others make no file of their name)
@@ -71,28 +73,28 @@ $(FLEET_RUNS)/%/model.pt: | .venv/.installed
 	$(PY) -m train --epochs 1 --train-subset 5000 --test-subset 1000 $(DATA_ARG) --seed $(if $(filter a,$*),1,2) --out-dir $(FLEET_RUNS) --run-name $*
 fleet-drill: $(FLEET_RUNS)/a/model.pt $(FLEET_RUNS)/b/model.pt payloads ## rollout, kill -9, overload behind a Service-like balancer
 	@bash setup/system-packages.sh test
-	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b
+	$(PY) -m fleet.drill --run-a $(FLEET_RUNS)/a --run-b $(FLEET_RUNS)/b $(NOISY_ARG)
 capacity: .venv/.installed ## one pod as deployed (slim image, limits, gateway) under wrk -> reports/capacity.md, the HPA target
 	@bash setup/system-packages.sh test
-	$(PY) -m fleet.capacity $(DATA_ARG) --run $(RUN)
+	$(PY) -m fleet.capacity $(DATA_ARG) --run $(RUN) $(NOISY_ARG)
 
 # --- Load, drills, benchmarks (docs/load-testing.md, reliability.md, performance.md, training.md) ---
 loadtests/payloads/manifest.json: | .venv/.installed
 	$(PY) -m loadtests.payloads --out loadtests/payloads
 payloads: loadtests/payloads/manifest.json ## the load tests' images, built from CIFAR-10 once
 loadtest: payloads ## Locust against `make serve` (SCENARIO=steady|ramp|spike, LOADTEST_ARGS="-u 16 -t 2m")
-	$(PY) -m locust --config loadtests/$(or $(SCENARIO),steady).conf $(LOADTEST_ARGS)
+	$(PY) -m locust --config loadtests/$(or $(SCENARIO),steady).conf $(NOISY_ARG) $(LOADTEST_ARGS)
 soak: .venv/.installed ## 70% of CAPACITY req/s against `make serve` for DURATION s -> reports/soak.*
-	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(or $(DURATION),600) $(DATA_ARG)
+	$(PY) -m locust -f loadtests/soak.py --headless --only-summary --capacity $(CAPACITY) --duration $(or $(DURATION),600) $(DATA_ARG) $(NOISY_ARG)
 reliability: archive ## bad inputs, fault drills, hostile clients on a TorchServe of their own -> reports/reliability.md
-	$(PY) -m reliability
+	$(PY) -m reliability $(NOISY_ARG)
 bench-serve: .venv/.installed ## serving benchmark: shipped TorchServe vs its own batching, ONNX Runtime, Flask, LitServe -> reports/bench-serve.*
 	@bash setup/system-packages.sh test
-	$(PY) -m benchmarks.serving $(DATA_ARG) --run $(RUN)
+	$(PY) -m benchmarks.serving $(DATA_ARG) --run $(RUN) $(NOISY_ARG)
 bench-train: .venv/.installed ## training benchmark: the naive pipeline against the recipes -> reports/bench-train.*
-	$(PY) -m benchmarks.training $(DATA_ARG)
+	$(PY) -m benchmarks.training $(DATA_ARG) $(NOISY_ARG)
 bench-portability: .venv/.installed ## TorchScript, ONNX Runtime, AOTInductor side by side -> reports/portability.*
-	OMP_NUM_THREADS=1 $(PY) -m benchmarks.portability $(DATA_ARG) --run $(RUN)
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.portability $(DATA_ARG) --run $(RUN) $(NOISY_ARG)
 recipes: .venv/.installed ## recipe runs side by side: a table and docs/recipes.png (RUNS="reports/recipes/*")
 	$(PY) -m train.compare $(or $(RUNS),reports/recipes/*) --plot docs/recipes.png
 aot: .venv/.installed ## add model.so (AOTInductor, needs g++) to RUN

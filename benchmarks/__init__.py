@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from serve.other_work import add_noisy_option
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "handler") not in sys.path:
     sys.path.insert(0, str(REPO / "handler"))
@@ -17,14 +19,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def command_parser(
-    module: str, doc: str, data_required: bool = True, out: Path = REPO / "reports", run=False, load=False
+    module: str,
+    doc: str,
+    data_required: bool = True,
+    out: Path = REPO / "reports",
+    run=False,
+    load=False,
+    noisy=True,
 ) -> argparse.ArgumentParser:
     """`python -m {module}`'s options: --data, the CIFAR-10 copy ($CIFAR10_DATA by default), and --out;
-    with `run`, --run; with `load`, the options of a wrk load at each concurrency."""
+    with `run`, --run; with `load`, the options of a wrk load at each concurrency; with `noisy`
+    (a report the machine's load is judged for: serve/other_work.py), --noisy."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc, formatter_class=HelpFormatter)
     data = os.environ.get("CIFAR10_DATA")
     parser.add_argument("--data", default=data, required=data_required and not data, help="CIFAR-10 copy")
     parser.add_argument("--out", type=Path, default=out, help="the reports' folder")
+    if noisy:
+        add_noisy_option(parser)
     if run:
         parser.add_argument("--run", type=Path, default=REPO / "models" / "latest", help="the trained run")
     if load:

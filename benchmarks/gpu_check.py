@@ -38,6 +38,7 @@ from benchmarks.training import train
 from serve.archive import GPU_MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.gpu_sizing import sized_config, this_machine
+from serve.other_work import OtherWork
 from serve.report import Report, write_csv
 
 GPU_TEST_FILES = (
@@ -50,6 +51,10 @@ COMPARISONS = {"<=": operator.le, ">=": operator.ge}
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
 STATE = REPO / "data" / "gpu-check"
 BENCH_IMAGES = 500
+# why its report states the machine's load without judging it (serve/other_work.py)
+NOT_JUDGED = (
+    "its stages may run in separate calls, so that no one call's figures cover the page (these are the last call's)"
+)
 
 # (section, name, metric, comparison, bound): what the GPU path must reach on a GPU machine.
 TARGETS = [
@@ -74,7 +79,8 @@ class GpuCheckError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = command_parser("benchmarks.gpu_check", __doc__, data_required=False, out=REPO / "reports" / "gpu")
+    out = REPO / "reports" / "gpu"
+    parser = command_parser("benchmarks.gpu_check", __doc__, data_required=False, out=out, noisy=False)
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, of: " + ", ".join(STAGES))
     parser.add_argument("--copy-to", type=Path, help="also copy the report here (e.g. $OUT on a lent machine)")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
@@ -205,13 +211,13 @@ def target_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_report(results: dict, out: Path) -> tuple[Path, Path]:
+def write_report(results: dict, out: Path, other_work: OtherWork) -> tuple[Path, Path]:
     """reports/gpu/gpu-check.md (targets, then every figure) and gpu-check.csv (the targets' rows)."""
     rows = target_rows(results)
     csv_path = write_csv(out / "gpu-check.csv", rows, ["section", "name", "metric", "target", "value", "met"])
     info = results.get("info", {})
     stages = ", ".join(f"{stage} ({when})" for stage, when in info.get("stages", {}).items())
-    report = Report("GPU check", info.get("command", "make gpu-check"))
+    report = Report("GPU check", info.get("command", "make gpu-check"), other_work)
     report.text(
         f"On {info.get('gpu', 'an unknown GPU')}, {info.get('cpus', '?')} cores, torch {info.get('torch', '?')}; stages run: {stages}."
     )
@@ -250,13 +256,14 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        run(args)
+        with OtherWork(exempt=NOT_JUDGED) as other_work:
+            run(args, other_work)
     except GpuCheckError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, other_work: OtherWork) -> None:
     if not torch.cuda.is_available():
         raise GpuCheckError(
             "make gpu-check needs a machine with an NVIDIA GPU and a CUDA build of torch; torch "
@@ -281,7 +288,7 @@ def run(args: argparse.Namespace) -> None:
         info["stages"][stage] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(results, indent=2) + "\n")
-        md_path, csv_path = write_report(results, args.out)
+        md_path, csv_path = write_report(results, args.out, other_work)
         if args.copy_to:
             args.copy_to.mkdir(parents=True, exist_ok=True)
             for path in (md_path, csv_path, state_file):

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from benchmarks import command_line, command_parser
@@ -29,6 +30,7 @@ from benchmarks.systems import System, bench_images, process_tree, torchserve_sy
 from serve.archive import FORMATS, REPO, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.keys import write_secret
+from serve.other_work import OtherWork, adopt, adopt_listeners, exits_when_busy
 from serve.report import Report, write_csv
 from serve.server import LocalServer
 from serve.verify import CONFIDENCE_TOLERANCE, compare
@@ -69,9 +71,11 @@ def start_container(
 ) -> System:
     """`image` serving `store` (`run -d` with `options`, and `command` instead of the image's CMD),
     ready once it answered a prediction (its cold start: from `run -d`); its CPU time is that of the
-    container's processes, read on the host. `publish`: the container's inference and management
-    ports on `port` and `port + 1` of this machine's loopback; else the container listens there
-    itself (`--network host` and a config with those ports, in `options`)."""
+    container's processes, read on the host. Its engine's monitor (podman's conmon, the parent of its
+    processes on the host) and the process forwarding its port are adopted (serve.other_work).
+    `publish`: the container's inference and management ports on `port` and `port + 1` of this
+    machine's loopback; else the container listens there itself (`--network host` and a config with
+    those ports, in `options`)."""
     key_dir = scratch / name
     key_dir.mkdir(parents=True)
     client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", "", key_file=key_dir / "key_file.json")
@@ -88,6 +92,8 @@ def start_container(
     try:
         until(answers, (EngineError, ServiceError, OSError, KeyError, ValueError), 300, f"{image}: no prediction")
         pid = int(engine("inspect", "--format", "{{.State.Pid}}", name).stdout)  # its init, on the host
+        adopt(psutil.Process(pid).ppid())
+        adopt_listeners(client.inference)
     except BaseException:
         engine("rm", "-f", name, check=False)
         raise
@@ -102,6 +108,7 @@ def start_container(
     )
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("benchmarks.images", __doc__, run=True, load=True)
     ports = "containers on this port and the next; the reference TorchServe on +10..+14"
@@ -111,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     args.command = command_line("benchmarks.images", argv)
     if shutil.which("wrk") is None:
         parser.error("wrk not found; install it with `sudo apt-get install -y wrk`")
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="images-bench-", ignore_cleanup_errors=True) as scratch:
+    with (
+        OtherWork(noisy=args.noisy) as other_work,
+        tempfile.TemporaryDirectory(prefix="images-bench-", ignore_cleanup_errors=True) as scratch,
+    ):
         scratch = Path(scratch)
         sizes = {image: {"image": image} for image in IMAGES}
         for image, row in sizes.items():
@@ -140,17 +149,15 @@ def main(argv: list[str] | None = None) -> None:
         with torchserve_system(BARE, args.run, onnx_config, scratch, args.port_base + 10, model_format="onnx") as bare:
             loads = bare.loads(listing, args.concurrency, args.seconds, args.warmup)
             rows += [{"image": BARE, "connections": row["concurrency"], **row} for row in loads]
-    write(args, list(sizes.values()), rows, verification, load_before)
+    write(args, list(sizes.values()), rows, verification, other_work)
     raise SystemExit(0 if verification is not None and verification.ok else 1)
 
 
-def write(args, sizes: list[dict], rows: list[dict], verification, load_before: tuple) -> None:
+def write(args, sizes: list[dict], rows: list[dict], verification, other_work: OtherWork) -> None:
     columns = ["image", "connections", "rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request"]
-    load_after = os.getloadavg()
-    report = Report("Container images: size, pull, cold start, serving", args.command)
+    report = Report("Container images: size, pull, cold start, serving", args.command, other_work)
     report.text(
-        f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; one run, both serving images"
-        f" in turn on the same machine: compare them with each other, not with other runs.",
+        "One run, both serving images in turn on the same machine: compare them with each other, not with other runs.",
         "`size_mb`: `image inspect` (uncompressed). `save_gzip_mb`: `save IMAGE | gzip` (default level), what a"
         " node pulls near enough. `first_prediction_s`: `run -d` to the first answered prediction (archive mounted).",
     )

@@ -26,6 +26,7 @@ import torch
 from benchmarks import command_line, command_parser
 from benchmarks.alternatives import OnnxModel, load_model
 from model import SimpleCNN
+from serve.other_work import OtherWork, exits_when_busy
 from serve.report import Report, write_csv
 from train.data import load_cifar10
 
@@ -63,6 +64,7 @@ def aot_package(eager: SimpleCNN, sample: torch.Tensor, folder: Path):
     return Path(path), torch._inductor.aoti_load_package(path)
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("benchmarks.portability", __doc__, run=True)
     args = parser.parse_args(argv)
@@ -89,32 +91,35 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({**row, "loaded_by": loader})
         print(rows[-1], flush=True)
 
-    measure("TorchScript, frozen", load_model(str(run / "model.pt")), run / "model.pt", None, "BaseHandler (.pt)")
-    measure("ONNX, ONNX Runtime", OnnxModel(str(run / "model.onnx")), run / "model.onnx", None, "our handler (.onnx)")
-    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, build, loader in (
-            ("torch.export + AOTInductor, .so", aot_so, "BaseHandler (.so, pt2.export.aot_compile)"),
-            ("torch.export + AOTInductor, .pt2 package", aot_package, "neither: TorchServe 0.12 predates .pt2"),
-        ):
-            started = time.monotonic()
-            try:
-                file, runner = build(eager, images[:2], Path(scratch))
-            except Exception as error:  # report what fails, whatever it is, and go on with the others
-                rows.append({"form": name, "loaded_by": f"FAILED: {type(error).__name__}: {str(error)[:200]}"})
-                print(rows[-1], flush=True)
-                continue
-            measure(name, runner, file, time.monotonic() - started, loader)
+    with OtherWork(noisy=args.noisy) as other_work:
+        measure("TorchScript, frozen", load_model(str(run / "model.pt")), run / "model.pt", None, "BaseHandler (.pt)")
+        measure(
+            "ONNX, ONNX Runtime", OnnxModel(str(run / "model.onnx")), run / "model.onnx", None, "our handler (.onnx)"
+        )
+        with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, build, loader in (
+                ("torch.export + AOTInductor, .so", aot_so, "BaseHandler (.so, pt2.export.aot_compile)"),
+                ("torch.export + AOTInductor, .pt2 package", aot_package, "neither: TorchServe 0.12 predates .pt2"),
+            ):
+                started = time.monotonic()
+                try:
+                    file, runner = build(eager, images[:2], Path(scratch))
+                except Exception as error:  # report what fails, whatever it is, and go on with the others
+                    rows.append({"form": name, "loaded_by": f"FAILED: {type(error).__name__}: {str(error)[:200]}"})
+                    print(rows[-1], flush=True)
+                    continue
+                measure(name, runner, file, time.monotonic() - started, loader)
 
     columns = list(rows[0])
-    write_csv(args.out / "portability.csv", rows, columns)
-    report = Report("Portable forms of the model", command_line("benchmarks.portability", argv)).text(
-        f"torch {torch.__version__} (shared machine: timings noisy, best of 7 rounds), 1 thread "
+    report = Report("Portable forms of the model", command_line("benchmarks.portability", argv), other_work).text(
+        f"torch {torch.__version__} (best of 7 rounds), 1 thread "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); checked on the first {CHECK_IMAGES} test "
         "images against the eager model. build_seconds: with TorchInductor's compile cache as found (a first build "
         "on a fresh machine takes longer)."
     )
     report.table(rows, columns).write(args.out / "portability.md")
+    write_csv(args.out / "portability.csv", rows, columns)
 
 
 if __name__ == "__main__":

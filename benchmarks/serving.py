@@ -39,6 +39,7 @@ from frontend import without_agent
 from serve.archive import FORMATS, MODEL_CONFIG, REPO
 from serve.client import ServiceError
 from serve.config import properties
+from serve.other_work import OtherWork, exits_when_busy
 from serve.report import Report, write_csv
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
@@ -119,6 +120,7 @@ def levers(shipped: dict) -> list[tuple[str, dict, dict]]:
     ]
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("benchmarks.serving", __doc__, run=True, load=True)
     parser.add_argument("--ceiling-seconds", type=float, default=5)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("wrk not found; install it with `sudo apt-get install -y wrk`")
     listing, run = bench_images(args.data, args.images, REPO / "data" / "bench-images"), args.run.resolve()
     rows, cold, failed = [], {}, {}
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+    with OtherWork(noisy=args.noisy) as other_work, tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         for round_ in range(1, args.rounds + 1):
             every = systems(args, Path(scratch) / f"round{round_}")
             for name in every if args.levers or args.variants else args.systems:
@@ -153,13 +155,14 @@ def main(argv: list[str] | None = None) -> None:
                 cold[name] = system.cold_start_seconds
                 which = {"system": system.name, "runtime": system.runtime, "round": round_}
                 rows += [{**which, **row, "ceiling_rps_beside": beside} for row in loads]
-    print("== CPU time per image of the ceilings (one thread)", flush=True)
-    per_image = {}  # the ceiling's CPU seconds per image on one thread, here: other load hardly changes it
-    for runtime in dict.fromkeys(row["runtime"] for row in rows):
-        done, _, cpu = ceiling_work(runtime, run, listing, args.ceiling_seconds)
-        per_image[runtime] = cpu / done
+        print("== CPU time per image of the ceilings (one thread)", flush=True)
+        per_image = {}  # the ceiling's CPU seconds per image on one thread, here: other load hardly changes it
+        for runtime in dict.fromkeys(row["runtime"] for row in rows):
+            done, _, cpu = ceiling_work(runtime, run, listing, args.ceiling_seconds)
+            per_image[runtime] = cpu / done
     stem = "bench-serve-levers" if args.levers else "bench-serve-variants" if args.variants else "bench-serve"
-    write(rows, per_image, cold, failed, args.out / stem, command_line("benchmarks.serving", argv))
+    report = Report("Serving benchmark", command_line("benchmarks.serving", argv), other_work)
+    write(report, rows, per_image, cold, failed, args.out / stem)
 
 
 def ratio(value: object) -> str:
@@ -204,15 +207,13 @@ def cpu_breakdown(rows: list[dict]) -> list[dict]:
     return breakdown
 
 
-def write(rows: list[dict], cpu_per_image: dict, cold: dict, failed: dict, stem: Path, command: str) -> None:
-    """stem.md (the table, cold starts, failures, targets), stem.csv and stem.png; `cpu_per_image`:
-    runtime -> the ceiling's CPU seconds per image."""
+def write(report: Report, rows: list[dict], cpu_per_image: dict, cold: dict, failed: dict, stem: Path) -> None:
+    """stem.md (`report`: the table, cold starts, failures, targets), then stem.csv and stem.png;
+    `cpu_per_image`: runtime -> the ceiling's CPU seconds per image."""
     for row in rows:
         row["cpu_efficiency"] = 1e3 * cpu_per_image[row["runtime"]] / row[CPU]
         row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
-    csv_columns = [*COLUMNS, "runtime", "requests", "server_cpu_seconds", "frontend_cpu_seconds"]
-    write_csv(stem.with_suffix(".csv"), rows, csv_columns)
-    report = Report("Serving benchmark", command).text(
+    report.text(
         "wrk (1 thread, `benchmarks/wrk_predict.lua`: real CIFAR-10 test JPEGs in turn, every answer checked) on "
         "the same machine; each system alone on it, one after the other.",
         "Ceiling: decode + forward + top-3 in one process at batch 64, no HTTP. Its CPU time per image on one "
@@ -247,6 +248,9 @@ def write(rows: list[dict], cpu_per_image: dict, cold: dict, failed: dict, stem:
         )
         report.table(breakdown, ["system", "round", "concurrency", "frontend", "workers", *PARTS])
     report.write(stem.with_suffix(".md"))
+    write_csv(
+        stem.with_suffix(".csv"), rows, [*COLUMNS, "runtime", "requests", "server_cpu_seconds", "frontend_cpu_seconds"]
+    )
     plot(rows, stem.with_suffix(".png"))
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from benchmarks import command_line, command_parser
 from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
+from serve.other_work import OtherWork, exits_when_busy
 from serve.report import Report, percent, write_csv
 from train.atomic import atomic_path
 
@@ -114,7 +115,7 @@ def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
     }
 
 
-def write_report(rows: list[dict], out: Path, command: str) -> None:
+def write_report(rows: list[dict], out: Path, command: str, other_work: OtherWork) -> None:
     naive = rows[0]
     target = next((row["final_validation_accuracy"] for row in rows if row["recipe"] == "baseline"), None)
     for row in rows[1:]:
@@ -124,9 +125,8 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
     accuracies = ["test_accuracy", "final_validation_accuracy", "best_validation_accuracy"]
     columns = ["recipe", "seconds_per_epoch", "total_seconds", "images_per_second", *accuracies]
     columns += ["seconds_to_baseline_final_validation_accuracy", "peak_memory_mb", "speedup_vs_naive", "measured"]
-    write_csv(out / "bench-train.csv", rows, columns)
     percent_columns = dict.fromkeys(accuracies, percent)
-    report = Report("Training benchmark", command)
+    report = Report("Training benchmark", command, other_work)
     report.text(f"On {rows[-1].get('device', 'cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads.")
     report.table(rows, columns, percent_columns)
     report.text(
@@ -136,6 +136,7 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         "of training + evaluation until the validation accuracy first reached the `baseline` recipe's final one."
     )
     report.write(out / "bench-train.md")
+    write_csv(out / "bench-train.csv", rows, columns)
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows[1:]:
@@ -155,15 +156,18 @@ def write_report(rows: list[dict], out: Path, command: str) -> None:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("benchmarks.training", __doc__)
     parser.add_argument("--recipes", nargs="+", default=["baseline", "fast"])
     parser.add_argument("--naive-steps", type=int, default=200)
     parser.add_argument("--models", type=Path, default=Path("models"))
     args, extra = parser.parse_known_args(argv)  # anything else goes to `python -m train`
-    rows = [time_naive_pipeline(image_folder(Path(args.data)), args.naive_steps)]
-    rows += [run_recipe(recipe, args.data, args.models, extra) for recipe in args.recipes]
-    write_report(rows, args.out, command_line("benchmarks.training", argv))
+    folder = image_folder(Path(args.data))
+    with OtherWork(noisy=args.noisy) as other_work:
+        rows = [time_naive_pipeline(folder, args.naive_steps)]
+        rows += [run_recipe(recipe, args.data, args.models, extra) for recipe in args.recipes]
+    write_report(rows, args.out, command_line("benchmarks.training", argv), other_work)
 
 
 if __name__ == "__main__":

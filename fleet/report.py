@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import psutil
 
+from serve.other_work import OtherWork
 from serve.report import Report, write_csv
 
 Verdict = tuple[str, bool, str]
@@ -257,17 +258,15 @@ def resources(figures: dict, name: str) -> dict | None:
     }
 
 
-def write_report(figures: dict, options, command: str) -> list[Verdict]:
-    rows = timeline(figures)
-    write_csv(options.out / "fleet-drill.csv", rows, list(rows[0]))
-    plot(figures, rows, options.out / "fleet-drill.png")
+def write_report(figures: dict, options, command: str, other_work: OtherWork) -> list[Verdict]:
     results = verdicts(figures)
     pod, v = figures["pod"], figures["versions"]
     windows = [window_figures(name, window, figures) for name, window in figures["windows"].items()]
-    report = Report("Fleet drill: rolling update, kill -9, scale-up and overload behind a Service", command).text(
-        f"{psutil.cpu_count()} cores shared with other work: timings are noisy; compare within this run only. "
-        "Each replica is one pod of deploy/k8s as processes: TorchServe (serve.server.LocalServer) with the pod's "
-        "config.properties and console log configuration behind the pod's nginx gateway. HAProxy plays the Service: "
+    title = "Fleet drill: rolling update, kill -9, scale-up and overload behind a Service"
+    report = Report(title, command, other_work).text(
+        "Compare timings within this run only. Each replica is one pod of deploy/k8s as processes: TorchServe "
+        "(serve.server.LocalServer) with the pod's config.properties and console log configuration behind the pod's "
+        "nginx gateway. HAProxy plays the Service: "
         "`mode tcp` (connections balanced, not requests), no retries, no redispatch, no passive mark-down; a replica "
         f"leaves rotation only when the Deployment's readiness command fails {pod.readiness.failure_threshold} times, "
         f"{pod.readiness.period:.0f} s apart. The kubelet's liveness probe runs every {pod.liveness.period:.0f} s "
@@ -309,4 +308,7 @@ def write_report(figures: dict, options, command: str) -> list[Verdict]:
         "![fleet drill](fleet-drill.png)",
     )
     report.write(options.out / "fleet-drill.md")
+    rows = timeline(figures)
+    write_csv(options.out / "fleet-drill.csv", rows, list(rows[0]))
+    plot(figures, rows, options.out / "fleet-drill.png")
     return results

@@ -3,7 +3,10 @@
 Each shape stops by itself after its last stage (the ramp at the first step that breaks the service
 level), recording each request into the stage in which it finished. At the end the service levels are
 judged into `summary.md` (beside the --csv files, or --summary; printed without either); a level not
-met makes Locust exit 1, so a scenario can gate a release. The options: loadtests/users.py (OPTIONS).
+met makes Locust exit 1, so a scenario can gate a release. The other work on this machine is measured
+from the start to the end, the server under load counting as the measurement's own where it runs
+here (serve/other_work.py): a busy machine's run writes no summary and exits 2, unless --noisy.
+The options: loadtests/users.py (OPTIONS).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from locust.runners import WorkerRunner
 from locust.stats import RequestStats
 
 from loadtests.users import MIX, SHARED, ClassifierUser, OperatorUser, PacedUser, WrongAnswer, group_of, management_url
+from serve.other_work import BusyMachine, OtherWork, adopt_listeners
 from serve.report import Report
 
 GROUP_TITLES = {"predict": "valid predictions", "bad": "bad payloads (400 expected)", "manage": "management (operator)"}
@@ -80,6 +84,7 @@ class StagedShape(LoadTestShape):
     stop_at_breach = False
 
     stages: tuple[Stage, ...] | list[Stage] = ()  # planned at the first tick, from Locust's options
+    other_work: OtherWork  # measured from Locust's init to its end (measure_the_machine)
 
     def configure(self, options) -> None:
         self.stages = self.plan(options)
@@ -240,7 +245,7 @@ def summary(environment, shape: StagedShape, levels: list[Level], passed: bool) 
         pace = "closed loop, each keeps one request in flight"
     weights = {kind: MIX[kind] for kind in SHARED.payloads}
     mix = ", ".join(f"{kind} {weight / sum(weights.values()):.0%}" for kind, weight in weights.items())
-    report = Report(f"Load test: {scenario}", " ".join(["locust", *sys.argv[1:]]))
+    report = Report(f"Load test: {scenario}", " ".join(["locust", *sys.argv[1:]]), shape.other_work)
     report.text(
         f"- target: {host}/predictions/{options.model} (management {management_url(options, host)})",
         f"- load generator: Locust {locust.__version__} on {platform.node()}",
@@ -281,10 +286,40 @@ def summary(environment, shape: StagedShape, levels: list[Level], passed: bool) 
     return report.text(f"**{'PASS' if passed else 'FAIL'}** (exit code {0 if passed else 1})")
 
 
+def judged_here(environment) -> bool:
+    """Whether this Locust process judges a staged run: alone, or the master of its workers."""
+    return not isinstance(environment.runner, WorkerRunner) and isinstance(environment.shape_class, StagedShape)
+
+
+@events.init.add_listener
+def measure_the_machine(environment, **_kwargs):
+    """Measures the other work on this machine until the end; a machine already busy ends the run here."""
+    if environment.parsed_options is None or not judged_here(environment):
+        return
+    try:
+        environment.shape_class.other_work = OtherWork(noisy=environment.parsed_options.noisy).start()
+    except BusyMachine as error:
+        log.error("error: %s", error)
+        raise SystemExit(2) from None
+
+
+@events.test_start.add_listener
+def adopt_the_server(environment, **_kwargs):
+    """The server under load is part of the measurement where it runs on this machine."""
+    adopt_listeners(environment.host or ClassifierUser.host)
+
+
 @events.quitting.add_listener
 def check_service_levels(environment, **_kwargs):
     shape = environment.shape_class
-    if isinstance(environment.runner, WorkerRunner) or not isinstance(shape, StagedShape) or not shape.stages:
+    if not judged_here(environment) or not shape.stages:
+        return
+    shape.other_work.stop()
+    try:
+        shape.other_work.judge()  # before the levels: the soak's write their figures beside the summary
+    except BusyMachine as error:
+        log.error("error: %s", error)
+        environment.process_exit_code = 2
         return
     levels = shape.levels()
     if OperatorUser.found_workers is not None:  # restored by users.restore_workers, at test_stop (before this)

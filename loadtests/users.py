@@ -24,6 +24,7 @@ from loadtests.payloads import CONTENT_TYPES, DEFAULT_FOLDER, bad_payloads, load
 from serve.answers import answer_problem
 from serve.archive import REPO
 from serve.keys import read_keys
+from serve.other_work import add_noisy_option
 
 # Share of the valid requests by kind: mostly CIFAR-10's own 32 px images, some larger photos.
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}
@@ -81,6 +82,7 @@ def add_options(parser):
             is_secret=name.endswith("-key"),
             choices=["up", "up-down"] if name == "operator-mode" else None,
         )
+    add_noisy_option(parser, env_var="LOADTEST_NOISY")
 
 
 class WrongAnswer(Exception):

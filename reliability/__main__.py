@@ -10,6 +10,7 @@ reports/reliability.md and the figures behind it (reliability.json); exits 1 whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from reliability.hostile import attacks, operations, run_attack
 from serve.archive import REPO
 from serve.client import sample_jpeg
 from serve.config import properties
+from serve.other_work import OtherWork, add_noisy_option, exits_when_busy
 from serve.report import Report, percent
 from train.data import encoded_images
 
@@ -71,10 +73,9 @@ def problems(report: dict) -> list[str]:
     return found + [p for row in report.get("hostile", []) for p in rules.hostile_problems(row)]
 
 
-def write_report(report: dict, command: str, out: Path) -> None:
-    page = Report("Reliability: bad inputs, faults, hostile clients", command).text(
-        f"Load average (1 min) at the start and the end: {report['load'][0]:.1f}, {os.getloadavg()[0]:.1f}."
-    )
+def write_report(report: dict, command: str, out: Path, other_work: OtherWork) -> None:
+    """out (Markdown), then the figures behind it beside it (.json), the machine's among them."""
+    page = Report("Reliability: bad inputs, faults, hostile clients", command, other_work)
     if inputs := report.get("inputs"):
         page.text(
             f"## Inputs ({len(inputs['inputs'])} kinds, each alone)",
@@ -98,9 +99,11 @@ def write_report(report: dict, command: str, out: Path) -> None:
             f"{rules.MEMORY_BACK_SECONDS} s.",
         ).table(rows, HOSTILE_COLUMNS.split(), {"good_success": percent})
     page.text("## Problems", *([f"- {p}" for p in report["problems"]] or ["none"])).write(out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    figures = {**report, "machine": dataclasses.asdict(other_work.load())}
+    out.with_suffix(".json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
 
 
+@exits_when_busy
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m reliability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,14 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-burst", type=int, default=800, help="requests at once to cifar10 (> job_queue_size)")
     parser.add_argument("--attack-seconds", type=float, default=10, help="how long each hostile client attacks")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "reliability.md")
+    add_noisy_option(parser)
     args = parser.parse_args(argv)
     if not args.archive.exists():
         raise SystemExit(f"error: {args.archive} not found (make archive)")
 
     images = [sample_jpeg((i * 6, 255 - i * 6, 90)) for i in range(40)]
     images = encoded_images(args.data)[0][:40] if args.data else images
-    report = {"load": os.getloadavg()}
+    report = {}
     with (
+        OtherWork(noisy=args.noisy) as other_work,
         tempfile.TemporaryDirectory(prefix="reliability-") as workdir,
         drills.FaultServer(args.archive, Path(workdir), args.port_base) as server,
     ):
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             report["hostile"] = [run_attack(server, attack, images[0], args.attack_seconds) for attack in chosen]
     report["problems"] = problems(report)
     command = "python -m reliability " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_report(report, command.strip(), args.out)
+    write_report(report, command.strip(), args.out, other_work)
     print("no problem found" if not report["problems"] else f"{len(report['problems'])} problem(s)")
     raise SystemExit(1 if report["problems"] else 0)
 

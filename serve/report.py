@@ -1,6 +1,7 @@
 """Markdown reports (with a CSV of their rows) for runs against the service: the benchmarks, the
 drills, the soak and the fleet drill all write theirs through `Report`, so every report names the
-command that made it and the day it ran, and its tables look alike.
+command that made it, the day it ran and what other work the machine did meanwhile (and none is
+written from a busy machine unless asked: serve/other_work.py), and its tables look alike.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from serve.other_work import OtherWork
 
 Cell = Callable[[object], str]
 
@@ -30,15 +33,13 @@ def percent(value: object) -> str:
 
 
 class Report:
-    """One Markdown page: a title, the command and when it ran, then text and tables in order."""
+    """One Markdown page: a title, the command and when it ran, the other work beside what it
+    measured (`other_work`, which judges whether the figures hold), then text and tables in order."""
 
-    def __init__(self, title: str, command: str):
-        self.lines = [
-            f"# {title}",
-            "",
-            f"`{command}` — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores.",
-            "",
-        ]
+    def __init__(self, title: str, command: str, other_work: OtherWork):
+        self.head = [f"# {title}", "", f"`{command}` — {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores."]
+        self.other_work = other_work
+        self.lines: list[str] = []
 
     def text(self, *lines: str) -> Report:
         self.lines += [*lines, ""]
@@ -54,15 +55,19 @@ class Report:
         return self
 
     def markdown(self) -> str:
-        return "\n".join(self.lines).rstrip() + "\n"
+        """The page; raises serve.other_work.BusyMachine where other work took too much of the machine
+        for its figures to hold."""
+        return "\n".join([*self.head, "", *self.other_work.judge(), "", *self.lines]).rstrip() + "\n"
 
     def write(self, path: Path) -> Path:
-        """Writes the page (through a temporary file: never half-written) and prints it."""
+        """Writes the page (through a temporary file: never half-written) and prints it; raises
+        BusyMachine, and writes nothing, where its figures would not hold."""
+        page = self.markdown()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        partial.write_text(self.markdown())
+        partial.write_text(page)
         partial.replace(path)
-        print(self.markdown())
+        print(page)
         return path
 
 

@@ -24,6 +24,7 @@ from frontend import agent_jar
 from serve.archive import REPO
 from serve.client import Client, ServiceError, sample_jpeg
 from serve.config import config_on_ports, properties
+from serve.other_work import adopt
 
 LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
 
@@ -131,7 +132,9 @@ def _torchserve() -> str:
 def start(
     paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = (), log_config: Path | None = LOG_CONFIG
 ) -> None:
-    """Launches TorchServe in the background (returns at once; see `wait_until_serving`).
+    """Launches TorchServe in the background (returns at once; see `wait_until_serving`). Its frontend
+    outlives the launcher, so it is no descendant of this process: it is adopted, with its workers, as
+    this process's own work (serve.other_work).
 
     log_config=None keeps TorchServe's built-in logging (an access-log line per request).
     """
@@ -158,6 +161,8 @@ def start(
             stdout=output,
             stderr=output,
         )
+    if (pid := paths.frontend_pid()) is not None:
+        adopt(pid)
 
 
 def stop(paths: ServerPaths) -> None:

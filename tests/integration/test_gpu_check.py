@@ -14,7 +14,8 @@ import torch
 import yaml
 from helpers import PORT_BASE, REPO
 
-from benchmarks.gpu_check import GPU_TEST_FILES, TARGETS, parse_args, target_rows, write_report
+from benchmarks.gpu_check import GPU_TEST_FILES, NOT_JUDGED, TARGETS, parse_args, target_rows, write_report
+from serve.other_work import OtherWork
 
 
 def test_defaults_run_every_stage_at_the_issues_loads():
@@ -98,10 +99,18 @@ def test_targets_are_judged_from_the_results():
     assert len(rows) == len(TARGETS)
 
 
-def test_report_writes_markdown_and_csv(tmp_path):
-    md_path, csv_path = write_report(RESULTS, tmp_path)
+@pytest.fixture
+def other_work():
+    """The check's own measure of the machine's load, as its run takes it."""
+    with OtherWork(exempt=NOT_JUDGED) as measured:
+        yield measured
+
+
+def test_report_writes_markdown_and_csv(tmp_path, other_work):
+    md_path, csv_path = write_report(RESULTS, tmp_path, other_work)
     text = md_path.read_text()
     assert "On NVIDIA H200, 16 cores, torch 2.11.0" in text
+    assert f"Not judged: {NOT_JUDGED}." in text  # the machine's load is stated, never refused
     assert "| train | gpu-large-batch | train_seconds | <= 3.0 | 3.4 | **NOT met** |" in text
     assert "| serve | c=512 | errors | <= 0 | — | not run |" in text
     assert "| baseline (CUDA graph) | 10 | 6.5 | 0.65 |" in text
@@ -112,7 +121,7 @@ def test_report_writes_markdown_and_csv(tmp_path):
     assert {row["met"] for row in rows} == {"True", "False", ""}
 
 
-def test_a_failed_run_is_reported_as_failed_not_skipped(tmp_path):
+def test_a_failed_run_is_reported_as_failed_not_skipped(tmp_path, other_work):
     results = {
         "train": {"baseline (CUDA graph)": {"error": "python -m train exited 1"}},
         "serve": {"12 workers (sized)": {"config": {}, "error": "TimeoutError: no answer"}},
@@ -121,12 +130,12 @@ def test_a_failed_run_is_reported_as_failed_not_skipped(tmp_path):
     failed = [row for row in rows if row["value"] == "error"]
     assert {row["name"] for row in failed} >= {"baseline (CUDA graph)", "12 workers (sized): c=256"}
     assert all(row["met"] is False for row in failed)
-    text = write_report(results, tmp_path)[0].read_text()
+    text = write_report(results, tmp_path, other_work)[0].read_text()
     assert "python -m train exited 1" in text and "Failed: `TimeoutError: no answer`" in text
 
 
-def test_report_of_nothing_yet_says_nothing_was_run(tmp_path):
-    md_path, _ = write_report({}, tmp_path)
+def test_report_of_nothing_yet_says_nothing_was_run(tmp_path, other_work):
+    md_path, _ = write_report({}, tmp_path, other_work)
     assert md_path.read_text().count("not run") == len(TARGETS)
 
 

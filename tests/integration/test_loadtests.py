@@ -42,12 +42,15 @@ def payloads(tmp_path_factory, data_source) -> Path:
 
 
 def locust(server, payloads: Path, reports: Path, *options: str) -> subprocess.CompletedProcess:
+    """A Locust run that checks behaviour, not speed: --noisy, so that a busy test machine does not
+    keep its summary from being written (serve/other_work.py)."""
     command = [
         sys.executable,
         "-m",
         "locust",
         "--headless",
         "--only-summary",
+        "--noisy",
         "--host",
         server.inference,
         "--management-url",
@@ -99,6 +102,7 @@ def test_smoke_load_through_the_steady_scenario(server, payloads, tmp_path):
     summary = (reports / "summary.md").read_text()
     assert result.returncode == 0, summary + result.stderr[-3000:]
     assert "**PASS**" in summary
+    assert "Machine: other work took" in summary  # what the machine did beside the run, stated
 
     stats = stats_by_name(reports)
     names = set(stats) - {"Aggregated"}
