@@ -296,10 +296,10 @@ def test_paths_agree_with_the_serve_image(rendered):
     image = dockerfile()
     cmd = json.loads(re.search(r"^CMD (\[.*?\])$", image.replace("\\\n", ""), re.M | re.S).group(1))
     ts_config, model_store = cmd[cmd.index("--ts-config") + 1], cmd[cmd.index("--model-store") + 1]
-    # The pod runs the image's CMD (its PYTHONPATH set by the container's env) plus a log configuration.
+    # The pod runs the image's CMD (its PYTHONPATH set by the container's env), its log configuration included.
     command = container(objects, "torchserve")["command"]
-    assert cmd[0] == "env" and command[: len(cmd) - 2] == cmd[2:]
-    assert command[len(cmd) - 2 :] == ["--log-config", "/home/model-server/log4j2.xml"]
+    assert cmd[0] == "env" and command == cmd[2:]
+    assert command[-2:] == ["--log-config", "/home/model-server/log4j2.xml"]
     serving = mounts(objects, "torchserve")
     config_mount = next(m for m in container(objects, "torchserve")["volumeMounts"] if m["name"] == "torchserve-config")
     assert config_mount["mountPath"] == ts_config and config_mount["subPath"] == "config.properties"
