@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks import command_line, command_parser
 from benchmarks.images import MODEL_STORE, EngineError, engine, start_container
-from benchmarks.systems import bench_images, run_wrk
+from benchmarks.systems import WrkError, bench_images, run_wrk, until
 from fleet.pod import GATEWAY_OFFSET, K8S, STATUS_OFFSET, FleetError, read_pod, start_gateway, stop_process
 from serve.archive import REPO, build_archive
 from serve.config import config_on_ports
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdir / "gateway", gateway_port, args.port_base, args.port_base + STATUS_OFFSET, {"capacity": token}
             )
             try:
+                until(lambda: run_wrk(url, listing, 1, 1, token, form=False), (WrkError,), 60, "the gateway: no answer")
                 run_wrk(url, listing, 16, args.warmup, token, form=False)
                 for connections in args.concurrency:
                     result = run_wrk(url, listing, connections, args.seconds, token, form=False)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             finally:
                 stop_process(gateway)
-    except (EngineError, FleetError) as error:
+    except (EngineError, FleetError, WrkError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     pod_capacity = capacity(rows)

@@ -304,7 +304,7 @@ def write_report(figures: dict, options, command: str, other_work: OtherWork) ->
         events.append({"second": e.time - start, "event": e.what + details})
     report.text("## Events").table(events, ["second", "event"])
     report.text(
-        "Per second: fleet-drill.csv; fleet-drill.png. Per-pod capacity: capacity.md.",
+        "Per second: fleet-drill.csv; fleet-drill.png. Per-pod capacity: ../capacity.md (make capacity).",
         "![fleet drill](fleet-drill.png)",
     )
     report.write(options.out / "fleet-drill.md")
