@@ -8,6 +8,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.List;
 import org.objectweb.asm.tree.ClassNode;
+import org.pytorch.serve.archive.model.InvalidModelException;
 
 /**
  * A model is registered only by the file name of an archive in the model store (applied by
@@ -26,7 +27,6 @@ public final class ArchiveNamesOnly {
     static final String MODEL_ARCHIVE = "org/pytorch/serve/archive/model/ModelArchive";
     static final String DESCRIPTOR =
             "(Ljava/util/List;Ljava/lang/String;Ljava/lang/String;Z)Lorg/pytorch/serve/archive/model/ModelArchive;";
-    static final String REFUSAL = "org.pytorch.serve.archive.model.InvalidModelException"; // answered 400
     static final int SHOWN_CHARACTERS = 80;
 
     private ArchiveNamesOnly() {}
@@ -41,19 +41,15 @@ public final class ArchiveNamesOnly {
                 0,
                 1,
                 2);
-        try {
-            Class.forName(REFUSAL, false, ClassLoader.getSystemClassLoader()).getConstructor(String.class);
-        } catch (ReflectiveOperationException missing) {
-            throw new UnexpectedBytecode(REFUSAL + "(String) not found: " + missing);
-        }
         return Agent.write(archive);
     }
 
-    /** Returns when `url` names an archive in `modelStore`; otherwise throws InvalidModelException. */
-    public static void downloadModel(List<String> allowedUrls, String modelStore, String url) throws Exception {
+    /** Returns when `url` names an archive in `modelStore`; otherwise throws InvalidModelException (400). */
+    public static void downloadModel(List<String> allowedUrls, String modelStore, String url)
+            throws InvalidModelException {
         String refusal = refusal(modelStore, url);
         if (refusal != null) {
-            throw (Exception) Class.forName(REFUSAL).getConstructor(String.class).newInstance(refusal);
+            throw new InvalidModelException(refusal);
         }
     }
 

@@ -3,6 +3,9 @@ package cifar10.frontend;
 import cifar10.frontend.Agent.UnexpectedBytecode;
 import java.util.List;
 import org.objectweb.asm.tree.ClassNode;
+import org.pytorch.serve.http.BadRequestException;
+import org.pytorch.serve.util.messages.InputParameter;
+import org.pytorch.serve.util.messages.RequestInput;
 
 /**
  * A request carries at most MAX_PARAMETERS parameters (query parameters and form fields) (applied
@@ -16,8 +19,8 @@ import org.objectweb.asm.tree.ClassNode;
  */
 public final class FormLimits {
     static final String REQUEST_INPUT = "org/pytorch/serve/util/messages/RequestInput";
-    static final String DESCRIPTOR = "(Lorg/pytorch/serve/util/messages/InputParameter;)V";
-    static final String REFUSAL = "org.pytorch.serve.http.BadRequestException"; // answered 400
+    static final String PARAMETER = "org/pytorch/serve/util/messages/InputParameter";
+    static final String DESCRIPTOR = "(L" + PARAMETER + ";)V";
     /** Parameters one request may carry: the image field and a few more. */
     static final int MAX_PARAMETERS = 16;
 
@@ -29,25 +32,17 @@ public final class FormLimits {
         Agent.callFirst(
                 Agent.method(input, "addParameter", DESCRIPTOR),
                 "FormLimits",
-                "(Ljava/lang/Object;Ljava/lang/Object;)V",
+                "(L" + REQUEST_INPUT + ";L" + PARAMETER + ";)V",
                 0,
                 1);
-        try {
-            Class.forName(REFUSAL, false, ClassLoader.getSystemClassLoader()).getConstructor(String.class);
-        } catch (ReflectiveOperationException missing) {
-            throw new UnexpectedBytecode(REFUSAL + "(String) not found: " + missing);
-        }
         return Agent.write(input);
     }
 
-    /** Throws BadRequestException when `request` already holds MAX_PARAMETERS parameters. */
-    public static void addParameter(Object request, Object parameter) throws Exception {
-        if (DrainBatching.Accessors.PARAMETERS == null || ((List<?>) DrainBatching.Accessors.PARAMETERS.invoke(request)).size() < MAX_PARAMETERS) {
-            return;
+    /** Throws BadRequestException (400) when `request` already holds MAX_PARAMETERS parameters. */
+    public static void addParameter(RequestInput request, InputParameter parameter) {
+        if (request.getParameters().size() >= MAX_PARAMETERS) {
+            throw new BadRequestException("at most " + MAX_PARAMETERS + " form fields and query parameters a"
+                    + " request: send the image as the raw body or as one file field named 'image'");
         }
-        throw (Exception) Class.forName(REFUSAL)
-                .getConstructor(String.class)
-                .newInstance("at most " + MAX_PARAMETERS + " form fields and query parameters a request: send the"
-                        + " image as the raw body or as one file field named 'image'");
     }
 }
