@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                         verification = compare(system.client, args.run, args.data, reference=reference.client)
         # the slim image's archive served bare, as `make serve` serves an archive: what the container costs
         onnx_config = yaml.safe_load(FORMATS["onnx"][1].read_text())
-        with torchserve_system("bare", args.run, onnx_config, scratch, args.port_base + 10, model_format="onnx") as bare:
+        with torchserve_system(
+            "bare", args.run, onnx_config, scratch, args.port_base + 10, model_format="onnx"
+        ) as bare:
             loads = bare.loads(listing, args.concurrency, args.seconds, args.warmup)
             rows += [{"image": BARE, "connections": row["concurrency"], **row} for row in loads]
     write(args, list(sizes.values()), rows, verification, other_work)
