@@ -115,8 +115,8 @@ class MachineLoad:
             f"Machine: other work took {self.other_share:.1%} of the {self.cores} cores over the "
             f"{self.seconds:.0f} s measured ({self.other_cpu_seconds:.1f} CPU s, the measurement's own "
             f"{self.own_cpu_seconds:.1f}); load average {self.load_before:.1f} before, {self.load_during:.1f} at most "
-            f"during. Limits: other work {OTHER_WORK_LIMIT:.0%}, load average before {self.load_limit:g} "
-            "(docs/performance.md: Busy machines)."
+            f"during (the measurement's own load included). Limits: other work {OTHER_WORK_LIMIT:.0%} of the "
+            f"cores; before the run, a 1-minute load of at most {self.load_limit:g} (docs/performance.md: Busy machines)."
         )
 
 
