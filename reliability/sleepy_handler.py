@@ -3,9 +3,12 @@
 archives it to fill a job queue and to outlast responseTimeout on purpose."""
 
 import json
+import logging
 import time
 
 from ts.torch_handler.base_handler import BaseHandler
+
+COMPUTES = "SleepyHandler computes"  # the line each batch logs (the worker's output reaches model_log.log)
 
 
 class SleepyHandler(BaseHandler):
@@ -15,6 +18,7 @@ class SleepyHandler(BaseHandler):
 
     def handle(self, data, context):
         seconds = [_seconds(row.get("body") or b"0") for row in data]
+        logging.getLogger(__name__).info("%s computes %d requests", COMPUTES, len(seconds))  # counted by the drills
         time.sleep(max(seconds))
         return [json.dumps({"slept": value}) for value in seconds]
 

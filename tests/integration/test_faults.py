@@ -22,6 +22,7 @@ from reliability.drills import (
     restart,
 )
 from reliability.rules import archive_problems, kill_problems, overflow_problems, restart_problems, timeout_problems
+from reliability.sleepy_handler import COMPUTES as SLEEPY_COMPUTES
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_queued_requests_of_clients_that_went_away_are_not_computed(fault_server
     client, log = fault_server.client, fault_server.paths.logs / "model_log.log"
 
     def computed() -> int:
-        return sum("sleepy" in line and "Backend received inference" in line for line in log.read_text().splitlines())
+        return sum(SLEEPY_COMPUTES in line for line in log.read_text().splitlines())
 
     host, port = client.inference.split("//")[1].split(":")
     head = "".join(f"{k}: {v}\r\n" for k, v in client.auth_headers("inference").items())
