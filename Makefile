@@ -43,7 +43,7 @@ token: ## print the inference key (API=management for the management key)
 report: .venv/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
 	$(PY) -m train.report
 verify-served: .venv/.installed ## every test image through `make serve`, compared with the offline evaluation
-	$(PY) -m serve.verify --run $(RUN)
+	$(PY) -m harness.verify --run $(RUN)
 clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 	rm -rf model-store logs key_file.json .torchserve
 

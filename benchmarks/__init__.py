@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from serve.other_work import add_noisy_option
+from harness.other_work import add_noisy_option
+from repo import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "handler") not in sys.path:
     sys.path.insert(0, str(REPO / "handler"))
 
@@ -29,7 +29,7 @@ def command_parser(
 ) -> argparse.ArgumentParser:
     """`python -m {module}`'s options: --data, the CIFAR-10 copy ($CIFAR10_DATA by default), and --out;
     with `run`, --run; with `load`, the options of a wrk load at each concurrency; with `noisy`
-    (a report the machine's load is judged for: serve/other_work.py), --noisy."""
+    (a report the machine's load is judged for: harness/other_work.py), --noisy."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc, formatter_class=HelpFormatter)
     data = os.environ.get("CIFAR10_DATA")
     parser.add_argument("--data", default=data, required=data_required and not data, help="CIFAR-10 copy")

@@ -35,11 +35,12 @@ from benchmarks import command_parser
 from benchmarks.gpu_serving import serve_one
 from benchmarks.systems import bench_images
 from benchmarks.training import train
-from serve.archive import GPU_MODEL_CONFIG, REPO
+from harness.other_work import OtherWork
+from harness.report import Report, write_csv
+from repo import REPO
+from serve.archive import GPU_MODEL_CONFIG
 from serve.client import ServiceError
 from serve.gpu_sizing import sized_config, this_machine
-from serve.other_work import OtherWork
-from serve.report import Report, write_csv
 
 GPU_TEST_FILES = (
     "tests/unit/test_device.py",
@@ -51,7 +52,7 @@ COMPARISONS = {"<=": operator.le, ">=": operator.ge}
 SERVE_PORT_BASE = 8090  # TorchServe's APIs on 8090-8094, beside `make serve`'s
 STATE = REPO / "data" / "gpu-check"
 BENCH_IMAGES = 500
-# why its report states the machine's load without judging it (serve/other_work.py)
+# why its report states the machine's load without judging it (harness/other_work.py)
 NOT_JUDGED = (
     "its stages may run in separate calls, so that no one call's figures cover the page (these are the last call's)"
 )

@@ -8,7 +8,7 @@ enough). Each serving image serves --run in its format (TorchScript, ONNX), moun
 Compose mounts the store: seconds from `run -d` to the first prediction, then the serving benchmark's
 wrk load, with the CPU time of the container's processes; then the slim image's ONNX archive served
 bare (as `python -m serve start` serves it) under the same load: what the container costs. And
-serve.verify's compare of every test image through the slim container against a TorchServe run as
+harness.verify's compare of every test image through the slim container against a TorchServe run as
 `make serve` runs it. Writes reports/images.{md,csv}.
 """
 
@@ -27,13 +27,14 @@ import yaml
 
 from benchmarks import command_line, command_parser
 from benchmarks.systems import System, bench_images, process_tree, torchserve_system, until
-from serve.archive import FORMATS, REPO, build_archive
+from container.keys import write_secret
+from harness.other_work import OtherWork, adopt, adopt_listeners, exits_when_busy
+from harness.report import Report, write_csv
+from harness.server import LocalServer
+from harness.verify import CONFIDENCE_TOLERANCE, compare
+from repo import REPO
+from serve.archive import FORMATS, build_archive
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.keys import write_secret
-from serve.other_work import OtherWork, adopt, adopt_listeners, exits_when_busy
-from serve.report import Report, write_csv
-from serve.server import LocalServer
-from serve.verify import CONFIDENCE_TOLERANCE, compare
 
 IMAGES = ["cifar10-serve:local", "cifar10-serve-slim:local", "cifar10-train:local"]
 SERVING = {"cifar10-serve:local": "torchscript", "cifar10-serve-slim:local": "onnx"}  # image -> archive format
@@ -72,7 +73,7 @@ def start_container(
     """`image` serving `store` (`run -d` with `options`, and `command` instead of the image's CMD),
     ready once it answered a prediction (its cold start: from `run -d`); its CPU time is that of the
     container's processes, read on the host. Its engine's monitor (podman's conmon, the parent of its
-    processes on the host) and the process forwarding its port are adopted (serve.other_work).
+    processes on the host) and the process forwarding its port are adopted (harness.other_work).
     `publish`: the container's inference and management ports on `port` and `port + 1` of this
     machine's loopback; else the container listens there itself (`--network host` and a config with
     those ports, in `options`)."""
@@ -181,7 +182,7 @@ def write(args, sizes: list[dict], rows: list[dict], verification, other_work: O
             )
     if verification is not None:
         report.text(
-            f"Slim image against the TorchScript server of `make serve` (serve.server.LocalServer) on"
+            f"Slim image against the TorchScript server of `make serve` (harness.server.LocalServer) on"
             f" {verification.images:,} test images: {verification.same_answer:,} with the same top 3 and"
             f" confidences within {CONFIDENCE_TOLERANCE:g} (largest difference"
             f" {verification.largest_confidence_difference:.4g}); served class = offline evaluation:"

@@ -3,13 +3,13 @@
     python -m benchmarks.log_volume --run models/latest [--requests 2000] [--log-config FILE ... | builtin]
 
 For each log configuration (default: the shipped deploy/torchserve/log4j2.xml; `builtin`:
-TorchServe's own), a TorchServe of its own (serve.server.LocalServer: the repository's
+TorchServe's own), a TorchServe of its own (harness.server.LocalServer: the repository's
 config.properties, ports from --port-base) is sent --requests requests of each kind, one at a time
 (a batch of one each: the most lines per request). The growth of every file under the server's
 logs/ folder, archives included, divided by the requests, is the figure: the workers' output is in
 it, since the frontend copies what a worker prints into model_log and ts_log. Prints a Markdown
 table: a count of bytes, not a timing, which the machine's load does not change (so it is stated
-on the page, not judged: serve/other_work.py).
+on the page, not judged: harness/other_work.py).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import REPO, HelpFormatter, command_line
+from benchmarks import HelpFormatter, command_line
+from harness.other_work import OtherWork
+from harness.report import Report
+from harness.server import LocalServer
+from repo import REPO
 from serve.archive import build_archive
 from serve.client import sample_jpeg
-from serve.other_work import OtherWork
-from serve.report import Report
-from serve.server import LOG_CONFIG, LocalServer
+from serve.server import LOG_CONFIG
 
 COLUMNS = ["log configuration", "request", "answers", "bytes per request"]
 # kind -> (the request's body, the API whose key it carries: None for none)

@@ -25,9 +25,9 @@ import torch
 
 from benchmarks import command_line, command_parser
 from benchmarks.alternatives import OnnxModel, load_model
+from harness.other_work import OtherWork, exits_when_busy
+from harness.report import Report, write_csv
 from model import SimpleCNN
-from serve.other_work import OtherWork, exits_when_busy
-from serve.report import Report, write_csv
 from train.data import load_cifar10
 
 CHECK_IMAGES = 1000

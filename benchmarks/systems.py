@@ -29,9 +29,12 @@ import torch
 import yaml
 
 from benchmarks.alternatives import CLASSES, OnnxModel, decode_image, load_model, pixel_batch
-from serve.archive import REPO, build_archive
+from harness.answers import answer_problem
+from harness.server import LocalServer, cpu_seconds
+from repo import REPO
+from serve.archive import build_archive
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.server import LOG_CONFIG, LocalServer, cpu_seconds, wait_until_serving
+from serve.server import LOG_CONFIG, wait_until_serving
 from train.data import encoded_images
 
 CPU = "server_cpu_ms_per_request"
@@ -83,7 +86,10 @@ def bench_images(data: str, count: int, folder: Path) -> Path:
 def run_wrk(
     url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1
 ) -> dict:
-    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core)."""
+    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core). The Lua
+    script's per-answer check is cheap (status 200 and a `"prediction"` key); the answer to the
+    listing's first image is first checked whole against the answer contract (harness.answers)."""
+    check_sample_answer(url, listing, token, form)
     env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
     threads = min(threads, concurrency)  # wrk wants at least one connection per thread
     command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
@@ -101,6 +107,26 @@ def run_wrk(
     result["errors"] = result["invalid"] + result["socket_errors"]
     result["wrk_cpu_percent"] = 100 * (usage.ru_utime + usage.ru_stime) / result["seconds"]
     return result
+
+
+def check_sample_answer(url: str, listing: Path, token: str | None, form: bool) -> None:
+    """Raises WrkError unless the server answers the listing's first image with a valid prediction."""
+    image = Path(listing.read_text().split("\n", 1)[0]).read_bytes()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        if form:
+            files = {"image": ("image.jpg", image, "image/jpeg")}
+            answer = requests.post(url, files=files, headers=headers, timeout=30)
+        else:
+            answer = requests.post(url, data=image, headers={**headers, "Content-Type": "image/jpeg"}, timeout=30)
+    except requests.RequestException as error:
+        raise WrkError(f"{url} did not answer the sample image: {error}") from None
+    try:
+        problem = answer_problem(answer.json()) if answer.status_code == 200 else f"HTTP {answer.status_code}"
+    except ValueError:
+        problem = f"not JSON: {answer.text[:200]}"
+    if problem:
+        raise WrkError(f"{url} answered the sample image wrongly: {problem}")
 
 
 def metric_samples(metrics_text: str, name: str) -> list[float]:

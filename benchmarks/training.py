@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmarks import command_line, command_parser
+from harness.other_work import OtherWork, exits_when_busy
+from harness.report import Report, percent, write_csv
 from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
-from serve.other_work import OtherWork, exits_when_busy
-from serve.report import Report, percent, write_csv
 from train.atomic import atomic_path
 
 TRAIN_IMAGES, EPOCHS = 50_000, 10

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.pod import GATEWAY_OFFSET, FleetError, Probe, stop_process
-from serve.archive import REPO
+from repo import REPO
 
 CONFIG = """\
 # Written by fleet/balancer.py for one drill run: a Kubernetes Service's semantics.

@@ -25,10 +25,11 @@ from benchmarks import command_line, command_parser
 from benchmarks.images import MODEL_STORE, EngineError, engine, start_container
 from benchmarks.systems import WrkError, bench_images, run_wrk, until
 from fleet.pod import GATEWAY_OFFSET, K8S, STATUS_OFFSET, FleetError, read_pod, start_gateway, stop_process
-from serve.archive import REPO, build_archive
+from harness.other_work import OtherWork, exits_when_busy
+from harness.report import Report, write_csv
+from repo import REPO
+from serve.archive import build_archive
 from serve.config import config_on_ports
-from serve.other_work import OtherWork, exits_when_busy
-from serve.report import Report, write_csv
 
 TARGET_SHARE = 0.65  # of one pod's capacity: the headroom that absorbs a burst while a new pod starts
 HPA = K8S / "horizontalpodautoscaler.yaml"
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ["--cpus", limits["cpu"], "--memory", limits["memory"].replace("Gi", "g"), "--network", "host"]
     options += ["-v", f"{config}:{home}/config.properties:ro", "-v", f"{K8S / 'log4j2.xml'}:{home}/log4j2.xml:ro"]
     # the pod's command (deployment.yaml's args); token checks are the gateway's
-    command = f"env PYTHONPATH={home} python -m serve.entrypoint --ncs --ts-config {home}/config.properties"
+    command = f"env PYTHONPATH={home} python -m container.entrypoint --ncs --ts-config {home}/config.properties"
     command += f" --model-store {MODEL_STORE} --log-config {home}/log4j2.xml"
     gateway_port = args.port_base + GATEWAY_OFFSET
     url = f"http://127.0.0.1:{gateway_port}/predictions/cifar10"

@@ -34,15 +34,16 @@ from typing import NamedTuple
 import psutil
 import requests
 
+from container.drain import drain
+from container.healthcheck import call, probe_png
 from fleet.balancer import Balancer
 from fleet.pod import FleetError, Replica, read_pod, stop_process
 from fleet.report import read_sent, write_report
+from harness.other_work import OtherWork, add_noisy_option, exits_when_busy
+from harness.server import cpu_seconds
 from loadtests.payloads import DEFAULT_FOLDER as PAYLOADS
-from serve.archive import REPO, build_archive
-from serve.drain import drain
-from serve.healthcheck import call, probe_png
-from serve.other_work import OtherWork, add_noisy_option, exits_when_busy
-from serve.server import cpu_seconds
+from repo import REPO
+from serve.archive import build_archive
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,4 +1,4 @@
-"""One replica of the Kubernetes pod as processes: TorchServe (serve.server.LocalServer) with the pod's
+"""One replica of the Kubernetes pod as processes: TorchServe (harness.server.LocalServer) with the pod's
 config.properties and log configuration behind the pod's nginx.conf (Debian's nginx, on loopback, its
 ports moved); and the Deployment's probes, drain and grace, read so the drill never plays a copy of them.
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import psutil
 import yaml
 
+from container.keys import write_secret
 from frontend import JAR as AGENT_JAR
-from serve.archive import REPO
+from harness.server import LocalServer
+from repo import REPO
 from serve.config import properties
-from serve.keys import write_secret
-from serve.server import LocalServer
 
 K8S = REPO / "deploy" / "k8s" / "base"
 GATEWAY_CONFIG = K8S / "gateway" / "nginx.conf"
@@ -76,7 +76,7 @@ class Pod:
     startup: Probe
     readiness: Probe
     liveness: Probe
-    drain: dict[str, float]  # serve.drain's --settle, --quiet, --timeout
+    drain: dict[str, float]  # container.drain's --settle, --quiet, --timeout
     grace: float  # terminationGracePeriodSeconds
     requests: dict[str, str]  # the torchserve container's resource requests (cpu, memory)
     limits: dict[str, str]  # and its limits

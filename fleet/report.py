@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import psutil
 
-from serve.other_work import OtherWork
-from serve.report import Report, write_csv
+from harness.other_work import OtherWork
+from harness.report import Report, write_csv
 
 Verdict = tuple[str, bool, str]
 RECOVERED_P99_FACTOR = 1.5  # after the overload, p99 is normal again at most this factor of before,
@@ -265,7 +265,7 @@ def write_report(figures: dict, options, command: str, other_work: OtherWork) ->
     title = "Fleet drill: rolling update, kill -9, scale-up and overload behind a Service"
     report = Report(title, command, other_work).text(
         "Compare timings within this run only. Each replica is one pod of deploy/k8s as processes: TorchServe "
-        "(serve.server.LocalServer) with the pod's config.properties and console log configuration behind the pod's "
+        "(harness.server.LocalServer) with the pod's config.properties and console log configuration behind the pod's "
         "nginx gateway. HAProxy plays the Service: "
         "`mode tcp` (connections balanced, not requests), no retries, no redispatch, no passive mark-down; a replica "
         f"leaves rotation only when the Deployment's readiness command fails {pod.readiness.failure_threshold} times, "

@@ -2,9 +2,9 @@
 scale-down that answers the removed worker's batch first, a Java agent (src/, built by build.sh
 into build/frontend-agent.jar) that config.properties' `vmargs` loads.
 
-`agent_jar()` builds the jar when it is missing or older than its sources, so that every way of
-starting TorchServe from this repository (`make serve`, the tests, the benchmarks) runs the
-agent built from the source beside it.
+`agent_jar()` builds the jar when it is missing or older than its sources; every way of starting
+TorchServe from this repository (`make serve`, the tests, the benchmarks) runs it first, and
+`serve.server.start` refuses a stale jar, so the agent that runs is the source beside it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ class AgentBuildError(RuntimeError):
     """The agent could not be built (no JDK, no ASM, or a compile error)."""
 
 
+def agent_is_current() -> bool:
+    """Whether the jar exists and no source is newer than it."""
+    newest = max(path.stat().st_mtime for path in [BUILD_SCRIPT, *(HERE / "src").rglob("*.java")])
+    return JAR.exists() and JAR.stat().st_mtime >= newest
+
+
 def agent_jar() -> Path:
     """The built agent, (re)built first if a source is newer than it."""
-    newest = max(path.stat().st_mtime for path in [BUILD_SCRIPT, *(HERE / "src").rglob("*.java")])
-    if JAR.exists() and JAR.stat().st_mtime >= newest:
+    if agent_is_current():
         return JAR
     import ts  # TorchServe's frontend jar, which the agent compiles against (not in the training image)
 

@@ -5,7 +5,7 @@ level), recording each request into the stage in which it finished. At the end t
 judged into `summary.md` (beside the --csv files, or --summary; printed without either); a level not
 met makes Locust exit 1, so a scenario can gate a release. The other work on this machine is measured
 from the start to the end, the server under load counting as the measurement's own where it runs
-here (serve/other_work.py): a busy machine's run writes no summary and exits 2, unless --noisy.
+here (harness/other_work.py): a busy machine's run writes no summary and exits 2, unless --noisy.
 The options: loadtests/users.py (OPTIONS).
 """
 
@@ -24,9 +24,9 @@ from locust import LoadTestShape, events
 from locust.runners import WorkerRunner
 from locust.stats import RequestStats
 
+from harness.other_work import BusyMachine, OtherWork, adopt_listeners
+from harness.report import Report
 from loadtests.users import MIX, SHARED, ClassifierUser, OperatorUser, PacedUser, WrongAnswer, group_of, management_url
-from serve.other_work import BusyMachine, OtherWork, adopt_listeners
-from serve.report import Report
 
 GROUP_TITLES = {"predict": "valid predictions", "bad": "bad payloads (400 expected)", "manage": "management (operator)"}
 LATENCIES = ["per second", "p50 ms", "p95 ms", "p99 ms"]

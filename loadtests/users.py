@@ -20,11 +20,11 @@ import requests
 from locust import FastHttpUser, constant_throughput, events, task
 from urllib3 import encode_multipart_formdata
 
+from container.keys import read_keys
+from harness.answers import answer_problem
+from harness.other_work import add_noisy_option
 from loadtests.payloads import CONTENT_TYPES, DEFAULT_FOLDER, bad_payloads, load
-from serve.answers import answer_problem
-from serve.archive import REPO
-from serve.keys import read_keys
-from serve.other_work import add_noisy_option
+from repo import REPO
 
 # Share of the valid requests by kind: mostly CIFAR-10's own 32 px images, some larger photos.
 MIX = {"jpeg-32": 60, "jpeg-224": 10, "png-224": 5, "jpeg-640": 10, "png-640": 5, "jpeg-1600": 6, "png-1600": 4}

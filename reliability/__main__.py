@@ -17,14 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.other_work import OtherWork, add_noisy_option, exits_when_busy
+from harness.report import Report, percent
 from reliability import drills, rules
 from reliability.bad_inputs import Input, corpus, keeps_the_rule, max_request_size, send, send_mixed, summarize_answer
 from reliability.hostile import attacks, operations, run_attack
-from serve.archive import REPO
+from repo import REPO
 from serve.client import sample_jpeg
 from serve.config import properties
-from serve.other_work import OtherWork, add_noisy_option, exits_when_busy
-from serve.report import Report, percent
 from train.data import encoded_images
 
 DRILLS = ("inputs", "faults", "hostile")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.server import LocalServer
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.server import LocalServer
 
 SLEEPY_RESPONSE_TIMEOUT = 2  # seconds: the sleepy model's responseTimeout
 SLEEPY_QUEUE = 4  # the sleepy model's jobQueueSize: requests waiting beyond the one being served

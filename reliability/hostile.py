@@ -24,11 +24,11 @@ import psutil
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
+from harness.server import LocalServer
 from reliability.bad_inputs import encode_image, png_chunk
 from reliability.drills import Call, answers, call, clients, error_message, wait_for, worker_pids
 from reliability.rules import MEMORY_BACK_SECONDS
 from serve.client import Client
-from serve.server import LocalServer
 
 
 def rle_bmp(width: int = 60_000_000) -> bytes:

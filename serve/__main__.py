@@ -28,11 +28,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from frontend import AgentBuildError
-from serve.archive import FORMATS, GPU_MODEL_CONFIG, REPO, ArchiveError, build_archive
+from container.keys import MissingKeyError
+from frontend import AgentBuildError, agent_jar
+from repo import REPO
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, ArchiveError, build_archive
 from serve.client import Client, ServiceError, TooManyWorkers
 from serve.gpu_sizing import NoGpu, sized_config, this_machine
-from serve.keys import MissingKeyError
 from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
 
 
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> None:
         return
     client = Client.from_config(args.config, args.workdir)
     if args.command == "start":
+        agent_jar()  # built from the sources beside it, before the start that refuses a stale one
         start(paths, token_auth=not args.no_token_auth)
         try:
             seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)

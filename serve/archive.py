@@ -15,13 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from repo import REPO
+
 
 class ArchiveError(Exception):
     """The run cannot be archived (no metadata.json: not a finished training run; or no file of the
     format asked for)."""
 
 
-REPO = Path(__file__).resolve().parent.parent
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 # The modules the handler imports, packed beside it: the worker has nothing of this repository.
 HANDLER_MODULES = [

@@ -14,8 +14,8 @@ import psutil
 import requests
 from PIL import Image
 
+from container.keys import read_keys
 from serve.config import api_address, properties
-from serve.keys import read_keys
 
 
 class ServiceError(Exception):

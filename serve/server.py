@@ -7,7 +7,6 @@ and the benchmarks all go through here, with different paths.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -20,11 +19,10 @@ from pathlib import Path
 import psutil
 
 from frontend import JAR as AGENT_JAR
-from frontend import agent_jar
-from serve.archive import REPO
+from frontend import AgentBuildError, agent_is_current
+from repo import REPO
 from serve.client import Client, ServiceError, sample_jpeg
-from serve.config import config_on_ports, properties
-from serve.other_work import adopt
+from serve.config import properties
 
 LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
 
@@ -99,7 +97,7 @@ def _env(paths: ServerPaths) -> dict[str, str]:
 def _launch_config(paths: ServerPaths) -> Path:
     """paths.config, with a relative metrics_config and -javaagent jar made absolute (relative to
     the repository): TorchServe and its JVM would resolve them against the working directory,
-    which tests move elsewhere. The repository's frontend agent is built first if it is stale."""
+    which tests move elsewhere."""
     text = paths.config.read_text()
     settings = properties(paths.config)
     metrics_config = settings.get("metrics_config")
@@ -115,13 +113,15 @@ def _launch_config(paths: ServerPaths) -> Path:
 
 
 def _absolute_agent(jvm_arg: str) -> str:
-    """`-javaagent:JAR[=options]` with a relative JAR made absolute; the repository's agent built."""
+    """`-javaagent:JAR[=options]` with a relative JAR made absolute. The repository's agent must be
+    built from its current sources (`frontend.agent_jar()`, which the callers run before starting):
+    a stale jar would patch TorchServe with code other than the source beside it."""
     if not jvm_arg.startswith("-javaagent:"):
         return jvm_arg
     jar, separator, options = jvm_arg.removeprefix("-javaagent:").partition("=")
     path = Path(jar) if Path(jar).is_absolute() else REPO / jar
-    if path.resolve() == AGENT_JAR:
-        agent_jar()
+    if path.resolve() == AGENT_JAR and not agent_is_current():
+        raise AgentBuildError(f"the frontend agent {AGENT_JAR} is missing or older than its sources: build it first")
     return f"-javaagent:{path}{separator}{options}"
 
 
@@ -132,9 +132,8 @@ def _torchserve() -> str:
 def start(
     paths: ServerPaths, token_auth: bool = True, extra_args: tuple[str, ...] = (), log_config: Path | None = LOG_CONFIG
 ) -> None:
-    """Launches TorchServe in the background (returns at once; see `wait_until_serving`). Its frontend
-    outlives the launcher, so it is no descendant of this process: it is adopted, with its workers, as
-    this process's own work (serve.other_work).
+    """Launches TorchServe in the background (returns at once; see `wait_until_serving`); its frontend
+    outlives the launcher (`paths.frontend_pid()` names it).
 
     log_config=None keeps TorchServe's built-in logging (an access-log line per request).
     """
@@ -161,8 +160,6 @@ def start(
             stdout=output,
             stderr=output,
         )
-    if (pid := paths.frontend_pid()) is not None:
-        adopt(pid)
 
 
 def stop(paths: ServerPaths) -> None:
@@ -218,96 +215,3 @@ def _read_from(log: Path, offset: int) -> str:
             offset = 0
         handle.seek(offset)
         return handle.read().decode(errors="replace")
-
-
-class LocalServer:
-    """A TorchServe of our own: `template` (a config.properties) with its APIs moved to
-    port_base..+4 and `settings` set, run from the scratch folder `workdir` (its keys, logs, pid
-    file and unpacked archives stay there), serving `model_store`.
-
-    Tests, drills, benchmarks and the fleet's replicas all run theirs through this class, beside
-    (never instead of) the one `make serve` started. `with LocalServer(...) as server:` starts it
-    and waits until each of `models` answered a real prediction; leaving the block stops it.
-    """
-
-    def __init__(
-        self,
-        workdir: Path,
-        model_store: Path,
-        port_base: int,
-        *,
-        template: Path = REPO / "config.properties",
-        settings: dict[str, str] | None = None,
-        token_auth: bool = True,
-        extra_args: tuple[str, ...] = (),
-        log_config: Path | None = LOG_CONFIG,
-        models: tuple[str, ...] = ("cifar10",),
-        timeout: float = 120.0,
-    ):
-        self.port_base = port_base
-        self.template = template
-        self.settings = settings or {}
-        self.token_auth = token_auth
-        self.extra_args = extra_args
-        self.log_config = log_config
-        self.models = models
-        self.timeout = timeout
-        self.ready_seconds: float | None = None  # the last start's: process start to first answer
-        self.paths = ServerPaths(config=workdir / "config.properties", workdir=workdir, model_store=model_store)
-        self.client = Client(
-            f"http://127.0.0.1:{port_base}",
-            f"http://127.0.0.1:{port_base + 1}",
-            f"http://127.0.0.1:{port_base + 2}",
-            key_file=workdir / "key_file.json",
-        )
-
-    def __enter__(self) -> LocalServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> float:
-        """Starts TorchServe; returns the seconds until every model in `models` answered."""
-        self.paths.workdir.mkdir(parents=True, exist_ok=True)
-        self.paths.config.write_text(config_on_ports(self.template, self.port_base, **self.settings))
-        started = time.monotonic()
-        start(self.paths, self.token_auth, self.extra_args, self.log_config)
-        for model in self.models:
-            wait_until_serving(self.client, model, self.paths, self.timeout)
-        self.ready_seconds = time.monotonic() - started
-        return self.ready_seconds
-
-    def stop(self) -> None:
-        stop(self.paths)
-
-    def pid(self) -> int | None:
-        """The frontend's (Java) process id while it runs."""
-        return self.paths.frontend_pid()
-
-    def processes(self) -> list[psutil.Process]:
-        """The frontend and its workers."""
-        try:
-            frontend = psutil.Process(self.pid())
-            return [frontend, *frontend.children(recursive=True)]
-        except (TypeError, ValueError, psutil.NoSuchProcess):
-            return []
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time used so far by the frontend and its workers."""
-        return cpu_seconds(self.processes())
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User + system CPU time used so far by `processes` (those gone meanwhile count as 0)."""
-    total = 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total

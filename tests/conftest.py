@@ -2,7 +2,7 @@
 
 The server fixture starts TorchServe from the repository's own config.properties with the ports
 moved (18080-18084 with gRPC, or from $TEST_PORT_BASE) in a temporary working directory
-(serve.server.LocalServer), so the tests neither need nor disturb a server that `make serve` started. Shared helpers live in helpers.py.
+(harness.server.LocalServer), so the tests neither need nor disturb a server that `make serve` started. Shared helpers live in helpers.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from helpers import PORT_BASE, REPO, train_run
 
+from harness.server import LocalServer
 from serve.archive import build_archive
 from serve.client import Client
-from serve.server import LocalServer, ServerPaths
+from serve.server import ServerPaths
 
 
 @pytest.fixture(scope="session")

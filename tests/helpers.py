@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from serve.answers import answer_problem
+from harness.answers import answer_problem
+from harness.server import LocalServer
+from repo import REPO
 from serve.client import Client
-from serve.server import LocalServer
 
-REPO = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("TEST_PORT_BASE", "18080"))  # inference; management, metrics, gRPC follow (+1..+4)
 TRAIN_SUBSET, TEST_SUBSET = 5000, 1000
 

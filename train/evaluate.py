@@ -1,5 +1,5 @@
 """Offline evaluation of a TorchScript export on the CIFAR-10 test split: the answers the served
-model must give (see serve/verify.py), computed by the training job's own code.
+model must give (see harness/verify.py), computed by the training job's own code.
 
     python -m train.evaluate models/latest/model.pt --data ../shared/data/cifar10-jpeg.tar.gz
 

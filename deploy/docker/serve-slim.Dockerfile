@@ -60,7 +60,7 @@ WORKDIR /home/model-server
 # request or batch; the engine's log driver bounds it (docker-compose.yml: logging).
 COPY config.properties deploy/torchserve/metrics.yaml deploy/k8s/base/log4j2.xml ./
 COPY --from=build /build/frontend-agent.jar /home/model-server/frontend-agent.jar
-COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
+COPY container/ ./container/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
         -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
@@ -72,9 +72,9 @@ WORKDIR /home/model-server/run
 ENV LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs
 EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", \
+  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "container.healthcheck", \
        "--key-file", "/home/model-server/run/key_file.json", \
        "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
-CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
+CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "container.entrypoint", "--ncs", \
      "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store", \
      "--log-config", "/home/model-server/log4j2.xml"]

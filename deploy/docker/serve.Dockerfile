@@ -53,9 +53,9 @@ WORKDIR /home/model-server
 # request or batch; the engine's log driver bounds it (docker-compose.yml: logging).
 COPY config.properties deploy/torchserve/metrics.yaml deploy/k8s/base/log4j2.xml ./
 COPY --from=frontend /build/frontend-agent.jar /home/model-server/frontend-agent.jar
-# serve.entrypoint: the CMD (a clean stop on SIGTERM); serve.healthcheck: HEALTHCHECK and the Kubernetes
-# probes; serve.drain: the Kubernetes preStop hook.
-COPY serve/__init__.py serve/keys.py serve/healthcheck.py serve/entrypoint.py serve/drain.py ./serve/
+# container.entrypoint: the CMD (a clean stop on SIGTERM); container.healthcheck: HEALTHCHECK and the Kubernetes
+# probes; container.drain: the Kubernetes preStop hook.
+COPY container/ ./container/
 RUN sed -i -e 's#=http://127\.0\.0\.1:#=http://0.0.0.0:#' \
         -e 's#^metrics_config=.*#metrics_config=/home/model-server/metrics.yaml#' \
         -e 's#-javaagent:frontend/build/frontend-agent.jar#-javaagent:/home/model-server/frontend-agent.jar#' config.properties \
@@ -69,12 +69,12 @@ USER 1000:1000
 WORKDIR /home/model-server/run
 ENV LOG_LOCATION=/home/model-server/logs METRICS_LOCATION=/home/model-server/logs
 EXPOSE 8080 8081 8082
-# Healthy once the model has a READY worker, not merely when /ping answers (serve/healthcheck.py).
+# Healthy once the model has a READY worker, not merely when /ping answers (container/healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.healthcheck", \
+  CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "container.healthcheck", \
        "--key-file", "/home/model-server/run/key_file.json", \
        "--inference-key-file", "/home/model-server/inference-key/inference_key.json"]
-# TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (serve/entrypoint.py).
-CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "serve.entrypoint", "--ncs", \
+# TorchServe in the foreground; `docker stop` (SIGTERM) stops it cleanly (container/entrypoint.py).
+CMD ["env", "PYTHONPATH=/home/model-server", "python", "-m", "container.entrypoint", "--ncs", \
      "--ts-config", "/home/model-server/config.properties", "--model-store", "/home/model-server/model-store", \
      "--log-config", "/home/model-server/log4j2.xml"]

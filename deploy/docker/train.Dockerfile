@@ -34,6 +34,9 @@ COPY model/ model/
 COPY handler/ handler/
 COPY train/ train/
 COPY serve/ serve/
+COPY repo/ repo/
+COPY container/ container/
+COPY harness/ harness/
 # serve.server names the frontend agent's module (the operator's commands start no TorchServe here).
 COPY frontend/__init__.py frontend/
 

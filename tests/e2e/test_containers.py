@@ -33,9 +33,9 @@ import pytest
 import yaml
 from helpers import PORT_BASE, REPO, require_container_engine
 
+from container.keys import write_secret
 from model import CLASSES
 from serve.client import Client, ServiceError
-from serve.keys import write_secret
 
 PREFIX = f"cifar10-test-{os.getpid()}"
 CONTAINER_PORTS = PORT_BASE + 100  # the serving container's inference port; management, metrics follow
@@ -264,7 +264,7 @@ def test_serve_image_keeps_its_health_check(images, role):
     check = json.loads(
         images.engine("image", "inspect", "--format", "{{json .Config.Healthcheck}}", getattr(images, role)).stdout
     )
-    assert check and "serve.healthcheck" in " ".join(check["Test"]), check
+    assert check and "container.healthcheck" in " ".join(check["Test"]), check
 
 
 def test_slim_image_has_no_torch_and_stays_under_500_mb(images):
@@ -403,7 +403,7 @@ def test_stop_exits_cleanly_within_the_stop_timeout(served):
     seconds = time.monotonic() - started
     exit_code = int(served.engine("inspect", "--format", "{{.State.ExitCode}}", served.name).stdout)
     print(f"stop: TorchServe exited with code {exit_code} after {seconds:.1f} s (stop timeout {STOP_TIMEOUT} s)")
-    # 0: serve/entrypoint.py had TorchServe stop (143: the launcher died of SIGTERM; 137: killed)
+    # 0: container/entrypoint.py had TorchServe stop (143: the launcher died of SIGTERM; 137: killed)
     assert seconds < STOP_TIMEOUT and exit_code == 0, (exit_code, seconds)
 
 

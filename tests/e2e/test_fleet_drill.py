@@ -14,7 +14,7 @@ from helpers import PORT_BASE
 
 from fleet.drill import DrillOptions, play
 from fleet.report import verdicts
-from serve.archive import REPO
+from repo import REPO
 
 FLEET_PORTS = PORT_BASE + 300  # HAProxy; replica slots at +310.., +320.., +330.., +340..
 

@@ -30,9 +30,9 @@ import requests
 import yaml
 from helpers import PORT_BASE, REPO, require_container_engine
 
+from container.healthcheck import probe_png
+from container.keys import write_secret
 from serve.archive import build_archive
-from serve.healthcheck import probe_png
-from serve.keys import write_secret
 
 GATEWAY_PORT = PORT_BASE + 360
 NAME = f"fleet-kube-play-{os.getpid()}"

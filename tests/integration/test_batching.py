@@ -15,9 +15,10 @@ import pytest
 from helpers import PORT_BASE, REPO, assert_prediction, require_tool
 
 from frontend import without_agent
+from harness.server import LocalServer
 from serve.client import Client
 from serve.config import properties
-from serve.server import FrontendExited, LocalServer
+from serve.server import FrontendExited
 
 CLIENTS = 32
 

@@ -22,10 +22,10 @@ import requests
 from helpers import PORT_BASE
 from PIL import Image
 
+from container.drain import DrainError, drain
+from container.healthcheck import probe_png
 from fleet.pod import Replica, read_pod
-from serve.archive import REPO
-from serve.drain import DrainError, drain
-from serve.healthcheck import probe_png
+from repo import REPO
 
 REPLICA_PORTS = PORT_BASE + 200  # TorchServe +200..+204, the gateway +205, its status page +206
 TOKEN = secrets.token_hex(32)

@@ -15,7 +15,7 @@ import yaml
 from helpers import PORT_BASE, REPO
 
 from benchmarks.gpu_check import GPU_TEST_FILES, NOT_JUDGED, TARGETS, parse_args, target_rows, write_report
-from serve.other_work import OtherWork
+from harness.other_work import OtherWork
 
 
 def test_defaults_run_every_stage_at_the_issues_loads():

@@ -11,7 +11,8 @@ import torch
 import yaml
 from helpers import PORT_BASE, torchserve
 
-from serve.archive import GPU_MODEL_CONFIG, REPO, build_archive
+from repo import REPO
+from serve.archive import GPU_MODEL_CONFIG, build_archive
 from serve.gpu_sizing import MAX_QUEUE, MIN_QUEUE, Machine, sized_config
 
 TEMPLATE = yaml.safe_load(GPU_MODEL_CONFIG.read_text())

@@ -10,11 +10,11 @@ import shutil
 import pytest
 from helpers import PORT_BASE
 
+from harness.server import LocalServer
 from reliability.hostile import attacks, operations, run_attack
 from reliability.rules import hostile_problems
 from serve.client import sample_jpeg
 from serve.config import properties
-from serve.server import LocalServer
 
 GOOD = sample_jpeg()
 SECONDS = 2  # per attack: enough for a few rounds of every attacker

@@ -25,10 +25,10 @@ import pytest
 import yaml
 from helpers import REPO, require_tool
 
+from container.healthcheck import INFERENCE, MANAGEMENT
 from fleet.capacity import reported_target
 from fleet.pod import GATEWAY_CONFIG, POD_PORTS
 from serve.config import api_address, properties
-from serve.healthcheck import INFERENCE, MANAGEMENT
 
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ["cpu", "gpu"]
@@ -327,12 +327,13 @@ def test_paths_agree_with_the_serve_image(rendered):
 def test_probes_and_the_drain_run_the_modules_the_image_ships(rendered):
     _overlay, objects = rendered
     serving = container(objects, "torchserve")
-    copied = re.search(r"^COPY (serve/.*) \./serve/$", dockerfile(), re.M).group(1).split()
+    assert re.search(r"^COPY container/ \./container/$", dockerfile(), re.M)  # the whole folder
+    copied = [f"container/{path.name}" for path in (REPO / "container").glob("*.py")]
     env = {e["name"]: e["value"] for e in serving["env"]}
-    assert env["PYTHONPATH"] == "/home/model-server"  # where the image copies serve/
+    assert env["PYTHONPATH"] == "/home/model-server"  # where the image copies container/
     probes = {name: serving[name]["exec"]["command"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
     for command in probes.values():
-        assert command[:3] == ["python", "-m", "serve.healthcheck"] and "serve/healthcheck.py" in copied
+        assert command[:3] == ["python", "-m", "container.healthcheck"] and "container/healthcheck.py" in copied
     # Only the startup probe sends a prediction: one waits in the clients' queue, and under overload
     # it would pull busy pods (readiness) or restart them (liveness).
     assert "--predict" in probes["startupProbe"]
@@ -344,7 +345,7 @@ def test_probes_and_the_drain_run_the_modules_the_image_ships(rendered):
     liveness = serving["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60  # a busy minute restarts nothing
     drain = serving["lifecycle"]["preStop"]["exec"]["command"]
-    assert drain[:3] == ["python", "-m", "serve.drain"] and "serve/drain.py" in copied
+    assert drain[:3] == ["python", "-m", "container.drain"] and "container/drain.py" in copied
     drain_file = drain[drain.index("--drain-file") + 1]
     # The drain's settle outlasts the readiness probe's time to take the pod out.
     probe = serving["readinessProbe"]

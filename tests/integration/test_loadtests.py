@@ -43,7 +43,7 @@ def payloads(tmp_path_factory, data_source) -> Path:
 
 def locust(server, payloads: Path, reports: Path, *options: str) -> subprocess.CompletedProcess:
     """A Locust run that checks behaviour, not speed: --noisy, so that a busy test machine does not
-    keep its summary from being written (serve/other_work.py)."""
+    keep its summary from being written (harness/other_work.py)."""
     command = [
         sys.executable,
         "-m",

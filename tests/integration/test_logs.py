@@ -14,7 +14,8 @@ import pytest
 import requests
 from helpers import PORT_BASE
 
-from serve.server import LOG_CONFIG, LocalServer
+from harness.server import LocalServer
+from serve.server import LOG_CONFIG
 
 ROLL_BYTES, ARCHIVE_BYTES = 1024, 2048  # the rendered roll_size and archives_size
 REQUESTS = 300  # about 90 bytes of access log each: some 25 rollovers, 200 bytes of archive each

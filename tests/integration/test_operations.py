@@ -19,7 +19,7 @@ import pytest
 import yaml
 from helpers import REPO, require_tool
 
-from serve.keys import read_keys
+from container.keys import read_keys
 
 COMPOSE_FILES = {  # file -> the variables it requires
     "docker-compose.yml": {"GRAFANA_ADMIN_PASSWORD"},
@@ -256,7 +256,7 @@ def healthcheck(server_paths, server, *extra: str) -> subprocess.CompletedProces
     command = [
         sys.executable,
         "-m",
-        "serve.healthcheck",
+        "container.healthcheck",
         "--management",
         server.management,
         "--key-file",

@@ -15,9 +15,10 @@ import zipfile
 import pytest
 from helpers import PORT_BASE, metadata, torchserve
 
-from serve.archive import REPO, build_archive
+from harness.verify import compare
+from repo import REPO
+from serve.archive import build_archive
 from serve.client import ServiceError
-from serve.verify import compare
 
 # --format -> (the file the archive must carry, the handler runtime its model config names)
 FORMATS = {"onnx": ("model.onnx", "onnxruntime"), "aotinductor": ("model.so", "aotinductor")}
@@ -56,7 +57,7 @@ def test_archive_carries_the_format_and_its_runtime(portable):
 
 def test_answers_are_torchscripts_through_torchserve(server, portable, trained_run, data_source):
     """Every test image of the run: served = evaluated, and the same top 3 as the TorchScript server
-    with each confidence within serve.verify's tolerance (one unit of the 4th decimal)."""
+    with each confidence within harness.verify's tolerance (one unit of the 4th decimal)."""
     _, _, client = portable
     assert client.describe()[0]["batchSize"] == server.describe()[0]["batchSize"]
     result = compare(client, trained_run, str(data_source), reference=server)

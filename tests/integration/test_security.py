@@ -19,9 +19,9 @@ import pytest
 import requests
 from helpers import PORT_BASE
 
+from harness.server import LocalServer
 from serve.client import sample_jpeg
 from serve.config import properties
-from serve.server import LocalServer
 
 ATTACKER_PORT = PORT_BASE + 20  # a web server a malicious registration would fetch from
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import REPO, TEST_SUBSET, metadata
 
-from serve.verify import compare
+from harness.verify import compare
 from train.data import decode_training_image, encoded_images, load_cifar10
 
 

@@ -11,9 +11,9 @@ import pytest
 # Importing locust would gevent-patch this whole pytest process; the shape and the checks below need
 # none of it.
 os.environ["LOCUST_SKIP_MONKEY_PATCH"] = "1"
+from harness.answers import answer_problem
 from loadtests.shapes import RampShape
 from loadtests.users import error_problem
-from serve.answers import answer_problem
 
 
 def ramp(step_seconds=10.0, p99_ms=500.0) -> tuple[RampShape, dict]:

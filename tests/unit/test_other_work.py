@@ -1,4 +1,4 @@
-"""The busy-machine guard (serve/other_work.py): what counts as other work, and that a report refuses
+"""The busy-machine guard (harness/other_work.py): what counts as other work, and that a report refuses
 to be written from a busy machine unless --noisy. A process of the test's own keeps a core busy:
 started detached (not the measurement's descendant), it is other work; as a child, or adopted, it is
 the measurement's own. Other work of the shared machine may add to the figures, never take from them:
@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from serve.other_work import (
+from harness.other_work import (
     OTHER_WORK_LIMIT,
     BusyMachine,
     MachineLoad,
@@ -27,7 +27,7 @@ from serve.other_work import (
     cpu_used,
     exits_when_busy,
 )
-from serve.report import Report
+from harness.report import Report
 
 SPIN = f"{shlex.quote(sys.executable)} -c 'while True: pass'"
 BUSY_SECONDS = 3

@@ -1,5 +1,5 @@
 """Keys and tokens this project writes to disk are their owner's alone (mode 600) from the first byte
-(serve.keys.write_secret): the fleet gateway's token map, the inference key the health check copies
+(container.keys.write_secret): the fleet gateway's token map, the inference key the health check copies
 for Compose's load test, the copies of key_file.json."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 import stat
 from pathlib import Path
 
+from container.healthcheck import copy_inference_key
+from container.keys import read_keys, write_secret
 from fleet.pod import write_token_map
-from serve.healthcheck import copy_inference_key
-from serve.keys import read_keys, write_secret
 
 
 def mode(path: Path) -> int:

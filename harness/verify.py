@@ -1,7 +1,7 @@
 """Served = evaluated: sends CIFAR-10 test images through the HTTP API and compares every served
 class with the offline evaluation (train.evaluate) of the same TorchScript model.
 
-    python -m serve.verify --run models/latest --data ../shared/data/cifar10-jpeg.tar.gz
+    python -m harness.verify --run models/latest --data ../shared/data/cifar10-jpeg.tar.gz
         [--reference-config CONFIG --reference-workdir DIR]
 
 With a reference server (e.g. `make serve`'s TorchScript one while the server checked runs the
@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model import CLASSES
-from serve.archive import REPO
+from repo import REPO
 from serve.client import Client, ServiceError
 from train.data import encoded_images
 from train.evaluate import evaluate_torchscript, run_metadata
@@ -145,7 +145,7 @@ def compare(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m serve.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m harness.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--run", type=Path, default=REPO / "models" / "latest", help="the training run whose model.pt is served"

@@ -1,7 +1,7 @@
 """Health checks: exit 0 when the model has a READY worker, as TorchServe's describe says, and (with
 --predict) a prediction of a small image answers; exit 1 otherwise.
 
-    python -m serve.healthcheck [--management http://127.0.0.1:8081] [--model cifar10] [--key-file key_file.json]
+    python -m container.healthcheck [--management http://127.0.0.1:8081] [--model cifar10] [--key-file key_file.json]
                                 [--predict [--inference http://127.0.0.1:8080]] [--drain-file PATH]
                                 [--live] [--timeout 4] [--inference-key-file PATH]
 
@@ -10,7 +10,7 @@ drill's load balancer (fleet/). /ping alone is not enough: TorchServe answers He
 worker is dead. Only the startup probe sends a prediction (--predict): a prediction waits in the
 clients' queue, so under overload it would time out and take a busy pod out of service (readiness)
 or restart it (liveness). Readiness asks the management API for a READY worker, which no queue
-delays; with --drain-file it fails while that file exists (`python -m serve.drain` writes it).
+delays; with --drain-file it fails while that file exists (`python -m container.drain` writes it).
 Liveness (--live) asks only that the frontend answers the management API, READY worker or not
 (TorchServe restarts dead workers itself). --timeout bounds the whole check, every call in it.
 
@@ -36,7 +36,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from serve.keys import read_keys, write_secret
+from container.keys import read_keys, write_secret
 
 # TorchServe's APIs as config.properties puts them (the pod's too: deploy/k8s/base/config.properties).
 INFERENCE = "http://127.0.0.1:8080"

@@ -1,6 +1,6 @@
 """The serving image's main process: TorchServe in the foreground, stopped cleanly by SIGTERM.
 
-    python -m serve.entrypoint [torchserve's arguments, e.g. --ts-config ... --model-store ...]
+    python -m container.entrypoint [torchserve's arguments, e.g. --ts-config ... --model-store ...]
 
 `torchserve --foreground` starts TorchServe's Java frontend and waits for it, but handles no
 signal: on `docker stop` it dies at once, and the frontend goes down with the container (killed,

@@ -1,10 +1,10 @@
 """Drain one replica before it stops: stop taking traffic, wait until every request it took is
 answered, then return (the caller stops TorchServe).
 
-    python -m serve.drain [--drain-file draining] [--gateway-status http://127.0.0.1:8090/stub_status]
+    python -m container.drain [--drain-file draining] [--gateway-status http://127.0.0.1:8090/stub_status]
                           [--settle 15] [--quiet 2] [--timeout 40]
 
-1. It writes --drain-file: the readiness check (`python -m serve.healthcheck --drain-file ...`)
+1. It writes --drain-file: the readiness check (`python -m container.healthcheck --drain-file ...`)
    fails from then on, so the Service (or the fleet drill's HAProxy) stops sending new requests.
 2. It waits at least --settle seconds (Kubernetes needs a moment to take the pod out of every
    node's endpoints and ingress; the fleet drill's balancer needs its readiness checks), then

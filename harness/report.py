@@ -1,7 +1,7 @@
 """Markdown reports (with a CSV of their rows) for runs against the service: the benchmarks, the
 drills, the soak and the fleet drill all write theirs through `Report`, so every report names the
 command that made it, the day it ran and what other work the machine did meanwhile (and none is
-written from a busy machine unless asked: serve/other_work.py), and its tables look alike.
+written from a busy machine unless asked: harness/other_work.py), and its tables look alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from serve.other_work import OtherWork
+from harness.other_work import OtherWork
 
 Cell = Callable[[object], str]
 
@@ -55,7 +55,7 @@ class Report:
         return self
 
     def markdown(self) -> str:
-        """The page; raises serve.other_work.BusyMachine where other work took too much of the machine
+        """The page; raises harness.other_work.BusyMachine where other work took too much of the machine
         for its figures to hold."""
         return "\n".join([*self.head, "", *self.other_work.judge(), "", *self.lines]).rstrip() + "\n"
 

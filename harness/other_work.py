@@ -9,7 +9,7 @@ processes. Those are this process, its descendants, and the processes it adopted
 whose launcher exits; a container, under its engine's monitor). The machine's counters, rather than
 a sum over the other processes, also hold what no process list shows: processes that ran between
 two samples, the kernel's work, other containers' processes, a hypervisor's other guests (steal).
-The command's report (serve.report.Report) states the figures, and `judge` refuses them
+The command's report (harness.report.Report) states the figures, and `judge` refuses them
 (BusyMachine) when other work took more than OTHER_WORK_LIMIT of the cores, or when the load
 average before the run was above the cores' count plus LOAD_MARGIN; with --noisy the report is
 written all the same, marked as measured on a busy machine.
