@@ -39,7 +39,7 @@ from harness.other_work import OtherWork
 from harness.report import Report, write_csv
 from repo import REPO
 from serve.archive import GPU_MODEL_CONFIG
-from serve.client import ServiceError
+from serve.errors import ServiceError
 from serve.gpu_sizing import sized_config, this_machine
 
 GPU_TEST_FILES = (

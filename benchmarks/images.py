@@ -34,7 +34,8 @@ from harness.server import LocalServer
 from harness.verify import CONFIDENCE_TOLERANCE, compare
 from repo import REPO
 from serve.archive import FORMATS, build_archive
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.client import Client, sample_jpeg
+from serve.errors import ServiceError
 
 IMAGES = ["cifar10-serve:local", "cifar10-serve-slim:local", "cifar10-train:local"]
 SERVING = {"cifar10-serve:local": "torchscript", "cifar10-serve-slim:local": "onnx"}  # image -> archive format

@@ -40,8 +40,8 @@ from harness.other_work import OtherWork, exits_when_busy
 from harness.report import Report, write_csv
 from repo import REPO
 from serve.archive import FORMATS, MODEL_CONFIG
-from serve.client import ServiceError
 from serve.config import properties
+from serve.errors import ServiceError
 
 # TorchServe on PORT_BASE..+4 (so that a server started by `make serve` can stay up), Flask on +5,
 # LitServe on +6; --port-base moves them all.

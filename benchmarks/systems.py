@@ -33,7 +33,8 @@ from harness.answers import answer_problem
 from harness.server import LocalServer, cpu_seconds
 from repo import REPO
 from serve.archive import build_archive
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.client import Client, sample_jpeg
+from serve.errors import ServiceError
 from serve.server import LOG_CONFIG, wait_until_serving
 from train.data import encoded_images
 

@@ -10,10 +10,6 @@ import tempfile
 from pathlib import Path
 
 
-class MissingKeyError(LookupError):
-    """key_file.json holds no key for the API asked for (no server, or token auth off)."""
-
-
 def read_keys(key_file: Path) -> dict[str, str]:
     """{"inference": ..., "management": ..., "API": ...}; {} without the file (token auth off)."""
     try:

@@ -15,7 +15,6 @@ from cifar10_budget import BATCH_DECODE_SECONDS, MAX_PIXELS, OverBudget, admit, 
 from PIL import Image, ImageOps
 
 IMAGE_SIZE = 32
-TOP_K = 3
 # Formats a client may send. Naming them stops PIL from trying its other plugins (EPS, for one,
 # would run Ghostscript on the request's bytes).
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers MPO (multi-picture) files too

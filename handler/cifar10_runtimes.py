@@ -20,8 +20,6 @@ class OnnxRuntime:
     float32 logits out. onnxruntime is imported here and only here: archives that serve
     TorchScript do not need it."""
 
-    device = "cpu"
-
     def __init__(self, path: str, threads: int = 1):
         import onnxruntime
 

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import torch
-from cifar10_images import IMAGE_SIZE, decode_image, decode_payloads, pixel_array
+from cifar10_images import IMAGE_SIZE, decode_image, decode_payloads
 from PIL import Image
 
 
@@ -182,9 +182,3 @@ def decode_batch(
         batch[[row for row, i in enumerate(rows) if i not in taken]] = torch.from_numpy(cpu_pixels).to(device)
         decoded = batch
     return decoded.contiguous(memory_format=torch.channels_last)
-
-
-def pixel_batch(images: list[np.ndarray]) -> torch.Tensor:
-    """N decoded images (H x W x C) -> the N x C x H x W uint8 tensor the torch runtimes take (a
-    channels_last view of cifar10_images.pixel_array)."""
-    return torch.from_numpy(pixel_array(images))

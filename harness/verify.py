@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from model import CLASSES
 from repo import REPO
-from serve.client import Client, ServiceError
+from serve.client import Client
+from serve.errors import ServiceError
 from train.data import encoded_images
 from train.evaluate import evaluate_torchscript, run_metadata
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.server import LocalServer
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.client import Client, sample_jpeg
+from serve.errors import ServiceError
 
 SLEEPY_RESPONSE_TIMEOUT = 2  # seconds: the sleepy model's responseTimeout
 SLEEPY_QUEUE = 4  # the sleepy model's jobQueueSize: requests waiting beyond the one being served

@@ -28,13 +28,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from container.keys import MissingKeyError
 from frontend import AgentBuildError, agent_jar
 from repo import REPO
-from serve.archive import FORMATS, GPU_MODEL_CONFIG, ArchiveError, build_archive
-from serve.client import Client, ServiceError, TooManyWorkers
-from serve.gpu_sizing import NoGpu, sized_config, this_machine
-from serve.server import JavaMissingError, ServerPaths, start, stop, wait_until_serving
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, build_archive
+from serve.client import Client
+from serve.errors import AgentError, KeyFileError, NotServing, ServeError, TooManyWorkers
+from serve.gpu_sizing import sized_config, this_machine
+from serve.server import ServerPaths, start, stop, wait_until_serving
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,16 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (
-        ServiceError,
-        ArchiveError,
-        JavaMissingError,
-        AgentBuildError,
-        MissingKeyError,
-        NoGpu,
-        TimeoutError,
-        TooManyWorkers,
-    ) as error:
+    except ServeError as error:
         raise SystemExit(f"error: {error}") from None
 
 
@@ -128,22 +119,25 @@ def run(args: argparse.Namespace) -> None:
         return
     client = Client.from_config(args.config, args.workdir)
     if args.command == "start":
-        agent_jar()  # built from the sources beside it, before the start that refuses a stale one
+        try:
+            agent_jar()  # built from the sources beside it, before the start that refuses a stale one
+        except AgentBuildError as error:
+            raise AgentError(str(error)) from None
         start(paths, token_auth=not args.no_token_auth)
         try:
             seconds = wait_until_serving(client, args.model, paths, timeout=args.timeout)
-        except TimeoutError as error:
+        except NotServing as error:
             log = paths.logs / "model_log.log"
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no model log)"
             stop(paths)
-            raise TimeoutError(f"{error}\n--- last lines of {log} ---\n{tail}") from None
+            raise NotServing(f"{error}\n--- last lines of {log} ---\n{tail}") from None
         auth = "off" if args.no_token_auth else "on (keys in key_file.json; `make token` prints the inference key)"
         print(
             f"{args.model} is serving at {client.inference}/predictions/{args.model} ({seconds:.1f}s); token auth {auth}"
         )
     elif args.command == "token":
         if args.api not in client.keys:
-            raise MissingKeyError(f"no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
+            raise KeyFileError(f"no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
         print(client.keys[args.api])
     elif args.command == "predict":
         print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))

@@ -16,12 +16,7 @@ import tempfile
 from pathlib import Path
 
 from repo import REPO
-
-
-class ArchiveError(Exception):
-    """The run cannot be archived (no metadata.json: not a finished training run; or no file of the
-    format asked for)."""
-
+from serve.errors import ArchiveError
 
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 # The modules the handler imports, packed beside it: the worker has nothing of this repository.

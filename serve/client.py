@@ -16,17 +16,7 @@ from PIL import Image
 
 from container.keys import read_keys
 from serve.config import api_address, properties
-
-
-class ServiceError(Exception):
-    def __init__(self, status: int, body: str):
-        super().__init__(f"HTTP {status}: {body[:300]}")
-        self.status = status
-        self.body = body
-
-
-class TooManyWorkers(ValueError):
-    """More workers than this machine's memory holds."""
+from serve.errors import QueueNotEmpty, ServiceError, ServiceUnreachable, WorkersNotReady
 
 
 def sample_jpeg(color=(200, 120, 40)) -> bytes:
@@ -71,7 +61,12 @@ class Client:
 
     def request(self, method: str, url: str, api: str, **kwargs) -> requests.Response:
         """Any call to one of TorchServe's APIs with `api`'s key; raises ServiceError on a status >= 300."""
-        response = self.session.request(method, url, headers=self.auth_headers(api), **kwargs)
+        try:
+            response = self.session.request(method, url, headers=self.auth_headers(api), **kwargs)
+        except requests.ConnectionError as error:
+            raise ServiceUnreachable(
+                f"nothing answers at {url} (is TorchServe running? `make serve`): {error}"
+            ) from None
         if response.status_code >= 300:
             raise ServiceError(response.status_code, response.text)
         return response
@@ -104,10 +99,23 @@ class Client:
         version: str | None = None,
         timeout: float = 120,
     ) -> dict:
-        """Sets the worker count (of the default version, or `version`) and waits until the workers are up."""
+        """Sets the worker count (of the default version, or `version`) and returns once exactly
+        `workers` workers are READY: TorchServe's `synchronous=true` answers when it has started the
+        workers, not when they have loaded the model, which takes longer on a busy machine. Raises
+        WorkersNotReady, with each worker's state, after `timeout` seconds."""
+        started = time.monotonic()
         params = {"min_worker": workers, "max_worker": max_workers or workers, "synchronous": "true"}
         url = f"{self.management}/models/{model}" + (f"/{version}" if version else "")
-        return self.request("PUT", url, "management", params=params, timeout=timeout).json()
+        answer = self.request("PUT", url, "management", params=params, timeout=timeout).json()
+        while True:
+            states = [worker["status"] for worker in self.describe(model, version)[0]["workers"]]
+            if states.count("READY") == len(states) == workers:
+                return answer
+            if time.monotonic() - started > timeout:
+                raise WorkersNotReady(
+                    f"{model}: asked for {workers} READY workers, after {timeout:.0f}s the workers are {states}"
+                )
+            time.sleep(0.2)
 
     def worker_bound(self, model: str = "cifar10", version: str | None = None, share: float = 0.8) -> int:
         """The workers running now, plus as many as `share` of the available memory holds at the
@@ -147,14 +155,14 @@ class Client:
         is unregistered once its job queue has stayed empty for `quiet` seconds, longer than a
         worker takes to answer the batch it holds (TorchServe would drop queued requests unanswered
         and fail the batches in flight). Raises ServiceError for the default version and
-        TimeoutError when the queue never stays empty."""
+        QueueNotEmpty when the queue never stays empty."""
         if self.describe(model)[0]["modelVersion"] == version:
             raise ServiceError(409, f"{version} is the default version of {model}: set another default first")
         started = time.monotonic()
         empty_since = None
         while empty_since is None or time.monotonic() - empty_since < quiet:
             if time.monotonic() - started > timeout:
-                raise TimeoutError(f"{model} {version}: requests still queued after {timeout:.0f}s")
+                raise QueueNotEmpty(f"{model} {version}: requests still queued after {timeout:.0f}s")
             empty = self.pending_requests(version, model) == 0
             empty_since = (empty_since or time.monotonic()) if empty else None
             time.sleep(0.1)

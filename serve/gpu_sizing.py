@@ -14,15 +14,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from serve.errors import NoGpu
+
 # GPU memory per worker: its CUDA context, the frozen model and the allocator's cache for batches
 # of 128 (a worker was seen holding 760 MiB: see docs/gpu.md), with headroom.
 WORKER_GPU_MIB = 1024
 GPU_MEMORY_SHARE = 0.8  # of the GPU's free memory; the rest for other processes and fragmentation
 MIN_QUEUE, MAX_QUEUE = 1024, 4096
-
-
-class NoGpu(RuntimeError):
-    """Sizing for a GPU was asked on a machine where torch sees none."""
 
 
 @dataclass(frozen=True)

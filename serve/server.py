@@ -19,10 +19,11 @@ from pathlib import Path
 import psutil
 
 from frontend import JAR as AGENT_JAR
-from frontend import AgentBuildError, agent_is_current
+from frontend import agent_is_current
 from repo import REPO
-from serve.client import Client, ServiceError, sample_jpeg
+from serve.client import Client, sample_jpeg
 from serve.config import properties
+from serve.errors import AgentError, FrontendExited, JavaMissingError, NotServing, ServiceError
 
 LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
 
@@ -62,14 +63,6 @@ def java_major_version() -> int | None:
         return None
     major = int(match.group(1))
     return int(match.group(2)) if major == 1 else major  # "1.8" is Java 8
-
-
-class FrontendExited(TimeoutError):
-    """TorchServe's frontend (the JVM) exited before the model answered: it never will."""
-
-
-class JavaMissingError(RuntimeError):
-    """TorchServe's frontend needs a Java runtime this machine lacks."""
 
 
 def require_java(minimum: int = 17) -> None:
@@ -121,7 +114,7 @@ def _absolute_agent(jvm_arg: str) -> str:
     jar, separator, options = jvm_arg.removeprefix("-javaagent:").partition("=")
     path = Path(jar) if Path(jar).is_absolute() else REPO / jar
     if path.resolve() == AGENT_JAR and not agent_is_current():
-        raise AgentBuildError(f"the frontend agent {AGENT_JAR} is missing or older than its sources: build it first")
+        raise AgentError(f"the frontend agent {AGENT_JAR} is missing or older than its sources: build it first")
     return f"-javaagent:{path}{separator}{options}"
 
 
@@ -171,7 +164,7 @@ def stop(paths: ServerPaths) -> None:
 def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: float = 120.0) -> float:
     """Seconds until `model` answered a real prediction (not merely /ping).
 
-    Raises TimeoutError after `timeout`, or as soon as TorchServe logs that a worker died while
+    Raises NotServing after `timeout`, or as soon as TorchServe logs that a worker died while
     loading the model (it would otherwise retry with back-off for minutes). Only the log written
     after this call is read: the same log holds earlier runs, whose workers may have died.
     """
@@ -182,7 +175,7 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
     offset = log.stat().st_size if log.exists() else 0
     while time.monotonic() - started < timeout:
         if log.exists() and "Backend worker process died" in _read_from(log, offset):
-            raise TimeoutError(f"a {model} worker died while loading the model")
+            raise NotServing(f"a {model} worker died while loading the model")
         _check_frontend_alive(paths)
         try:
             client.refresh_keys()
@@ -191,7 +184,7 @@ def wait_until_serving(client: Client, model: str, paths: ServerPaths, timeout: 
         except (ServiceError, OSError) as error:
             last_error = str(error)
         time.sleep(0.25)
-    raise TimeoutError(f"{model} did not answer a prediction within {timeout:.0f}s (last: {last_error})")
+    raise NotServing(f"{model} did not answer a prediction within {timeout:.0f}s (last: {last_error})")
 
 
 def _check_frontend_alive(paths: ServerPaths) -> None:

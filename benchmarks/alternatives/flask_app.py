@@ -9,10 +9,9 @@ import argparse
 import torch
 from cifar10_answers import answer_bodies
 from cifar10_images import InvalidImage, decode_image
-from cifar10_torch_runtimes import pixel_batch
 from flask import Flask, Response, jsonify, request
 
-from benchmarks.alternatives import CLASSES, load_model
+from benchmarks.alternatives import CLASSES, load_model, pixel_batch
 
 
 def create_app(model_path: str) -> Flask:

@@ -10,10 +10,9 @@ import litserve as ls
 import torch
 from cifar10_answers import answer_bodies
 from cifar10_images import InvalidImage, decode_image
-from cifar10_torch_runtimes import pixel_batch
 from fastapi import HTTPException, Response
 
-from benchmarks.alternatives import CLASSES, load_model
+from benchmarks.alternatives import CLASSES, load_model, pixel_batch
 
 
 class Cifar10API(ls.LitAPI):

@@ -35,7 +35,8 @@ from helpers import PORT_BASE, REPO, require_container_engine
 
 from container.keys import write_secret
 from model import CLASSES
-from serve.client import Client, ServiceError
+from serve.client import Client
+from serve.errors import ServiceError
 
 PREFIX = f"cifar10-test-{os.getpid()}"
 CONTAINER_PORTS = PORT_BASE + 100  # the serving container's inference port; management, metrics follow

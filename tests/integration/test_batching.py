@@ -18,7 +18,7 @@ from frontend import without_agent
 from harness.server import LocalServer
 from serve.client import Client
 from serve.config import properties
-from serve.server import FrontendExited
+from serve.errors import FrontendExited
 
 CLIENTS = 32
 

@@ -19,7 +19,7 @@ import yaml
 from cifar10_metrics import METRICS
 from helpers import REPO
 
-from serve.client import ServiceError
+from serve.errors import ServiceError
 
 MONITORING = REPO / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "cifar10.json"

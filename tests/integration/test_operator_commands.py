@@ -5,6 +5,7 @@ traffic flows, retire it; scale workers; rotate keys."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -97,12 +98,30 @@ def test_roll_out_switch_and_roll_back_a_version_while_requests_flow(
     assert set(statuses) == {200} and statuses[200] > 10, statuses
 
 
-def test_scale_workers_up_and_down(server, server_paths):
+def test_scale_returns_with_every_worker_ready_on_a_busy_machine(server, server_paths):
+    """`scale N` returns once N workers are READY, not once TorchServe has started them: with every
+    core busy (three spinning processes per core) a worker loads its model late."""
     configured = len(server.describe()[0]["workers"])
-    cli(server_paths, "scale", str(configured + 1))
-    assert f"{configured + 1}/{configured + 1} workers ready" in cli(server_paths, "versions")
-    cli(server_paths, "scale", str(configured))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * (os.cpu_count() or 1))]
+    try:
+        for workers in (configured + 1, configured):
+            cli(server_paths, "scale", str(workers))
+            states = [worker["status"] for worker in server.describe()[0]["workers"]]
+            assert states == ["READY"] * workers
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     assert f"{configured}/{configured} workers ready" in cli(server_paths, "versions")
+
+
+def test_a_command_without_a_server_says_so_in_one_line(tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:9\n")
+    command = [sys.executable, "-m", "serve", "--config", str(config), "--workdir", str(tmp_path), "describe"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: nothing answers at") and "Traceback" not in result.stderr
 
 
 def test_scaling_beyond_what_the_memory_holds_is_refused(server, server_paths):

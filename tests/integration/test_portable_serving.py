@@ -18,7 +18,7 @@ from helpers import PORT_BASE, metadata, torchserve
 from harness.verify import compare
 from repo import REPO
 from serve.archive import build_archive
-from serve.client import ServiceError
+from serve.errors import ServiceError
 
 # --format -> (the file the archive must carry, the handler runtime its model config names)
 FORMATS = {"onnx": ("model.onnx", "onnxruntime"), "aotinductor": ("model.so", "aotinductor")}

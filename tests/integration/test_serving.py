@@ -6,7 +6,7 @@ import pytest
 import requests
 from helpers import assert_prediction
 
-from serve.client import ServiceError
+from serve.errors import ServiceError
 
 
 def test_raw_body_prediction(server, cifar_test_jpegs):

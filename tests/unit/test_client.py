@@ -11,7 +11,8 @@ from typing import ClassVar
 import pytest
 
 from container.keys import read_keys
-from serve.client import Client, ServiceError
+from serve.client import Client
+from serve.errors import ServiceError
 
 ANSWER = {
     "prediction": "cat",
@@ -93,9 +94,3 @@ def test_an_error_status_raises_service_error_with_the_body(site, key_file):
     with pytest.raises(ServiceError) as error:
         Client(site, site, site, key_file=key_file).predict(b"x", model="missing")
     assert error.value.status == 404 and "no such model" in error.value.body
-
-
-def test_scale_asks_for_a_synchronous_change(site, key_file):
-    Client(site, site, site, key_file=key_file).scale(3)
-    [request] = Recorder.seen
-    assert request["method"] == "PUT" and "min_worker=3" in request["path"] and "synchronous=true" in request["path"]

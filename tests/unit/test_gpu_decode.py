@@ -7,8 +7,8 @@ import io
 
 import pytest
 import torch
-from cifar10_images import InvalidImage, decode_image
-from cifar10_torch_runtimes import decode_batch, gpu_decodable, gpu_jpeg_decoder, pixel_batch
+from cifar10_images import InvalidImage, decode_image, pixel_array
+from cifar10_torch_runtimes import decode_batch, gpu_decodable, gpu_jpeg_decoder
 from helpers import gpu_test, synthetic_jpegs
 from PIL import Image
 from torchvision.io import decode_jpeg
@@ -96,7 +96,7 @@ def cpu_answer(payloads, errors):
             images.append(decode_image(payload))
         except InvalidImage as error:
             errors[index] = error
-    return pixel_batch(images), errors
+    return torch.from_numpy(pixel_array(images)), errors
 
 
 def reasons(errors):
