@@ -22,6 +22,7 @@ import time
 from cifar10_answers import answer_bodies, error_body
 from cifar10_images import InvalidImage, request_payload
 from cifar10_metrics import BatchMetrics, timed
+from cifar10_options import HandlerOptions
 from cifar10_runtimes import load_runtime
 
 STATUS_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
@@ -49,17 +50,9 @@ class Cifar10Handler:
         self.classes = []
 
     def initialize(self, context):
-        # model-config.yaml's `handler:` section. torch_threads: intra-op threads per worker (on a
-        # small CPU the Java frontend needs a core too, and oversubscribed threads spin); ONNX Runtime
-        # gets as many. freeze: serve the frozen module (default), or the export as it is (to measure
-        # what freezing buys). runtime: torchscript (default, model.pt), onnxruntime (model.onnx,
-        # `python -m serve archive --format onnx`; CPU only) or aotinductor (model.so, --format
-        # aotinductor). gpu_decode: on a GPU worker, decode 32 x 32 JPEGs with nvJPEG (default), other
-        # files on the CPU; gpu_decode_min_batch: only batches with at least this many such JPEGs
-        # (smaller ones: the CPU).
+        options = HandlerOptions.from_section((context.model_yaml_config or {}).get("handler"))  # before any work
         self.context = context
         keep_large_blocks_returnable()
-        options = (context.model_yaml_config or {}).get("handler", {})
         mapping_file = os.path.join(context.system_properties.get("model_dir"), "index_to_name.json")
         if not os.path.isfile(mapping_file):
             raise RuntimeError("index_to_name.json is missing from the model archive")

@@ -10,9 +10,7 @@ import os
 
 import numpy as np
 from cifar10_images import IMAGE_SIZE, decode_payloads
-
-# model-config `handler: runtime:` -> the model file it serves
-RUNTIME_FILES = {"torchscript": ".pt", "onnxruntime": ".onnx", "aotinductor": ".so"}
+from cifar10_options import RUNTIME_FILES, HandlerOptions
 
 
 class OnnxRuntime:
@@ -49,19 +47,19 @@ class OnnxRuntime:
         return None
 
 
-def load_runtime(context, options: dict):
-    """The runtime that model-config's `handler:` section (`options`) asks for, loaded from the
-    archive's model file. Raises RuntimeError when the runtime and the model file do not match."""
-    runtime = options.get("runtime", "torchscript")
-    expected_suffix = RUNTIME_FILES.get(runtime)
+def load_runtime(context, options: HandlerOptions):
+    """The runtime that the handler's options ask for, loaded from the archive's model file. Raises
+    RuntimeError when the runtime and the model file do not match."""
+    runtime = options.runtime
+    expected_suffix = RUNTIME_FILES[runtime]
     serialized = context.manifest["model"].get("serializedFile", "")
-    if expected_suffix is None or not serialized.endswith(expected_suffix):
+    if not serialized.endswith(expected_suffix):
         raise RuntimeError(
             f"model-config runtime {runtime!r} cannot serve {serialized!r}: expected one of "
             + ", ".join(f"{name} with a {suffix} file" for name, suffix in RUNTIME_FILES.items())
         )
     path = os.path.join(context.system_properties.get("model_dir"), serialized)
-    threads = int(options.get("torch_threads") or 0)
+    threads = options.torch_threads
     if runtime == "onnxruntime":
         return OnnxRuntime(path, threads=threads or 1)
     from cifar10_torch_runtimes import load_torch_runtime

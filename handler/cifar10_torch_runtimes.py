@@ -45,10 +45,10 @@ class TorchRuntime:
         return torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else None
 
 
-def load_torch_runtime(runtime: str, path: str, gpu_id, threads: int, options: dict) -> TorchRuntime:
+def load_torch_runtime(runtime: str, path: str, gpu_id, threads: int, options) -> TorchRuntime:
     """`runtime` "torchscript" (model.pt) or "aotinductor" (model.so) on the worker's GPU when it has
     one (`gpu_id`), else the CPU. `threads`: torch intra-op threads (0: torch's default). `options`:
-    model-config's `handler:` section (freeze, gpu_decode, gpu_decode_min_batch)."""
+    the handler's options (cifar10_options.HandlerOptions: freeze, gpu_decode, gpu_decode_min_batch)."""
     if threads:
         torch.set_num_threads(threads)
     on_gpu = torch.cuda.is_available() and gpu_id is not None
@@ -59,9 +59,9 @@ def load_torch_runtime(runtime: str, path: str, gpu_id, threads: int, options: d
         forward = aot_inductor_model(torch._export.aot_load(path, device.type))
     else:
         module = torch.jit.load(path, map_location=device)
-        forward = inference_model(module, freeze=options.get("freeze", True))
-    jpeg_decoder = gpu_jpeg_decoder(device) if options.get("gpu_decode", True) else None
-    return TorchRuntime(forward, device, jpeg_decoder, int(options.get("gpu_decode_min_batch", 1)))
+        forward = inference_model(module, freeze=options.freeze)
+    jpeg_decoder = gpu_jpeg_decoder(device) if options.gpu_decode else None
+    return TorchRuntime(forward, device, jpeg_decoder, options.gpu_decode_min_batch)
 
 
 def inference_model(scripted: torch.jit.ScriptModule, freeze: bool = True) -> torch.jit.ScriptModule:

@@ -22,7 +22,7 @@ HANDLER = REPO / "handler" / "cifar10_handler.py"
 # The modules the handler imports, packed beside it: the worker has nothing of this repository.
 HANDLER_MODULES = [
     REPO / "handler" / f"cifar10_{name}.py"
-    for name in ("images", "budget", "runtimes", "torch_runtimes", "answers", "metrics")
+    for name in ("images", "budget", "options", "runtimes", "torch_runtimes", "answers", "metrics")
 ]
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -14,7 +15,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import yaml
 from cifar10_handler import Cifar10Handler
+from cifar10_options import HandlerConfigError, HandlerOptions
 from helpers import REPO, assert_prediction
 from PIL import Image
 from ts.context import Context, RequestProcessor
@@ -49,15 +52,20 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def context(model_dir):
+def make_context(model_dir, handler_section: dict) -> Context:
+    """TorchServe's own Context for a worker of the archive in `model_dir`."""
     manifest = {"model": {"modelName": "cifar10", "modelVersion": "1.0", "serializedFile": "model.pt"}}
     metrics = MetricsCacheYamlImpl(config_file_path=str(REPO / "deploy" / "torchserve" / "metrics.yaml"))
     metrics.initialize_cache()
     return Context(
         "cifar10", str(model_dir), manifest, BATCH_SIZE, None, "0.12.0", metrics=metrics,
-        model_yaml_config={"handler": {"torch_threads": 1}},
+        model_yaml_config={"handler": handler_section},
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def context(model_dir):
+    return make_context(model_dir, {"torch_threads": 1})
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +204,23 @@ def test_a_batch_of_bad_requests_leaves_no_garbage_holding_their_bodies(handler,
         assert gc.collect() == 0  # nothing unreachable: every body was freed when its batch ended
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "section, complaint",
+    [
+        ({"torch_thread": 1}, "unknown keys ['torch_thread']"),
+        ({"runtime": "tensorrt"}, "is not one of"),
+        ({"torch_threads": "2"}, "is not a int"),
+        ({"gpu_decode": "yes"}, "is not a bool"),
+        ({"gpu_decode_min_batch": 0}, "gpu_decode_min_batch >= 1"),
+    ],
+)
+def test_a_wrong_handler_option_stops_initialize_with_its_reason(model_dir, section, complaint):
+    with pytest.raises(HandlerConfigError, match=re.escape(complaint)):
+        Cifar10Handler().initialize(make_context(model_dir, section))
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "handler").glob("model-config*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_model_config_has_valid_handler_options(config):
+    HandlerOptions.from_section(yaml.safe_load(config.read_text()).get("handler"))
