@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 from harness.other_work import add_noisy_option
-from repo import REPO
+from repo import REPO, import_handler_modules
 
-if str(REPO / "handler") not in sys.path:
-    sys.path.insert(0, str(REPO / "handler"))
+import_handler_modules()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -2,8 +2,8 @@
 
 The network takes raw pixels (uint8 or float in 0..255, N x 3 x 32 x 32) and normalizes them
 itself with CIFAR-10's mean and std. Training, offline evaluation and the TorchServe handler
-therefore feed it the same thing, and the exported TorchScript carries the normalization with it:
-serving cannot drift from training.
+therefore feed it the same thing (decoded by one decoder, handler/cifar10_images.py), and the
+exported TorchScript carries the normalization with it: serving cannot drift from training.
 """
 
 import torch
