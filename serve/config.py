@@ -1,4 +1,5 @@
-"""TorchServe's config.properties: read it, and move an instance to other ports.
+"""TorchServe's config.properties: read it as Java's `Properties` does (javaproperties), and move an
+instance to other ports.
 
 The client (to find the APIs) and the server launcher (to start TorchServe) both read it, so it
 lives here, below both.
@@ -6,9 +7,10 @@ lives here, below both.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import urlparse
+
+import javaproperties
 
 DEFAULT_ADDRESSES = {
     "inference_address": "http://127.0.0.1:8080",
@@ -18,12 +20,13 @@ DEFAULT_ADDRESSES = {
 
 
 def properties(path: Path) -> dict[str, str]:
-    pairs = (
-        line.split("=", 1)
-        for line in path.read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    )
-    return {key.strip(): value.strip() for key, value in pairs}
+    """The settings of a config.properties, as TorchServe reads them."""
+    return javaproperties.loads(path.read_text())
+
+
+def properties_text(settings: dict[str, str]) -> str:
+    """A config.properties holding `settings` (in their order), as Java's `Properties` writes it."""
+    return javaproperties.dumps(settings, timestamp=False)
 
 
 def api_address(props: dict[str, str], key: str) -> str:
@@ -33,16 +36,12 @@ def api_address(props: dict[str, str], key: str) -> str:
 
 
 def config_on_ports(config: Path, port_base: int, **settings: str) -> str:
-    """`config`'s text with the inference, management and metrics APIs moved to port_base, +1 and +2,
-    gRPC to +3 and +4 (else TorchServe opens 7070 and 7071, and a second instance on the machine
-    fails to start), and `settings` set: the config for another instance beside the usual one."""
-    addresses = {"inference_address": port_base, "management_address": port_base + 1, "metrics_address": port_base + 2}
-    settings = {"grpc_inference_port": str(port_base + 3), "grpc_management_port": str(port_base + 4), **settings}
-    lines = []
-    for line in config.read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if key in addresses:
-            line = re.sub(r":\d+\s*$", f":{addresses[key]}", line)
-        if key not in settings:
-            lines.append(line)
-    return "\n".join(lines + [f"{key}={value}" for key, value in settings.items()]) + "\n"
+    """`config`'s settings with the inference, management and metrics APIs moved to port_base, +1
+    and +2, gRPC to +3 and +4 (else TorchServe opens 7070 and 7071, and a second instance on the
+    machine fails to start), and `settings` set: the config for another instance beside the usual one."""
+    props = properties(config)
+    for offset, key in enumerate(("inference_address", "management_address", "metrics_address")):
+        parsed = urlparse(props.get(key, DEFAULT_ADDRESSES[key]))
+        props[key] = parsed._replace(netloc=f"{parsed.hostname}:{port_base + offset}").geturl()
+    props |= {"grpc_inference_port": str(port_base + 3), "grpc_management_port": str(port_base + 4), **settings}
+    return properties_text(props)

@@ -22,7 +22,7 @@ from frontend import JAR as AGENT_JAR
 from frontend import agent_is_current
 from repo import REPO
 from serve.client import Client, sample_jpeg
-from serve.config import properties
+from serve.config import properties, properties_text
 from serve.errors import AgentError, FrontendExited, JavaMissingError, NotServing, ServiceError
 
 LOG_CONFIG = REPO / "deploy" / "torchserve" / "log4j2.xml"
@@ -91,17 +91,15 @@ def _launch_config(paths: ServerPaths) -> Path:
     """paths.config, with a relative metrics_config and -javaagent jar made absolute (relative to
     the repository): TorchServe and its JVM would resolve them against the working directory,
     which tests move elsewhere."""
-    text = paths.config.read_text()
     settings = properties(paths.config)
     metrics_config = settings.get("metrics_config")
     if metrics_config and not Path(metrics_config).is_absolute():
-        text = re.sub(r"(?m)^metrics_config=.*$", f"metrics_config={REPO / metrics_config}", text)
+        settings["metrics_config"] = str(REPO / metrics_config)
     if settings.get("vmargs"):
-        vmargs = " ".join(_absolute_agent(arg) for arg in settings["vmargs"].split())
-        text = re.sub(r"(?m)^vmargs=.*$", lambda _: f"vmargs={vmargs}", text)
+        settings["vmargs"] = " ".join(_absolute_agent(arg) for arg in settings["vmargs"].split())
     paths.runtime.mkdir(parents=True, exist_ok=True)
     launch = paths.runtime / "config.properties"
-    launch.write_text(text)
+    launch.write_text(properties_text(settings))
     return launch
 
 

@@ -17,10 +17,12 @@ def test_the_repositorys_config_is_read_as_torchserve_reads_it():
     assert props["metrics_mode"] == "prometheus"
 
 
-def test_comments_and_blank_lines_are_not_settings(tmp_path):
+def test_the_config_is_read_as_java_reads_it(tmp_path):
+    """Comments and blank lines are no settings; `key = value` and `key: value` both set; a trailing
+    backslash continues the value; trailing blanks stay in it (TorchServe sees them too)."""
     config = tmp_path / "config.properties"
-    config.write_text("# a comment=with an equals sign\n\n  job_queue_size = 64 \n")
-    assert properties(config) == {"job_queue_size": "64"}
+    config.write_text("# a comment=with an equals sign\n! another\n\n  job_queue_size = 64 \nvmargs: -Xmx1g \\\n   -Dx=1\n")
+    assert properties(config) == {"job_queue_size": "64 ", "vmargs": "-Xmx1g -Dx=1"}
 
 
 def test_an_unset_address_falls_back_to_torchserves_default(tmp_path):
