@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 import javaproperties
 
+from serve.errors import UnwritableSetting
+
 DEFAULT_ADDRESSES = {
     "inference_address": "http://127.0.0.1:8080",
     "management_address": "http://127.0.0.1:8081",
@@ -25,8 +27,16 @@ def properties(path: Path) -> dict[str, str]:
 
 
 def properties_text(settings: dict[str, str]) -> str:
-    """A config.properties holding `settings` (in their order), as Java's `Properties` writes it."""
-    return javaproperties.dumps(settings, timestamp=False)
+    """A config.properties holding `settings` in their order, one plain `key=value` line each: Java
+    reads it as written, and so does TorchServe's Python launcher, which reads `vmargs` by hand and
+    would pass on an escape such as `\\:` to the JVM. Raises UnwritableSetting for a key or value that
+    Java would read otherwise (a backslash, a line break, a separator in the key, a blank in front)."""
+    lines = []
+    for key, value in settings.items():
+        if any(c in key for c in "=: \t\\\n#!") or "\\" in value or "\n" in value or value[:1].isspace():
+            raise UnwritableSetting(f"config.properties cannot hold {key}={value!r} as a plain line")
+        lines.append(f"{key}={value}\n")
+    return "".join(lines)
 
 
 def api_address(props: dict[str, str], key: str) -> str:

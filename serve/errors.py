@@ -61,5 +61,9 @@ class KeyFileError(ServeError):
     """The key file lacks the key a command needs (token auth off, or TorchServe not running)."""
 
 
+class UnwritableSetting(ServeError, ValueError):
+    """A config.properties setting that the plain `key=value` line cannot hold."""
+
+
 class AgentError(ServeError):
     """The frontend agent could not be built, or the jar is older than its sources."""

@@ -6,6 +6,7 @@ import pytest
 from helpers import REPO
 
 from serve.config import api_address, config_on_ports, properties
+from serve.errors import UnwritableSetting
 from train.config import RECIPES, Config, ConfigError, parse_args
 
 
@@ -21,7 +22,9 @@ def test_the_config_is_read_as_java_reads_it(tmp_path):
     """Comments and blank lines are no settings; `key = value` and `key: value` both set; a trailing
     backslash continues the value; trailing blanks stay in it (TorchServe sees them too)."""
     config = tmp_path / "config.properties"
-    config.write_text("# a comment=with an equals sign\n! another\n\n  job_queue_size = 64 \nvmargs: -Xmx1g \\\n   -Dx=1\n")
+    config.write_text(
+        "# a comment=with an equals sign\n! another\n\n  job_queue_size = 64 \nvmargs: -Xmx1g \\\n   -Dx=1\n"
+    )
     assert properties(config) == {"job_queue_size": "64 ", "vmargs": "-Xmx1g -Dx=1"}
 
 
@@ -115,3 +118,8 @@ def test_the_training_job_says_why_it_refuses_a_validation_split():
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--train-subset", "100", "--val-size", "100"])
     assert str(exit_info.value).startswith("error: --val-size 100 leaves none of the 100 training images")
+
+
+def test_a_setting_java_would_read_otherwise_is_refused_not_written(tmp_path):
+    with pytest.raises(UnwritableSetting):
+        config_on_ports(REPO / "config.properties", 28000, vmargs="-Dpath=C:\\temp")
