@@ -28,11 +28,11 @@ import yaml
 from benchmarks import command_line, command_parser
 from benchmarks.systems import System, bench_images, process_tree, torchserve_system, until
 from container.keys import write_secret
+from harness.engine import engine_env
 from harness.other_work import OtherWork, adopt, adopt_listeners, exits_when_busy
 from harness.report import Report, write_csv
 from harness.server import LocalServer
 from harness.verify import CONFIDENCE_TOLERANCE, compare
-from repo import REPO
 from serve.archive import FORMATS, build_archive
 from serve.client import Client, sample_jpeg
 from serve.errors import ServiceError
@@ -44,8 +44,7 @@ BARE = "none (ONNX archive, bare)"
 MODEL_STORE = "/home/model-server/model-store"  # where the serving images read their archives
 KEY_FILE = "/home/model-server/run/key_file.json"
 ENGINE = os.environ.get("ENGINE", "podman")  # ENGINE=docker for docker
-# the project's podman settings unless CONTAINERS_CONF is set
-ENGINE_ENV = {"CONTAINERS_CONF": str(REPO / "deploy" / "docker" / "containers.conf"), **os.environ}
+ENGINE_ENV = engine_env()  # the project's podman settings unless the caller set its own
 
 
 class EngineError(RuntimeError):

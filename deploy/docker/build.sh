@@ -8,7 +8,8 @@
 # cifar10-serve (torch: TorchScript, GPU), cifar10-serve-slim (no torch: ONNX archives on the CPU)
 # and cifar10-train (IMAGE_PREFIX=... replaces "cifar10-"). What it decides, each said on stderr:
 # - engine: docker when a docker daemon answers, else podman (ENGINE=... overrides). With podman
-#   and no CONTAINERS_CONF, deploy/docker/containers.conf (runc, cgroupfs: no systemd needed).
+#   and no CONTAINERS_CONF, deploy/docker/containers.conf (runc, cgroupfs: no systemd needed); for a
+#   normal user and no CONTAINERS_STORAGE_CONF, deploy/docker/storage-rootless.conf (overlay, not vfs).
 # - base: the Dockerfiles' pinned python image (the slim image's: a Debian image); when it can be
 #   neither found nor pulled, a local one made from Debian packages by deploy/docker/local-base.sh
 #   (PYTHON_IMAGE=..., DEBIAN_IMAGE=... override).
@@ -35,6 +36,10 @@ fi
 build=("$ENGINE" build)
 if [ "$ENGINE" = podman ]; then
   export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/docker/containers.conf}
+  # A normal user's podman: the overlay driver (Debian's default for it is vfs: every layer copied whole).
+  if [ "$(id -u)" != 0 ]; then
+    export CONTAINERS_STORAGE_CONF=${CONTAINERS_STORAGE_CONF:-$PWD/deploy/docker/storage-rootless.conf}
+  fi
   # Docker's image format keeps HEALTHCHECK (the OCI format drops it); host network: no CNI setup needed.
   build+=(--format docker --network host)
 fi

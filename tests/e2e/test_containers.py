@@ -34,6 +34,7 @@ import yaml
 from helpers import PORT_BASE, REPO, require_container_engine
 
 from container.keys import write_secret
+from harness.engine import engine_env
 from model import CLASSES
 from serve.client import Client
 from serve.errors import ServiceError
@@ -109,13 +110,25 @@ def build(env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def require_layered_storage(env: dict[str, str]) -> None:
+    """podman must share image layers (overlay), as deploy/docker/storage-rootless.conf sets for a
+    normal user: with vfs every layer is a full copy, and the tier would take many times as long."""
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        return  # build.sh builds with docker
+    info = ["podman", "info", "--format", "{{.Store.GraphDriverName}}"]
+    driver = subprocess.run(info, env=env, capture_output=True, text=True).stdout.strip()
+    assert driver == "overlay", (
+        f"podman stores images with {driver!r}, not overlay (deploy/docker/storage-rootless.conf)"
+    )
+
+
 @pytest.fixture(scope="session")
 def images(tmp_path_factory) -> Images:
     """The three images, built once per session; the tier is skipped (CI=true: fails) where no
     container can run."""
-    env = {**os.environ}
-    env.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "docker" / "containers.conf"))
+    env = engine_env()
     require_container_engine(env)
+    require_layered_storage(env)
     log = tmp_path_factory.mktemp("build") / "build.log"
     started = time.monotonic()
     built = build(env, log)

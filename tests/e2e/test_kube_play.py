@@ -32,12 +32,13 @@ from helpers import PORT_BASE, REPO, require_container_engine
 
 from container.healthcheck import probe_png
 from container.keys import write_secret
+from harness.engine import engine_env
 from serve.archive import build_archive
 
 GATEWAY_PORT = PORT_BASE + 360
 NAME = f"fleet-kube-play-{os.getpid()}"
 BASE_IMAGE = "localhost/cifar10-debian:bookworm-minbase"  # deploy/docker/local-base.sh makes it
-ENV = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(REPO / "deploy/docker/containers.conf"))}
+ENV = engine_env()
 
 
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
