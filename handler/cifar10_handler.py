@@ -21,7 +21,6 @@ import ctypes
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import cifar10_v2
 import numpy as np
@@ -34,16 +33,6 @@ STATUS_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
 GPU_MEMORY_EVERY = 1000  # batches between two readings of the worker's GPU memory
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's default threshold, kept fixed
-
-
-@dataclass
-class Job:
-    """One request of a batch: its images' places (`slots`) in the batch's list of payloads, and for
-    a v2 request what to answer (None when it was refused before its images were read)."""
-
-    slots: range
-    v2: bool
-    outputs: cifar10_v2.Outputs | None = None
 
 
 def keep_large_blocks_returnable() -> None:
@@ -106,18 +95,20 @@ class Cifar10Handler:
     @timed("cifar10_decode_seconds")
     def preprocess(self, requests):
         """Decodes each request's images; returns the batch of good images, one error (or None) per
-        image, and a Job per request."""
+        image, and per request a job: its images' places in that list, whether it is a v2 request,
+        and what it asked back (v2; None for a v2 request refused before its images were read).
+        (Tuples: TorchServe wants the handler's module to define a single class.)"""
         payloads, errors, jobs = [], [], []
         for index, row in enumerate(requests):
             headers = self.context.get_all_request_header(index)
-            job = Job(range(len(payloads), len(payloads)), cifar10_v2.is_v2(headers))
+            start, v2, outputs = len(payloads), cifar10_v2.is_v2(headers), None
             try:  # TorchServe's own handlers would explain (or fail) the whole batch of a request to /explanations
                 if headers.get("explain") == "True":
                     raise InvalidImage(
                         "no_explanations", "this model serves predictions only: POST the image to /predictions"
                     )
-                if job.v2:
-                    images, job.outputs = cifar10_v2.parse(_body(row), headers, self.max_images)
+                if v2:
+                    images, outputs = cifar10_v2.parse(_body(row), headers, self.max_images)
                 else:
                     images = [request_payload(row, self._text_fields(index, row))]
                 payloads.extend(images)
@@ -125,8 +116,7 @@ class Cifar10Handler:
             except InvalidImage as error:
                 payloads.append(None)
                 errors.append(error.detached())
-            job.slots = range(job.slots.start, len(payloads))
-            jobs.append(job)
+            jobs.append((range(start, len(payloads)), v2, outputs))
         return self.runtime.decode(payloads, errors), errors, jobs
 
     def _text_fields(self, index, row) -> set:
@@ -154,36 +144,37 @@ class Cifar10Handler:
         # the decoded images are the batch's rows, in order: image i is row rows[i]
         rows = np.cumsum([error is None for error in errors]) - 1
         failed = [
-            next(((j, errors[i]) for j, i in enumerate(job.slots) if errors[i] is not None), None) for job in jobs
+            next(((j, errors[i]) for j, i in enumerate(slots) if errors[i] is not None), None) for slots, _, _ in jobs
         ]
-        answered = [rows[job.slots].tolist() if failure is None else [] for job, failure in zip(jobs, failed)]
-        plain = [r for job, job_rows in zip(jobs, answered) if not job.v2 for r in job_rows]
+        answered = [rows[slots].tolist() if failure is None else [] for (slots, _, _), failure in zip(jobs, failed)]
+        plain = [r for (_, v2, _), job_rows in zip(jobs, answered) if not v2 for r in job_rows]
         bodies = iter(prediction_bodies(scores[plain], self.classes))
         self.batch_metrics.count(
             [failure and failure[1] for failure in failed],
             scores[[r for job_rows in answered for r in job_rows]].argmax(1).tolist(),
         )
         return [
-            self._answer(index, job, failure, scores[job_rows] if job.v2 else None, bodies)
-            for index, (job, failure, job_rows) in enumerate(zip(jobs, failed, answered))
+            self._answer(index, v2, outputs, failure, scores[job_rows] if v2 else bodies)
+            for index, ((_, v2, outputs), failure, job_rows) in enumerate(zip(jobs, failed, answered))
         ]
 
-    def _answer(self, index, job, failure, scores, bodies):
+    def _answer(self, index, v2, outputs, failure, answer):
         """Request `index`'s body, with its status and headers set: its failure (the index of the
-        image that failed, or None, and the error), else its answer."""
+        image that failed, and the error), else its answer: from `answer`, the iterator of the batch's
+        /predictions bodies, or for a v2 request the probabilities of its images."""
         self.context.set_response_content_type(index, "application/json")
         if failure is not None:
             element, error = failure
             self.context.set_response_status(error.status, STATUS_PHRASES[error.status], index)
             if error.status == 503:
                 self.context.set_response_header(index, "Retry-After", "1")
-            if not job.v2:
+            if not v2:
                 return error_body(error)
-            return cifar10_v2.error_body(error, element if job.outputs is not None else None)
-        if not job.v2:
-            return next(bodies)
+            return cifar10_v2.error_body(error, element if outputs is not None else None)
+        if not v2:
+            return next(answer)
         version = self.context.manifest["model"]["modelVersion"]
-        body, header_length = cifar10_v2.response(scores, self.classes, job.outputs, self.context.model_name, version)
+        body, header_length = cifar10_v2.response(answer, self.classes, outputs, self.context.model_name, version)
         if header_length is not None:
             self.context.set_response_content_type(index, "application/octet-stream")
             self.context.set_response_header(index, "Inference-Header-Content-Length", str(header_length))
