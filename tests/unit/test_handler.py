@@ -353,3 +353,9 @@ def test_the_v2_metadata_names_what_the_handler_answers():
     )
     for output in json.loads(body)["outputs"]:
         assert output["datatype"] == cifar10_v2.OUTPUTS[output["name"]]["datatype"]
+
+
+def test_a_v2_request_sent_as_a_form_gets_400(handler, context):
+    row, headers = form(image=jpeg((5, 5, 5)))
+    [(status, body, _)] = v2_handle(handler, context, [(row, {**headers, "inference_protocol": "v2"})])
+    assert status == 400 and json.loads(body) == {"error": "send the v2 request as the body, not as a form"}
