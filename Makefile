@@ -28,7 +28,7 @@ models/latest/model.pt: | .venv/.installed
 ARCHIVE_KEY := $(STORE)/.archived-from
 $(ARCHIVE_KEY): FORCE
 	@mkdir -p $(@D); echo "$(DEVICE) $(RUN) $(GPU_WORKERS)" | cmp -s - $@ || echo "$(DEVICE) $(RUN) $(GPU_WORKERS)" >$@
-$(STORE)/cifar10.mar: $(RUN)/model.pt $(ARCHIVE_KEY) $(wildcard handler/*.py handler/*.yaml) | .venv/.installed
+$(STORE)/cifar10.mar: $(RUN)/model.pt $(ARCHIVE_KEY) $(wildcard handler/*.py handler/*.yaml handler/*.json) | .venv/.installed
 	$(PY) -m serve archive --run $(RUN) --store $(STORE) --device $(DEVICE) $(if $(GPU_WORKERS),--workers $(GPU_WORKERS))
 archive: $(STORE)/cifar10.mar ## package RUN (default models/latest) into model-store/cifar10.mar (DEVICE=gpu: GPU config)
 
@@ -47,11 +47,14 @@ verify-served: .venv/.installed ## every test image through `make serve`, compar
 clean: ## remove built archives, logs and keys (keeps models/ and the venv)
 	rm -rf model-store logs key_file.json .torchserve
 
-# --- Tests (checkov, the manifests' security scan, has a venv of its own: its pins would change .venv's)
+# --- Tests (checkov, the manifests' security scan, and the kserve SDK, a v2 client, have venvs of their own: their
+# pins would change .venv's)
 .tools/checkov/bin/checkov: deploy/k8s/requirements-checkov.txt
 	$(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -r $< && touch $@
+.tools/kserve/bin/python: tests/requirements-kserve.txt
+	$(PYTHON) -m venv .tools/kserve && .tools/kserve/bin/pip install --quiet -r $< && touch $@
 LINT := .venv/bin/ruff format --check . && .venv/bin/ruff check .
-test: .venv/.installed .tools/checkov/bin/checkov ## every tier: unit, integration, end to end (installs their tools)
+test: .venv/.installed .tools/checkov/bin/checkov .tools/kserve/bin/python ## every tier: unit, integration, end to end (installs their tools)
 	@bash setup/system-packages.sh test
 	$(LINT)
 	$(PY) -m pytest tests

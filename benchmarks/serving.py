@@ -50,7 +50,8 @@ FLASK_OFFSET, LITSERVE_OFFSET = 5, 6
 # config.properties without the frontend agent: TorchServe's own batching
 STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}  # registered: a model config cannot say 0 (it means 100 ms)
-DEFAULT_SYSTEMS = ["torchserve", "torchserve-no-histogram", "torchserve-stock", "torchserve-onnx", "flask", "litserve"]
+DEFAULT_SYSTEMS = ["torchserve", "torchserve-v2", "torchserve-no-histogram", "torchserve-stock", "torchserve-onnx"]
+DEFAULT_SYSTEMS += ["flask", "litserve"]
 COLUMNS = ["system", "round", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "queue_ms", "batch_size"]
 COLUMNS += [CPU, "frontend_cpu_ms_per_request", "cpu_efficiency", "ceiling_rps_beside", "of_ceiling_beside"]
 COLUMNS += ["wrk_cpu_percent"]
@@ -89,6 +90,7 @@ def systems(args, scratch: Path) -> dict:
         }
     return {
         "torchserve": torchserve("torchserve", shipped),
+        "torchserve-v2": torchserve("torchserve-v2", shipped, v2=True),  # the same, through the v2 protocol
         "torchserve-no-histogram": torchserve("torchserve-no-histogram", shipped, request_duration_histogram="false"),
         "torchserve-stock": torchserve("torchserve-stock", shipped, **STOCK),
         "torchserve-onnx": torchserve("torchserve-onnx", onnx, model_format="onnx"),

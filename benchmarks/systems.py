@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -84,14 +85,42 @@ def bench_images(data: str, count: int, folder: Path) -> Path:
     return listing
 
 
+def v2_request(image: bytes) -> tuple[bytes, int]:
+    """The Open Inference Protocol v2 request for one image (docs/api.md), as Triton's and KServe's
+    clients send it by default: the binary data extension, the image a length-prefixed BYTES element
+    after the JSON header, and the outputs asked for in JSON. Returns the body and the header's
+    length (the Inference-Header-Content-Length header)."""
+    element = struct.pack("<I", len(image)) + image
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(element)}}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    return header + element, len(header)
+
+
+def v2_listing(listing: Path) -> Path:
+    """The listed images as v2 request bodies (v2_request), written once beside them; returns the
+    list file wrk reads in v2 mode: each body's path and its header's length."""
+    v2 = listing.with_suffix(".v2.txt")
+    if v2.exists():
+        return v2
+    lines = []
+    for path in listing.read_text().split():
+        body, header_length = v2_request(Path(path).read_bytes())
+        Path(f"{path}.v2").write_bytes(body)
+        lines.append(f"{path}.v2 {header_length}")
+    v2.write_text("\n".join(lines) + "\n")
+    return v2
+
+
 def run_wrk(
-    url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1
+    url: str, listing: Path, concurrency: int, seconds: int, token: str | None, form: bool, threads: int = 1, v2=False
 ) -> dict:
-    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core). The Lua
-    script's per-answer check is cheap (status 200 and a `"prediction"` key); the answer to the
-    listing's first image is first checked whole against the answer contract (harness.answers)."""
-    check_sample_answer(url, listing, token, form)
+    """One wrk run; returns its figures plus the CPU wrk itself used (percent of one core). `v2`:
+    `listing` is v2_listing's, `url` a v2 infer path. The Lua script's per-answer check is cheap
+    (status 200 and the answer's key); the answer to the listing's first image is first checked
+    whole: against the answer contract (harness.answers), or in v2 for its outputs."""
+    check_sample_answer(url, listing, token, form, v2)
     env = {**os.environ, "WRK_IMAGES": str(listing), "WRK_FORM": "1" if form else "0", "WRK_TOKEN": token or ""}
+    env["WRK_V2"] = "1" if v2 else "0"
     threads = min(threads, concurrency)  # wrk wants at least one connection per thread
     command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
     process = subprocess.Popen(
@@ -110,12 +139,16 @@ def run_wrk(
     return result
 
 
-def check_sample_answer(url: str, listing: Path, token: str | None, form: bool) -> None:
+def check_sample_answer(url: str, listing: Path, token: str | None, form: bool, v2: bool = False) -> None:
     """Raises WrkError unless the server answers the listing's first image with a valid prediction."""
-    image = Path(listing.read_text().split("\n", 1)[0]).read_bytes()
+    first = listing.read_text().split("\n", 1)[0].split()
+    image = Path(first[0]).read_bytes()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        if form:
+        if v2:
+            headers |= {"Inference-Header-Content-Length": first[1], "Content-Type": "application/octet-stream"}
+            answer = requests.post(url, data=image, headers=headers, timeout=30)
+        elif form:
             files = {"image": ("image.jpg", image, "image/jpeg")}
             answer = requests.post(url, files=files, headers=headers, timeout=30)
         else:
@@ -123,7 +156,13 @@ def check_sample_answer(url: str, listing: Path, token: str | None, form: bool) 
     except requests.RequestException as error:
         raise WrkError(f"{url} did not answer the sample image: {error}") from None
     try:
-        problem = answer_problem(answer.json()) if answer.status_code == 200 else f"HTTP {answer.status_code}"
+        if answer.status_code != 200:
+            problem = f"HTTP {answer.status_code}"
+        elif v2:
+            names = [output.get("name") for output in answer.json().get("outputs", [])]
+            problem = None if {"label", "confidence", "probabilities"} <= set(names) else f"v2 outputs {names}"
+        else:
+            problem = answer_problem(answer.json())
     except ValueError:
         problem = f"not JSON: {answer.text[:200]}"
     if problem:
@@ -159,6 +198,7 @@ class System(contextlib.AbstractContextManager):
     processes: Callable[[], list[psutil.Process]]  # the server's processes, its workers included
     token: str | None = None
     form: bool = False  # multipart `image` field (the Flask service's form) instead of a raw body
+    v2: bool = False  # the Open Inference Protocol v2 (v2_request) instead of a raw body
     cold_start_seconds: float = 0.0
     runtime: str = "torchscript"  # which ceiling its efficiency is measured against
     client: Client | None = None  # a TorchServe's
@@ -180,7 +220,8 @@ class System(contextlib.AbstractContextManager):
         the server's processes and of its first one (the frontend), and TorchServe's mean queue
         time and batch size where it has them; at `profile_at` connections, where one TorchServe
         worker's CPU time went (py-spy, `worker_parts`)."""
-        run_wrk(self.url, listing, 16, warmup, self.token, self.form)
+        listing = v2_listing(listing) if self.v2 else listing
+        run_wrk(self.url, listing, 16, warmup, self.token, self.form, v2=self.v2)
         rows = []
         for concurrency in concurrencies:
             processes, batching = self.processes(), self.batching()
@@ -191,7 +232,7 @@ class System(contextlib.AbstractContextManager):
                 if profiled:
                     worker = int(self.client.describe()[0]["workers"][0]["pid"])
                     profile = profiler.submit(profile_worker, worker, max(1, seconds // 2))
-                result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form)
+                result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form, v2=self.v2)
                 if profiled:
                     result["worker_parts"] = profile.result().get("parts")
             for group, members in groups.items():
@@ -281,10 +322,12 @@ def torchserve_system(
     model_format: str = "torchscript",
     register: dict | None = None,
     log_config: Path | None = LOG_CONFIG,
+    v2: bool = False,
     **settings: str,
 ) -> System:
     """The repository's config.properties (ports moved, `settings` set) serving an archive of
-    `run_dir` packed with `model_config`, in scratch/name.
+    `run_dir` packed with `model_config`, in scratch/name; `v2`: driven through the Open Inference
+    Protocol v2 (/v2/models/cifar10/infer) instead of /predictions.
 
     `register`: register the archive through the management API with these batching settings
     instead of loading it at start: the only way TorchServe 0.12 takes max_batch_delay 0.
@@ -314,13 +357,14 @@ def torchserve_system(
         on_failure.pop_all()
     return System(
         name,
-        url=f"{client.inference}/predictions/cifar10",
+        url=f"{client.inference}/v2/models/cifar10/infer" if v2 else f"{client.inference}/predictions/cifar10",
         stop=server.stop,
         processes=server.processes,
         token=client.keys.get("inference"),
         cold_start_seconds=time.monotonic() - started,
         runtime="onnxruntime" if model_format == "onnx" else "torchscript",
         client=client,
+        v2=v2,
     )
 
 

@@ -3,8 +3,11 @@
 --   WRK_IMAGES  file listing the image paths, one per line
 --   WRK_FORM    "1": send each image as a multipart field `image` (the seed's form); else raw body
 --   WRK_TOKEN   bearer token, if the server wants one
+--   WRK_V2      "1": each line of WRK_IMAGES is a v2 request body's path and its JSON header's length
+--               (benchmarks/systems.py v2_listing); the answer must be a v2 response
 local images_list = os.getenv("WRK_IMAGES")
 local as_form = os.getenv("WRK_FORM") == "1"
+local as_v2 = os.getenv("WRK_V2") == "1"
 local token = os.getenv("WRK_TOKEN")
 local boundary = "cifar10-bench-boundary"
 
@@ -15,30 +18,35 @@ function setup(thread)
 end
 
 function init(args)
-  bodies = {}
-  for path in io.lines(images_list) do
+  bodies, headers = {}, {}
+  for line in io.lines(images_list) do
+    local path, header_length = line:match("^(%S+)%s*(%d*)$")
     local file = assert(io.open(path, "rb"))
     local data = file:read("*a")
     file:close()
+    local these = {["Content-Type"] = "image/jpeg"}
     if as_form then
       data = "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image.jpg\"\r\n"
         .. "Content-Type: image/jpeg\r\n\r\n" .. data .. "\r\n--" .. boundary .. "--\r\n"
+      these["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+    elseif as_v2 then
+      these = {["Content-Type"] = "application/octet-stream", ["Inference-Header-Content-Length"] = header_length}
     end
-    bodies[#bodies + 1] = data
+    if token and token ~= "" then these["Authorization"] = "Bearer " .. token end
+    bodies[#bodies + 1], headers[#headers + 1] = data, these
   end
-  headers = {["Content-Type"] = as_form and ("multipart/form-data; boundary=" .. boundary) or "image/jpeg"}
-  if token and token ~= "" then headers["Authorization"] = "Bearer " .. token end
   next_body = math.random(#bodies)
+  answer_field = as_v2 and '"label"' or '"prediction"'
   valid, invalid = 0, 0
 end
 
 function request()
   next_body = next_body % #bodies + 1
-  return wrk.format("POST", nil, headers, bodies[next_body])
+  return wrk.format("POST", nil, headers[next_body], bodies[next_body])
 end
 
 function response(status, response_headers, body)
-  if status == 200 and string.find(body, '"prediction"', 1, true) then
+  if status == 200 and string.find(body, answer_field, 1, true) then
     valid = valid + 1
   else
     invalid = invalid + 1

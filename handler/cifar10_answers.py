@@ -8,12 +8,21 @@ import numpy as np
 TOP_K = 3
 
 
-def answer_bodies(logits, classes: list[str]) -> list[str]:
-    """The seed's JSON answer per row of `logits` (N x classes, anything numpy can read): top class,
-    its confidence, and the top 3 with theirs."""
+def probabilities(logits) -> np.ndarray:
+    """The softmax of `logits` (N x classes, anything numpy can read) as float32: what every answer,
+    /predictions' and the v2 protocol's (cifar10_v2.py), is made of."""
     logits = np.asarray(logits, dtype=np.float32)
     exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def answer_bodies(logits, classes: list[str]) -> list[str]:
+    """The seed's JSON answer per row of `logits`: top class, its confidence, and the top 3 with theirs."""
+    return prediction_bodies(probabilities(logits), classes)
+
+
+def prediction_bodies(probabilities: np.ndarray, classes: list[str]) -> list[str]:
+    """The seed's JSON answer per row of `probabilities` (N x classes, float32)."""
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     top_probabilities = np.take_along_axis(probabilities, top, axis=1).astype(np.float64)
     confidences = (np.floor(top_probabilities * 1e4) / 1e4).tolist()  # rounded down: never sums above 1

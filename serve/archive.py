@@ -19,11 +19,12 @@ from repo import REPO
 from serve.errors import ArchiveError
 
 HANDLER = REPO / "handler" / "cifar10_handler.py"
-# The modules the handler imports, packed beside it: the worker has nothing of this repository.
+# The modules the handler imports, packed beside it: the worker has nothing of this repository; and
+# the v2 protocol's tensor metadata, which the handler and the frontend agent read there.
 HANDLER_MODULES = [
     REPO / "handler" / f"cifar10_{name}.py"
-    for name in ("images", "budget", "options", "runtimes", "torch_runtimes", "answers", "metrics")
-]
+    for name in ("images", "budget", "options", "runtimes", "torch_runtimes", "answers", "metrics", "v2")
+] + [REPO / "handler" / "cifar10_v2.json"]
 MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 GPU_MODEL_CONFIG = REPO / "handler" / "model-config.gpu.yaml"
 # --format -> (the run's model file, the model config that serves it by default)

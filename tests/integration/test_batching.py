@@ -1,21 +1,26 @@
 """The drain-the-queue batching policy (frontend/, on by default through config.properties' vmargs)
 against TorchServe's own batching, each on a real TorchServe of its own (ports TEST_PORT_BASE+50..54
 and +55..59; +60 for one that must not start): a lone request does not wait in the queue, a busy queue is taken whole, the answers
-are the same, and a frontend the policy does not fit does not start.
+are the same, v2 protocol requests (docs/api.md) are batched as /predictions ones and answer as they do, and a
+frontend the policy does not fit does not start.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import statistics
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from math import floor
 
 import pytest
+import requests
 from helpers import PORT_BASE, REPO, assert_prediction, require_tool
 
 from frontend import without_agent
 from harness.server import LocalServer
+from model import CLASSES
 from serve.client import Client
 from serve.config import properties
 from serve.errors import FrontendExited
@@ -82,6 +87,49 @@ def test_under_32_clients_batches_hold_more_than_two_requests(drain_server, cifa
     requests = metric(client, "cifar10_batch_size_sum") - requests
     assert requests == len(answers)
     assert requests / batches > 2, f"{requests:.0f} requests in {batches:.0f} batches"
+
+
+def test_under_32_v2_clients_batches_hold_more_than_two_requests_and_answer_as_predictions(
+    drain_server, cifar_test_jpegs
+):
+    """v2 requests (docs/api.md) of one image each are batched as
+    /predictions requests are, and each gets the class and the probabilities /predictions gives
+    (its top-3 confidences are the probabilities rounded down to 4 decimals)."""
+    client = drain_server.client
+    images = [jpegs[1] for jpegs in cifar_test_jpegs.values()]
+    lone = [client.predict(image) for image in images]
+    batches, served = metric(client, "cifar10_batch_size_count"), metric(client, "cifar10_batch_size_sum")
+
+    def one_client(start: int) -> list[tuple[int, dict]]:
+        session = inference_session(client)
+        return [(i % len(images), v2_infer(session, client, images[i % len(images)])) for i in range(start, start + 20)]
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        answers = [answer for chunk in pool.map(one_client, range(CLIENTS)) for answer in chunk]
+    for index, outputs in answers:
+        assert outputs["label"] == [lone[index]["prediction"]]
+        assert floor(outputs["confidence"][0] * 1e4) / 1e4 == lone[index]["confidence"]
+        for predicted in lone[index]["top3_predictions"]:
+            probability = outputs["probabilities"][CLASSES.index(predicted["class"])]
+            assert floor(probability * 1e4) / 1e4 == predicted["confidence"]
+    batches = metric(client, "cifar10_batch_size_count") - batches
+    served = metric(client, "cifar10_batch_size_sum") - served
+    assert served == len(answers)
+    assert served / batches > 2, f"{served:.0f} requests in {batches:.0f} batches"
+
+
+def inference_session(client: Client) -> requests.Session:
+    session = requests.Session()
+    session.headers.update(client.auth_headers("inference"))
+    return session
+
+
+def v2_infer(session: requests.Session, client: Client, image: bytes) -> dict:
+    """One v2 request (base64 JSON) for `image`; its outputs by name, the data as JSON lists."""
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}
+    answer = session.post(f"{client.inference}/v2/models/cifar10/infer", json={"inputs": [tensor]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return {output["name"]: output["data"] for output in answer.json()["outputs"]}
 
 
 def test_answers_are_the_same_with_and_without_the_policy(drain_server, stock_server, cifar_test_jpegs):

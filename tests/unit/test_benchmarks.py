@@ -2,11 +2,14 @@
 the measurements themselves are run by hand (docs/performance.md) or on a GPU machine (make gpu-check)."""
 
 import importlib
+from pathlib import Path
 
+import cifar10_v2
 import pytest
+from helpers import synthetic_jpegs
 
 from benchmarks.gpu_serving import gpu_use
-from benchmarks.systems import BATCHING_SUMS, metric_samples, time_breakdown, until
+from benchmarks.systems import BATCHING_SUMS, metric_samples, time_breakdown, until, v2_listing, v2_request
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check", "log_volume"]
 
@@ -80,3 +83,20 @@ def test_gpu_use_without_a_gpu_reports_nothing(monkeypatch):
     with gpu_use() as figures:
         pass
     assert figures == {}
+
+
+def test_the_v2_rows_requests_are_what_the_handler_reads_back(tmp_path):
+    """The serving benchmark's v2 row sends each listed image as one v2 request (binary data, JSON
+    outputs): the handler's own parser gets the image back, and wrk's list names each body with
+    its header's length."""
+    images = synthetic_jpegs(2)
+    body, header_length = v2_request(images[0])
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    parsed, outputs = cifar10_v2.parse(bytearray(body), headers, max_images=1)
+    assert parsed == images[:1] and outputs.binary == dict.fromkeys(cifar10_v2.OUTPUTS, False)
+    for index, image in enumerate(images):
+        (tmp_path / f"image-{index}").write_bytes(image)
+    listing = tmp_path / "images-2.txt"
+    listing.write_text("".join(f"{tmp_path / f'image-{index}'}\n" for index in range(2)))
+    lines = [line.split() for line in v2_listing(listing).read_text().splitlines()]
+    assert [(Path(path).read_bytes(), int(length)) for path, length in lines] == [v2_request(i) for i in images]

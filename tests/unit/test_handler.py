@@ -4,14 +4,18 @@ No Java, no server: what a batch of mixed requests gets back, request by request
 
 from __future__ import annotations
 
+import base64
 import gc
 import io
 import json
+import math
 import re
+import struct
 import subprocess
 import sys
 import warnings
 
+import cifar10_v2
 import numpy as np
 import pytest
 import torch
@@ -20,6 +24,7 @@ from cifar10_handler import Cifar10Handler
 from cifar10_options import HandlerConfigError, HandlerOptions
 from helpers import REPO, assert_prediction
 from PIL import Image
+from tritonclient.http import InferResult
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
@@ -198,8 +203,10 @@ def test_a_batch_of_bad_requests_leaves_no_garbage_holding_their_bodies(handler,
     gc.collect()
     gc.disable()
     try:
-        answers = handle(handler, context, [raw_body(junk), form(image="not a file"), raw_body(b"")])
-        assert [status for status, _ in answers] == [400, 400, 400]
+        answers = handle(
+            handler, context, [raw_body(junk), form(image="not a file"), raw_body(b""), v2_json([b"", junk])]
+        )
+        assert [status for status, _ in answers] == [400, 400, 400, 400]
         del answers
         assert gc.collect() == 0  # nothing unreachable: every body was freed when its batch ended
     finally:
@@ -224,3 +231,159 @@ def test_a_wrong_handler_option_stops_initialize_with_its_reason(model_dir, sect
 @pytest.mark.parametrize("config", sorted((REPO / "handler").glob("model-config*.yaml")), ids=lambda path: path.name)
 def test_every_shipped_model_config_has_valid_handler_options(config):
     HandlerOptions.from_section(yaml.safe_load(config.read_text()).get("handler"))
+
+
+# --- The Open Inference Protocol v2 (handler/cifar10_v2.py): what the frontend agent routes from /v2/models/cifar10/infer
+
+
+def v2_json(images: list[bytes], **request) -> tuple[dict, dict]:
+    """A v2 request in JSON, as the worker hands it over (parsed): each image in base64."""
+    data = [base64.b64encode(image).decode() for image in images]
+    body = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(images)], "data": data}], **request}
+    return {"body": body}, {"body": {"content-type": "application/json"}, "inference_protocol": "v2"}
+
+
+def v2_binary(images: list[bytes], **request) -> tuple[dict, dict]:
+    """A v2 request with the binary data extension: the JSON header, then each image length-prefixed."""
+    data = b"".join(struct.pack("<I", len(image)) + image for image in images)
+    tensor = {
+        "name": "images",
+        "datatype": "BYTES",
+        "shape": [len(images)],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = json.dumps({"inputs": [tensor], **request}).encode()
+    headers = {
+        "body": {"content-type": ""},
+        "inference_protocol": "v2",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return {"body": bytearray(header + data)}, headers
+
+
+def v2_handle(handler, context, requests):
+    """One batch; (status, body bytes, response headers) per request."""
+    context.request_processor = [RequestProcessor(headers) for _, headers in requests]
+    bodies = handler.handle([row for row, _ in requests], context)
+    return [
+        (
+            context.get_response_status(i)[0],
+            body if isinstance(body, bytes) else body.encode(),
+            context.get_response_headers(i),
+        )
+        for i, body in enumerate(bodies)
+    ]
+
+
+def floor4(value: float) -> float:
+    return math.floor(value * 1e4) / 1e4
+
+
+def test_a_v2_request_is_one_request_of_the_batch_and_answers_as_predictions_do(handler, context):
+    images = [jpeg((i * 40, 200 - i * 30, 90)) for i in range(4)]
+    answers = v2_handle(
+        handler,
+        context,
+        [raw_body(images[0]), v2_json(images, id="request-7"), raw_body(images[3]), v2_binary(images[1:3])],
+    )
+    assert [status for status, _, _ in answers] == [200] * 4
+    plain = [json.loads(answers[i][1]) for i in (0, 2)]
+    v2 = json.loads(answers[1][1])
+    assert v2["model_name"] == "cifar10" and v2["model_version"] == "1.0" and v2["id"] == "request-7"
+    outputs = {output["name"]: output for output in v2["outputs"]}
+    assert {name: (o["datatype"], o["shape"]) for name, o in outputs.items()} == {
+        "label": ("BYTES", [4]), "confidence": ("FP32", [4]), "probabilities": ("FP32", [4, 10]),
+    }  # fmt: skip
+    probabilities = np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(4, 10)
+    for index, answer in zip((0, 3), plain):
+        assert outputs["label"]["data"][index] == answer["prediction"]
+        assert floor4(outputs["confidence"]["data"][index]) == answer["confidence"]
+        for p in answer["top3_predictions"]:
+            assert floor4(float(probabilities[index, CLASSES.index(p["class"])])) == p["confidence"]
+    # binary request, JSON answer by default: the same as the JSON request's images 1 and 2
+    binary = json.loads(answers[3][1])
+    assert binary["outputs"][0]["data"] == outputs["label"]["data"][1:3] and "id" not in binary
+    assert binary["outputs"][2]["data"] == outputs["probabilities"]["data"][10:30]
+
+
+def test_v2_outputs_come_as_binary_data_when_asked(handler, context):
+    images = [jpeg((250, 20, 20)), jpeg((20, 20, 250))]
+    [(_, as_json, _)] = v2_handle(handler, context, [v2_json(images)])
+    [(status, body, headers)] = v2_handle(
+        handler, context, [v2_binary(images, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}])]
+    )  # fmt: skip
+    assert status == 200 and headers["Inference-Header-Content-Length"]
+    result = InferResult.from_response_body(body, header_length=int(headers["Inference-Header-Content-Length"]))
+    expected = {output["name"]: output["data"] for output in json.loads(as_json)["outputs"]}
+    assert [output["name"] for output in result.get_response()["outputs"]] == ["probabilities", "label"]
+    assert result.as_numpy("probabilities").ravel().tolist() == expected["probabilities"]
+    assert result.as_numpy("label").tolist() == expected["label"]  # a JSON output beside a binary one
+    [(_, body, headers)] = v2_handle(handler, context, [v2_json(images, parameters={"binary_data_output": True})])
+    result = InferResult.from_response_body(body, header_length=int(headers["Inference-Header-Content-Length"]))
+    assert [label.decode() for label in result.as_numpy("label")] == expected["label"]
+    assert result.as_numpy("confidence").tolist() == expected["confidence"]
+
+
+def test_a_v2_request_with_a_bad_image_fails_alone_naming_the_image(handler, context):
+    good = jpeg((30, 160, 30))
+    answers = v2_handle(
+        handler,
+        context,
+        [v2_json([good, good, b"not an image"]), raw_body(good), v2_binary([good, b""]), v2_json([good])],
+    )
+    assert [status for status, _, _ in answers] == [400, 200, 400, 200]
+    assert json.loads(answers[0][1]) == {
+        "error": "element 2 of input 'images': not a decodable image: expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes"
+    }
+    assert json.loads(answers[2][1])["error"].startswith("element 1 of input 'images': ")
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"inputs": []}, "expected 'inputs' to hold one input"),
+        ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}, "expected 'images' of BYTES"),
+        ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": ["AA=="]}]}, "the shape holds 2 images"),
+        ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%"]}]}, "element 0 of 'data' is not base64"),
+        ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [BATCH_SIZE + 1], "data": []}]}, "send 1 to 8 a request"),
+        ({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}], "outputs": [{"name": "logits"}]}, "no output named 'logits'"),
+        ("not json", "is not JSON"),
+    ],
+)  # fmt: skip
+def test_a_v2_request_that_breaks_the_protocol_gets_400_saying_why(handler, context, request_, message):
+    headers = {"body": {"content-type": "application/json"}, "inference_protocol": "v2"}
+    [(status, body, _)] = v2_handle(handler, context, [({"body": request_}, headers)])
+    assert status == 400 and message in json.loads(body)["error"]
+
+
+def test_a_v2_binary_request_whose_lengths_do_not_add_up_gets_400(handler, context):
+    row, headers = v2_binary([jpeg((1, 2, 3))])
+    answers = v2_handle(
+        handler,
+        context,
+        [({"body": row["body"][:-5]}, headers), ({"body": row["body"] + b"extra"}, headers), ({"body": row["body"]}, {**headers, "Inference-Header-Content-Length": "x"})],
+    )  # fmt: skip
+    assert [status for status, _, _ in answers] == [400, 400, 400]
+    errors = [json.loads(body)["error"] for _, body, _ in answers]
+    assert (
+        "binary_data_size" in errors[0]
+        and "5 bytes after" in errors[1]
+        and "Inference-Header-Content-Length" in errors[2]
+    )
+
+
+def test_the_v2_metadata_names_what_the_handler_answers():
+    assert cifar10_v2.INPUT == {"name": "images", "datatype": "BYTES", "shape": [-1]}
+    assert cifar10_v2.OUTPUTS["probabilities"]["shape"] == [-1, len(CLASSES)]
+    probabilities = np.full((1, len(CLASSES)), 0.1, np.float32)
+    body, _ = cifar10_v2.response(
+        probabilities, CLASSES, cifar10_v2.Outputs(None, dict.fromkeys(cifar10_v2.OUTPUTS, False)), "m", "1"
+    )
+    for output in json.loads(body)["outputs"]:
+        assert output["datatype"] == cifar10_v2.OUTPUTS[output["name"]]["datatype"]
+
+
+def test_a_v2_request_sent_as_a_form_gets_400(handler, context):
+    row, headers = form(image=jpeg((5, 5, 5)))
+    [(status, body, _)] = v2_handle(handler, context, [(row, {**headers, "inference_protocol": "v2"})])
+    assert status == 400 and json.loads(body) == {"error": "send the v2 request as the body, not as a form"}

@@ -49,7 +49,9 @@ import org.pytorch.serve.util.TokenAuthorization.TokenType;
  *
  * <ul>
  *   <li>Health without a secret: {@code /ping} on the inference port answers without a key (it
- *       tells only whether the server is healthy); predictions and management still need theirs.
+ *       tells only whether the server is healthy), and so do the v2 protocol's {@code
+ *       /v2/health/live} and {@code /v2/health/ready}; predictions, the v2 protocol's other paths
+ *       ({@link OpenInference}) and management still need theirs.
  *   <li>A missing or wrong key is answered 401 with {@code WWW-Authenticate: Bearer} and a JSON
  *       body (TorchServe answers 400), on the inference and the management port.
  *   <li>A body over {@code max_request_size} is answered 413 with a JSON body naming the limit
@@ -204,8 +206,9 @@ public final class FrontDoor {
 
     /**
      * Answers what needs no further work: /ping on the inference port (passed on past the key
-     * check), and a request without the right key (401). Returns false to let TorchServe's token
-     * check go on as before.
+     * check), the v2 protocol's health, a request without the right key (401), and, with the right
+     * key, the v2 protocol's other paths ({@link OpenInference}). Returns false to let TorchServe's
+     * token check go on as before.
      */
     public static boolean handleRequest(
             TokenAuthorizationHandler handler,
@@ -214,12 +217,21 @@ public final class FrontDoor {
             QueryStringDecoder decoder,
             String[] segments)
             throws Exception {
-        if (!Boolean.TRUE.equals(TokenAuthorization.isEnabled())) {
-            return false;
-        }
         TokenType type = (TokenType) Fields.TOKEN_TYPE.get(handler);
-        if (type == TokenType.INFERENCE && HEALTH_PATHS.contains(decoder.path())) {
-            ((HttpRequestHandlerChain) Fields.CHAIN.get(handler)).handleRequest(ctx, request, decoder, segments);
+        boolean inference = type == TokenType.INFERENCE;
+        HttpRequestHandlerChain next = (HttpRequestHandlerChain) Fields.CHAIN.get(handler);
+        if (inference) {
+            request.headers().remove(OpenInference.PROTOCOL_HEADER); // only the v2 routes set it
+            if (OpenInference.isHealth(decoder.path())) {
+                OpenInference.answerHealth(ctx, decoder.path());
+                return true;
+            }
+        }
+        if (!Boolean.TRUE.equals(TokenAuthorization.isEnabled())) {
+            return inference && OpenInference.handle(ctx, request, decoder, next);
+        }
+        if (inference && HEALTH_PATHS.contains(decoder.path())) {
+            next.handleRequest(ctx, request, decoder, segments);
             return true;
         }
         // as TorchServe's handler decides it: a management request naming /token asks for the API key
@@ -228,7 +240,7 @@ public final class FrontDoor {
         if (header != null
                 && TokenAuthorization.checkTokenAuthorization(
                         TokenAuthorization.parseTokenFromBearerTokenHeader(header), needed)) {
-            return false;
+            return inference && OpenInference.handle(ctx, request, decoder, next);
         }
         String key = needed == TokenType.TOKEN_API ? "API" : needed.name().toLowerCase();
         FullHttpResponse refusal = jsonResponse(
@@ -241,9 +253,9 @@ public final class FrontDoor {
         return true;
     }
 
-    /** The form comparison of parseRequest, true only for a body that can be a urlencoded form. */
+    /** The form comparison of parseRequest, true only for a body that can be a urlencoded form (never a v2 request). */
     public static boolean isForm(AsciiString formType, CharSequence contentType, FullHttpRequest request) {
-        if (!formType.contentEqualsIgnoreCase(contentType)) {
+        if (!formType.contentEqualsIgnoreCase(contentType) || request.headers().contains(OpenInference.PROTOCOL_HEADER)) {
             return false;
         }
         return request.content().forEachByte(b -> b >= 0x20 && b < 0x7f || b == '\r' || b == '\n' || b == '\t') == -1;
