@@ -143,11 +143,11 @@ def stage_train(data: str) -> dict:
     for name, (run_name, arguments) in TRAIN_RUNS.items():
         print(f"== train: {name}", flush=True)
         try:
-            meta = train(data, STATE / "models", run_name, ["--device", "cuda", *arguments.split()])
+            meta, _ = train(data, STATE / "models", run_name, ["--device", "cuda", *arguments.split()])
         except subprocess.CalledProcessError as error:  # recorded; the other runs still give their figures
             results[name] = {"error": f"python -m train exited {error.returncode}"}
             continue
-        epochs = meta["history"]
+        epochs = meta.history
         train_seconds = sum(epoch["train_seconds"] for epoch in epochs)
         results[name] = {
             "run": str((STATE / "models" / run_name).relative_to(REPO)),
@@ -155,11 +155,11 @@ def stage_train(data: str) -> dict:
             "train_seconds": round(train_seconds, 2),
             "seconds_per_epoch": round(train_seconds / len(epochs), 3),
             "eval_seconds": round(sum(epoch["eval_seconds"] for epoch in epochs), 2),
-            "total_seconds": meta["total_seconds"],
-            "test_accuracy": meta["test_accuracy"],
-            "validation_accuracy": meta["selection"]["validation_accuracy"],
-            "cuda_graph": meta.get("cuda_graph"),
-            "device": meta["device"],
+            "total_seconds": meta.total_seconds,
+            "test_accuracy": meta.test_accuracy,
+            "validation_accuracy": meta.selection["validation_accuracy"],
+            "cuda_graph": meta.cuda_graph,
+            "device": meta.device,
         }
     bench_images(data, BENCH_IMAGES, REPO / "data" / "bench-images")  # for the serve stage, which may lack the data
     return results

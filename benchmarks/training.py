@@ -15,7 +15,6 @@ recipe's final validation accuracy, and the speed-up.
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,7 @@ from harness.other_work import OtherWork, exits_when_busy
 from harness.report import Report, percent, write_csv
 from model import CIFAR10_MEAN, CIFAR10_STD, SimpleCNN
 from train.atomic import atomic_path
+from train.run import Run
 
 TRAIN_IMAGES, EPOCHS = 50_000, 10
 
@@ -83,31 +83,31 @@ def time_naive_pipeline(folder: Path, steps: int, warmup: int = 20) -> dict:
     }
 
 
-def train(data: str, out_dir: Path, run_name: str, arguments: list[str]) -> dict:
-    """`python -m train` in its own process; its run's metadata.json, plus the process's wall time
-    (`wall_seconds`). Raises CalledProcessError when it fails."""
+def train(data: str, out_dir: Path, run_name: str, arguments: list[str]) -> tuple[Run, float]:
+    """`python -m train` in its own process; its run's record and the process's wall time (seconds).
+    Raises CalledProcessError when it fails."""
     started = time.time()
     command = [sys.executable, "-m", "train", "--data", data, "--out-dir", str(out_dir), "--run-name", run_name]
     subprocess.run([*command, *arguments], check=True)
-    return {**json.loads((out_dir / run_name / "metadata.json").read_text()), "wall_seconds": time.time() - started}
+    return Run.load(out_dir / run_name), time.time() - started
 
 
 def run_recipe(recipe: str, data: str, out_dir: Path, extra: list[str]) -> dict:
     run_name = f"bench-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    meta = train(data, out_dir, run_name, ["--recipe", recipe, *extra])
-    history = meta["history"]
+    meta, wall_seconds = train(data, out_dir, run_name, ["--recipe", recipe, *extra])
+    history = meta.history
     elapsed = list(itertools.accumulate(r["train_seconds"] + r["eval_seconds"] for r in history))
     return {
         "recipe": recipe,
         "run": run_name,
         "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
         "seconds_per_epoch": round(elapsed[-1] / len(history), 1),
-        "total_seconds": round(meta["wall_seconds"], 1),
-        "test_accuracy": meta["test_accuracy"],
+        "total_seconds": round(wall_seconds, 1),
+        "test_accuracy": meta.test_accuracy,
         "final_validation_accuracy": history[-1].get("validation_accuracy"),
-        "best_validation_accuracy": meta["selection"]["validation_accuracy"],
-        "peak_memory_mb": meta["peak_memory_mb"],
-        "device": meta["device"],
+        "best_validation_accuracy": meta.selection["validation_accuracy"],
+        "peak_memory_mb": meta.peak_memory_mb,
+        "device": meta.device,
         "accuracy_curve": [
             (t, r["validation_accuracy"]) for t, r in zip(elapsed, history) if "validation_accuracy" in r
         ],

@@ -31,7 +31,8 @@ from repo import REPO
 from serve.client import Client
 from serve.errors import ServiceError
 from train.data import encoded_images
-from train.evaluate import evaluate_torchscript, run_metadata
+from train.evaluate import evaluate_torchscript
+from train.run import Run
 
 # Two runtimes' float32 probabilities differ in their last bits; rounded down to 4 decimals, a
 # confidence can then differ by one unit of the 4th.
@@ -84,16 +85,14 @@ def compare(
     progress: bool = False,
     reference: Client | None = None,
 ) -> Comparison:
-    metadata = run_metadata(run_dir / "model.pt")
+    record = Run.load(run_dir)
     served_version = client.describe(model)[0]["modelVersion"]
-    if served_version != metadata["version"]:
+    if served_version != record.version:
+        raise ValueError(f"the server's {model} is version {served_version}, the run {run_dir} is {record.version}")
+    offline = evaluate_torchscript(run_dir / "model.pt", source, record.hyperparameters["test_subset"])
+    if offline.sha256 != record.data["sha256"]:
         raise ValueError(
-            f"the server's {model} is version {served_version}, the run {run_dir} is {metadata['version']}"
-        )
-    offline = evaluate_torchscript(run_dir / "model.pt", source, metadata["hyperparameters"]["test_subset"])
-    if offline.sha256 != metadata["data"]["sha256"]:
-        raise ValueError(
-            f"{source} is not the data source the run was measured on (sha256 {metadata['data']['sha256'][:12]}...)"
+            f"{source} is not the data source the run was measured on (sha256 {record.data['sha256'][:12]}...)"
         )
     files, _ = encoded_images(source)
     chosen = range(len(offline.indices) if limit is None else min(limit, len(offline.indices)))
@@ -110,7 +109,7 @@ def compare(
         except (ServiceError, OSError, KeyError) as error:
             return error
 
-    result = Comparison(served_version, metadata_accuracy=metadata["test_accuracy"] if limit is None else None)
+    result = Comparison(served_version, metadata_accuracy=record.test_accuracy if limit is None else None)
     if reference:
         result.same_answer = 0
     with ThreadPoolExecutor(max_workers=concurrency) as pool:

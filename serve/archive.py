@@ -2,7 +2,7 @@
 
 The archive holds the model (the TorchScript export by default; with model_format "onnx" the ONNX
 export, run by ONNX Runtime), our handler, the model config (batching, workers) and
-index_to_name.json made from model.CLASSES; its version is the run's `version` from metadata.json.
+index_to_name.json made from the run's class list; its version is the run's `version` from metadata.json.
 It is built in a temporary folder and renamed into the store, so a server never sees half of it.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 from repo import REPO
 from serve.errors import ArchiveError
+from train.errors import TrainError
+from train.run import METADATA_FILE, Run
 
 HANDLER = REPO / "handler" / "cifar10_handler.py"
 # The modules the handler imports, packed beside it: the worker has nothing of this repository; and
@@ -46,30 +48,29 @@ def build_archive(
     """Writes model_store/<name>.mar, or <name>-<version>.mar when `versioned` (to serve it beside
     the archive already there; TorchServe knows both as model <name>, by their versions).
     `model_config` defaults to the one that serves `model_format` (FORMATS)."""
-    from model import CLASSES  # imports torch (slow): here, so that `serve start` does not pay for it
-
     run_dir = run_dir.resolve()
-    metadata_file = run_dir / "metadata.json"
-    if not metadata_file.exists():
-        raise ArchiveError(f"{metadata_file} not found; train a model first (make train)")
-    metadata = json.loads(metadata_file.read_text())
+    try:
+        record = Run.load(run_dir)
+    except TrainError as error:
+        raise ArchiveError(f"{error}; train a model first (make train)") from None
+    metadata_file = run_dir / METADATA_FILE
     model_file, default_config = FORMATS[model_format]
     if not (run_dir / model_file).exists():
         raise ArchiveError(f"{run_dir / model_file} not found: the run predates that export; train again")
     model_config = model_config or default_config
     model_store.mkdir(parents=True, exist_ok=True)
-    target = model_store / (f"{name}-{metadata['version']}.mar" if versioned else f"{name}.mar")
+    target = model_store / (f"{name}-{record.version}.mar" if versioned else f"{name}.mar")
     with tempfile.TemporaryDirectory(dir=model_store) as scratch:
         scratch = Path(scratch)
         index_to_name = scratch / "index_to_name.json"
-        index_to_name.write_text(json.dumps({str(i): c for i, c in enumerate(CLASSES)}))
+        index_to_name.write_text(json.dumps({str(i): c for i, c in enumerate(record.classes)}))
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("torch-model-archiver")),
                 "--model-name",
                 name,
                 "--version",
-                metadata["version"],
+                record.version,
                 "--serialized-file",
                 str(run_dir / model_file),
                 "--handler",
@@ -87,7 +88,5 @@ def build_archive(
             env={**os.environ, "TMPDIR": str(scratch)},
         )
         os.replace(scratch / f"{name}.mar", target)
-    print(
-        f"wrote {target} ({model_file}, version {metadata['version']}, test accuracy {metadata['test_accuracy']:.2%})"
-    )
+    print(f"wrote {target} ({model_file}, version {record.version}, test accuracy {record.test_accuracy:.2%})")
     return target

@@ -10,15 +10,15 @@ then packs it for TorchServe; docs/portability.md says what that gives.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from model import SimpleCNN
-from train.atomic import atomic_write_text
-from train.data import DataSourceError, load_cifar10
-from train.export import ExportMismatch, export_aot_inductor
+from train.data import load_cifar10
+from train.errors import TrainError
+from train.export import export_aot_inductor
+from train.run import Run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,17 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=Path("models/latest"))
     args = parser.parse_args(argv)
     run = args.run.resolve()
-    metadata = json.loads((run / "metadata.json").read_text())
-    model = SimpleCNN()
-    model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"])
     try:
-        test_images = load_cifar10(metadata["hyperparameters"].get("data")).test_images
+        record = Run.load(run)
+        model = SimpleCNN()
+        model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"])
+        test_images = load_cifar10(record.hyperparameters.get("data")).test_images
         check = export_aot_inductor(model, test_images, run / "model.so")
-    except (DataSourceError, ExportMismatch) as error:
+    except TrainError as error:
         raise SystemExit(f"error: {error}") from None
-    metadata["aot_inductor_check"] = check
-    metadata["files"]["aot_inductor"] = "model.so"
-    atomic_write_text(run / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    record.aot_inductor_check = check
+    record.files["aot_inductor"] = "model.so"
+    record.save(run)
     print(f"wrote {run / 'model.so'}: {check}")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import matplotlib
@@ -23,18 +22,19 @@ import matplotlib.pyplot as plt
 from train.atomic import atomic_path
 from train.config import RECIPES, Config
 from train.plots import evaluated_split
+from train.run import METADATA_FILE, Run
 
 TARGET_ACCURACY = 0.82
 # Options that say where a run reads and writes, not how it trains: left out of its command.
 NOT_RECIPE = {"data", "out_dir", "run_name", "recipe"}
 
 
-def command(meta: dict) -> str:
+def command(meta: Run) -> str:
     """The `python -m train` command that gives this run's hyperparameters: its recipe, plus each
     option whose value differs from the recipe's."""
-    recipe = {**dataclasses.asdict(Config()), **RECIPES.get(meta["recipe"], {})}
-    options = [f"--recipe {meta['recipe']}"]
-    for name, value in meta["hyperparameters"].items():
+    recipe = {**dataclasses.asdict(Config()), **RECIPES.get(meta.recipe, {})}
+    options = [f"--recipe {meta.recipe}"]
+    for name, value in meta.hyperparameters.items():
         if name in NOT_RECIPE or recipe.get(name) == value:
             continue
         flag = "--" + name.replace("_", "-")
@@ -56,15 +56,15 @@ def table(runs: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for meta in runs:
-        history, split = meta["history"], evaluated_split(meta["history"])
+        history, split = meta.history, evaluated_split(meta.history)
         exported = final = live = None
         if split:
-            exported = history[meta["epoch"] - 1][f"{split}_accuracy"]
+            exported = history[meta.epoch - 1][f"{split}_accuracy"]
             final = history[-1][f"{split}_accuracy"]
             live = history[-1].get(f"live_{split}_accuracy")
         lines.append(
-            f"| {meta['run']} | {split or 'final epoch'} | {percent(exported)} ({meta['epoch']}) | {percent(final)} "
-            f"| {percent(live)} | {meta['test_accuracy']:.2%} | {meta['total_seconds']:.0f} s "
+            f"| {meta.run} | {split or 'final epoch'} | {percent(exported)} ({meta.epoch}) | {percent(final)} "
+            f"| {percent(live)} | {meta.test_accuracy:.2%} | {meta.total_seconds:.0f} s "
             f"| {max(r['images_per_second'] for r in history):,.0f} images/s | `{command(meta)}` |"
         )
     return "\n".join(lines)
@@ -74,15 +74,15 @@ def plot(runs: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(9, 5.5))
     splits = set()
     for meta in runs:
-        split = evaluated_split(meta["history"])
+        split = evaluated_split(meta.history)
         if split is None:  # no per-epoch figures to draw
             continue
         splits.add(split)
         elapsed, points = 0.0, []
-        for record in meta["history"]:
+        for record in meta.history:
             elapsed += record["train_seconds"] + record["eval_seconds"]
             points.append((elapsed, 100 * record[f"{split}_accuracy"]))
-        axis.plot(*zip(*points), "o-", markersize=3, label=f"{meta['run']} (test {meta['test_accuracy']:.2%})")
+        axis.plot(*zip(*points), "o-", markersize=3, label=f"{meta.run} (test {meta.test_accuracy:.2%})")
     axis.axhline(100 * TARGET_ACCURACY, color="gray", linestyle=":", label="target 82 %")
     measured_on = " or ".join(sorted(splits, reverse=True)) or "validation"
     axis.set(
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = []
     for run in args.runs:
-        if (run / "metadata.json").exists() and not run.is_symlink():
-            runs.append(json.loads((run / "metadata.json").read_text()))
+        if (run / METADATA_FILE).exists() and not run.is_symlink():
+            runs.append(Run.load(run))
     if not runs:
         raise SystemExit("error: none of the folders given holds a metadata.json")
-    runs.sort(key=lambda meta: meta["created"])
+    runs.sort(key=lambda meta: meta.created)
     print(table(runs))
     if args.plot:
         plot(runs, args.plot)

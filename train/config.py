@@ -7,9 +7,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A training option has a value the job cannot use."""
+from train.errors import ConfigError
 
 
 @dataclass

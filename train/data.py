@@ -31,6 +31,7 @@ from tqdm import tqdm
 from model import CLASSES
 from repo import import_handler_modules
 from train.atomic import atomic_path
+from train.errors import DataSourceError
 
 import_handler_modules()
 from cifar10_images import InvalidImage, decode_image  # noqa: E402  (serving's decoder: a module of the .mar)
@@ -38,10 +39,6 @@ from cifar10_images import InvalidImage, decode_image  # noqa: E402  (serving's 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CACHE_FORMAT = 2  # bump when the cached layout or the decoding changes
-
-
-class DataSourceError(Exception):
-    """A data source is missing or not laid out as expected; the message says what was expected."""
 
 
 @dataclass

@@ -12,11 +12,9 @@ import re
 
 import torch
 
+from train.errors import DeviceError
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
-
-
-class DeviceError(ValueError):
-    """A --device value that names no device this machine has; the message says what would do."""
 
 
 def resolve_device(name: str, local_rank: int = 0, cuda_devices: int = 0) -> torch.device:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from model import CLASSES
-from train.data import DataSourceError, load_cifar10, subset
+from train.data import load_cifar10, subset
+from train.errors import RunNotFound, TrainError
+from train.run import Run
 
 
 @torch.inference_mode()
@@ -69,9 +70,12 @@ class Evaluation:
         return self.logits.argmax(1)
 
 
-def run_metadata(model_file: Path) -> dict:
-    metadata = model_file.resolve().parent / "metadata.json"
-    return json.loads(metadata.read_text()) if metadata.exists() else {}
+def run_of(model_file: Path) -> Run | None:
+    """The record of the run whose folder holds `model_file`; None for a model outside a run."""
+    try:
+        return Run.load(model_file.resolve().parent)
+    except RunNotFound:
+        return None
 
 
 def evaluate_torchscript(
@@ -101,24 +105,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predictions", type=Path, help="write index,label,prediction per image to this CSV file")
     args = parser.parse_args(argv)
 
-    metadata = run_metadata(args.model)
-    test_subset = (
-        args.test_subset if args.test_subset is not None else metadata.get("hyperparameters", {}).get("test_subset", 0)
-    )
     try:
+        record = run_of(args.model)
+        test_subset = args.test_subset
+        if test_subset is None:
+            test_subset = record.hyperparameters.get("test_subset", 0) if record else 0
         result = evaluate_torchscript(args.model, args.data, test_subset, args.batch_size)
-    except DataSourceError as error:
+    except TrainError as error:
         raise SystemExit(f"error: {error}") from None
     accuracy = result.metrics["accuracy"]
     print(f"{args.model}: {len(result.labels):,} test images, accuracy {accuracy:.2%}")
     for name, value in zip(CLASSES, result.metrics["per_class_accuracy"]):
         print(f"  {name:<10} {value:.2%}")
-    if "test_accuracy" in metadata:
-        same_data = metadata.get("data", {}).get("sha256") == result.sha256
+    if record is not None:
+        same_data = record.data.get("sha256") == result.sha256
         print(
-            f"metadata.json: test_accuracy {metadata['test_accuracy']:.2%} (epoch {metadata['epoch']}); "
+            f"metadata.json: test_accuracy {record.test_accuracy:.2%} (epoch {record.epoch}); "
             f"{'same' if same_data else 'NOT the same'} data source; "
-            f"{'equal' if round(accuracy, 4) == metadata['test_accuracy'] else 'DIFFERENT'} to 4 decimals"
+            f"{'equal' if round(accuracy, 4) == record.test_accuracy else 'DIFFERENT'} to 4 decimals"
         )
     if args.predictions:
         with open(args.predictions, "w", newline="") as handle:

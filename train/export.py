@@ -18,7 +18,6 @@ models/latest is then pointed at the run, last, so it never names a half-written
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -30,9 +29,11 @@ import torch
 import torchvision
 
 from model import CLASSES, SimpleCNN
-from train.atomic import atomic_path, atomic_symlink, atomic_write_text
+from train.atomic import atomic_path, atomic_symlink
+from train.errors import ExportMismatch
 from train.evaluate import evaluate
 from train.plots import plot_confusion, plot_curves
+from train.run import Run
 
 
 def git_commit() -> str:
@@ -44,10 +45,6 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-class ExportMismatch(RuntimeError):
-    """An exported model does not give the eager model's outputs."""
 
 
 ONNX_OPSET = 18
@@ -152,7 +149,7 @@ def write_run(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     run_info: dict,
-) -> dict:
+) -> Run:
     now = datetime.now(UTC)
     run_name = cfg.run_name or f"{cfg.recipe}-{now:%Y%m%d-%H%M%S}"
     out = Path(cfg.out_dir) / run_name
@@ -176,44 +173,44 @@ def write_run(
     onnx_check = export_onnx(model, test_images, out / "model.onnx")
 
     validation_accuracy = selected["validation_accuracy"]  # None without a validation split
-    metadata = {
-        "run": run_name,
-        "version": f"{now:%Y%m%d.%H%M%S}",
-        "created": now.isoformat(timespec="seconds"),
-        "recipe": cfg.recipe,
-        "epoch": selected["epoch"],
-        "selection": {
+    record = Run(
+        run=run_name,
+        version=f"{now:%Y%m%d.%H%M%S}",
+        created=now.isoformat(timespec="seconds"),
+        recipe=cfg.recipe,
+        epoch=selected["epoch"],
+        selection={
             "selected_on": selected["selected_on"],
             "validation_accuracy": None if validation_accuracy is None else round(validation_accuracy, 4),
             "test_split": "evaluated once, on the exported model after training; no part in selecting it",
         },
-        "test_accuracy": round(test["accuracy"], 4),
-        "per_class_accuracy": {name: round(acc, 4) for name, acc in zip(CLASSES, test["per_class_accuracy"])},
-        "confusion_matrix": test["confusion"],
-        "classes": list(CLASSES),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "hyperparameters": run_info.pop("config"),
-        "data": data,
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "onnx_check": onnx_check,
+        test_accuracy=round(test["accuracy"], 4),
+        per_class_accuracy={name: round(acc, 4) for name, acc in zip(CLASSES, test["per_class_accuracy"])},
+        confusion_matrix=test["confusion"],
+        classes=list(CLASSES),
+        parameters=sum(p.numel() for p in model.parameters()),
+        hyperparameters=run_info.pop("config"),
+        data=data,
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        onnx_check=onnx_check,
         **run_info,
-        "history": history,
-        "files": {
+        history=history,
+        files={
             "checkpoint": "checkpoint.pt",
             "torchscript": "model.pt",
             "onnx": "model.onnx",
             "curves": "curves.png",
             "confusion": "confusion.png",
         },
-    }
+    )
     plot_curves(history, out / "curves.png", title=run_name)
     plot_confusion(test["confusion"], CLASSES, out / "confusion.png", title=f"{run_name}, epoch {selected['epoch']}")
-    atomic_write_text(out / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    record.save(out)
     atomic_symlink(run_name, Path(cfg.out_dir) / "latest")
     print(
         f"wrote {out}: epoch {selected['epoch']} (selected on {selected['selected_on']}), "
         f"test accuracy {test['accuracy']:.2%}"
     )
-    return metadata
+    return record

@@ -26,26 +26,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import SimpleCNN
-from train.config import Config, ConfigError, parse_args
+from train.config import Config, parse_args
 from train.cuda_graph import GraphedTrainStep, graph_supported
-from train.data import (
-    VALIDATION_DRAWN,
-    VALIDATION_SEED,
-    DataSourceError,
-    load_cifar10,
-    random_crop_flip,
-    subset,
-    validation_split,
-)
-from train.device import DeviceError, training_device
+from train.data import VALIDATION_DRAWN, VALIDATION_SEED, load_cifar10, random_crop_flip, subset, validation_split
+from train.device import training_device
+from train.errors import ConfigError, TrainError
 from train.evaluate import evaluate
-from train.export import ExportMismatch, write_run
+from train.export import write_run
 from train.optim import WeightAverage, make_optimizer, set_dropout
 from train.step import training_step
 
 
 def train(cfg: Config) -> dict:
-    """Runs the whole job; returns the metadata written (rank 0) or {} (other ranks)."""
+    """Runs the whole job; returns the run's record written (rank 0) or None (other ranks)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = training_device(cfg.device)
@@ -174,12 +167,12 @@ def train(cfg: Config) -> dict:
                 "state_dict": {name: value.detach().cpu().clone() for name, value in served.state_dict().items()},
             }
 
-    metadata = {}
+    record = None
     if rank == 0:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if device.type == "cuda":
             peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        metadata = write_run(
+        record = write_run(
             cfg,
             selected=selected,
             history=history,
@@ -205,13 +198,13 @@ def train(cfg: Config) -> dict:
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return metadata
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         train(parse_args(argv))
-    except (DataSourceError, ConfigError, DeviceError, ExportMismatch) as error:
+    except TrainError as error:
         raise SystemExit(f"error: {error}") from None
 
 

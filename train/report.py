@@ -9,50 +9,52 @@ from a run folder, and writes reports/model/: summary.md, curves.png and confusi
 from __future__ import annotations
 
 import argparse
-import json
 import zipfile
 from pathlib import Path
 
 from train.atomic import atomic_write_text
+from train.errors import RunNotFound, TrainError
 from train.plots import evaluated_split, plot_confusion, plot_curves
+from train.run import METADATA_FILE, Run
 
 
-def load_metadata(archive: Path | None, run: Path | None) -> tuple[dict, str]:
+def load_run(archive: Path | None, run: Path | None) -> tuple[Run, str]:
+    """The run's record, from its folder or from inside the archive; and where it came from."""
     if run is not None:
-        return json.loads((run / "metadata.json").read_text()), str(run)
+        return Run.load(run), str(run)
     if not archive.exists():
-        raise FileNotFoundError(f"{archive} not found; build it with `make archive` or pass --run models/<run>")
+        raise RunNotFound(f"{archive} not found; build it with `make archive` or pass --run models/<run>")
     with zipfile.ZipFile(archive) as mar:
-        return json.loads(mar.read("metadata.json")), str(archive)
+        return Run.from_json(mar.read(METADATA_FILE), f"{archive}:{METADATA_FILE}"), str(archive)
 
 
-def selection(meta: dict) -> str:
+def selection(meta: Run) -> str:
     """Which epoch was exported and how it was chosen, with its accuracy and the final epoch's."""
-    split = evaluated_split(meta["history"])
+    split = evaluated_split(meta.history)
     if split is None:
-        return f"epoch {meta['epoch']}, the final one (no validation split)"
-    exported, final = (meta["history"][index][f"{split}_accuracy"] for index in (meta["epoch"] - 1, -1))
-    return f"epoch {meta['epoch']}, the best on the {split} split ({exported:.2%}; final epoch {final:.2%})"
+        return f"epoch {meta.epoch}, the final one (no validation split)"
+    exported, final = (meta.history[index][f"{split}_accuracy"] for index in (meta.epoch - 1, -1))
+    return f"epoch {meta.epoch}, the best on the {split} split ({exported:.2%}; final epoch {final:.2%})"
 
 
-def summary(meta: dict, origin: str) -> str:
-    per_class = "\n".join(f"| {name} | {accuracy:.2%} |" for name, accuracy in meta["per_class_accuracy"].items())
-    split = evaluated_split(meta["history"])
+def summary(meta: Run, origin: str) -> str:
+    per_class = "\n".join(f"| {name} | {accuracy:.2%} |" for name, accuracy in meta.per_class_accuracy.items())
+    split = evaluated_split(meta.history)
     history = "\n".join(
         f"| {r['epoch']} | {r['train_loss']:.4f} | "
         + (f"{r[f'{split}_loss']:.4f} | {r[f'{split}_accuracy']:.2%}" if split else "— | —")
         + f" | {r['train_seconds']} |"
-        for r in meta["history"]
+        for r in meta.history
     )
-    data = meta["data"]
+    data = meta.data
     held_out = f"{data['validation']['images']:,} validation / " if "validation" in data else ""
-    return f"""# Model report: {meta["run"]} (version {meta["version"]})
+    return f"""# Model report: {meta.run} (version {meta.version})
 
-From `{origin}`. Recipe `{meta["recipe"]}`, trained {meta["created"]} on {meta["device"]} in {meta["total_seconds"]} s
-(git {meta["git_commit"]}, torch {meta["torch_version"]}); data `{data["source"]}`
+From `{origin}`. Recipe `{meta.recipe}`, trained {meta.created} on {meta.device} in {meta.total_seconds} s
+(git {meta.git_commit}, torch {meta.torch_version}); data `{data["source"]}`
 (sha256 {data["sha256"][:16]}…, {data["train_images"]:,} train / {held_out}{data["test_images"]:,} test images).
 
-**Test accuracy {meta["test_accuracy"]:.2%}** of the exported model: {selection(meta)}.
+**Test accuracy {meta.test_accuracy:.2%}** of the exported model: {selection(meta)}.
 
 ![training curves](curves.png)
 
@@ -78,20 +80,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/model"))
     args = parser.parse_args(argv)
     try:
-        meta, origin = load_metadata(args.archive, args.run)
-    except FileNotFoundError as error:
+        meta, origin = load_run(args.archive, args.run)
+    except TrainError as error:
         raise SystemExit(f"error: {error}") from None
-    plot_curves(meta["history"], args.out / "curves.png", title=meta["run"])
+    plot_curves(meta.history, args.out / "curves.png", title=meta.run)
     plot_confusion(
-        meta["confusion_matrix"],
-        meta["classes"],
+        meta.confusion_matrix,
+        meta.classes,
         args.out / "confusion.png",
-        title=f"{meta['run']}, epoch {meta['epoch']}",
+        title=f"{meta.run}, epoch {meta.epoch}",
     )
     atomic_write_text(args.out / "summary.md", summary(meta, origin))
-    print(
-        f"wrote {args.out}/summary.md, curves.png, confusion.png: {meta['run']}, test accuracy {meta['test_accuracy']:.2%}"
-    )
+    print(f"wrote {args.out}/summary.md, curves.png, confusion.png: {meta.run}, test accuracy {meta.test_accuracy:.2%}")
 
 
 if __name__ == "__main__":

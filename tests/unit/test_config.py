@@ -7,7 +7,8 @@ from helpers import REPO
 
 from serve.config import api_address, config_on_ports, properties
 from serve.errors import UnwritableSetting
-from train.config import RECIPES, Config, ConfigError, parse_args
+from train.config import RECIPES, Config, parse_args
+from train.errors import ConfigError
 
 
 def test_the_repositorys_config_is_read_as_torchserve_reads_it():

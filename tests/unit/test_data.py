@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from model import CLASSES
-from train.data import DataSourceError, load_cifar10, validation_split
+from train.data import load_cifar10, validation_split
+from train.errors import DataSourceError
 
 
 def pixels_for(split: str, label: int, index: int) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 from cifar10_images import decode_payloads, request_payload
 from PIL import Image
 
-from train.data import DataSourceError, decode_training_image
+from train.data import decode_training_image
+from train.errors import DataSourceError
 
 
 def photo(size=(640, 480), mode="RGB") -> Image.Image:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from train.cuda_graph import graph_supported
-from train.device import DeviceError, resolve_device
+from train.device import resolve_device
+from train.errors import DeviceError
 from train.main import main as train_main
 
 
