@@ -19,7 +19,8 @@ import json
 import os
 import time
 
-from cifar10_answers import answer_bodies, error_body
+import numpy as np
+from cifar10_answers import error_body, probabilities_of, probability_answers
 from cifar10_images import InvalidImage, request_payload
 from cifar10_metrics import BatchMetrics, timed
 from cifar10_runtimes import load_runtime
@@ -60,13 +61,10 @@ class Cifar10Handler:
         self.context = context
         keep_large_blocks_returnable()
         options = (context.model_yaml_config or {}).get("handler", {})
-        mapping_file = os.path.join(context.system_properties.get("model_dir"), "index_to_name.json")
-        if not os.path.isfile(mapping_file):
-            raise RuntimeError("index_to_name.json is missing from the model archive")
-        with open(mapping_file) as file:
-            mapping = json.load(file)
+        mapping = _archive_json(context, "index_to_name.json")
         self.classes = [mapping[str(i)] for i in range(len(mapping))]
         self.batch_metrics = BatchMetrics(context, self.classes)
+        self.batch_metrics.worker_started(_archive_json(context, "metadata.json"))  # the run's, packed by serve archive
         self.runtime = load_runtime(context, options)
         self.runtime.warm_up(int(context.system_properties.get("batch_size") or 1))
         self.batches = 0
@@ -126,8 +124,9 @@ class Cifar10Handler:
         self.batches += 1
         if self.batches % GPU_MEMORY_EVERY == 0:
             self.record_gpu_memory()
-        self.batch_metrics.count(errors, logits.argmax(1).tolist() if logits is not None else [])
-        answers = iter(answer_bodies(logits, self.classes) if logits is not None else ())
+        probabilities = probabilities_of(logits) if logits is not None else np.empty((0, len(self.classes)))
+        self.batch_metrics.count(errors, probabilities)
+        answers = iter(probability_answers(probabilities, self.classes))
         responses = []
         for index, error in enumerate(errors):
             self.context.set_response_content_type(index, "application/json")
@@ -139,3 +138,12 @@ class Cifar10Handler:
                     self.context.set_response_header(index, "Retry-After", "1")
                 responses.append(error_body(error))
         return responses
+
+
+def _archive_json(context, name: str):
+    """A JSON file of the model archive, which `serve archive` packs."""
+    path = os.path.join(context.system_properties.get("model_dir"), name)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{name} is missing from the model archive: build it with `python -m serve archive`")
+    with open(path) as file:
+        return json.load(file)
