@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import logging
 import subprocess
 import sys
 import warnings
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cifar10_handler import Cifar10Handler
+from cifar10_metrics import CONFIDENCE_BUCKETS
 from helpers import REPO, assert_prediction
 from PIL import Image
 from ts.context import Context, RequestProcessor
@@ -24,6 +26,22 @@ from model import CLASSES, SimpleCNN
 from train.export import export_torchscript
 
 BATCH_SIZE = 8
+# what `serve archive` packs of a training run's metadata.json: 100 test images of each class, most
+# predicted right, the rest predicted as the next class; 3 airplanes predicted as trucks
+CONFUSION = [[90 if j == i else 10 if j == (i + 1) % 10 else 0 for j in range(10)] for i in range(10)]
+CONFUSION[0][0], CONFUSION[0][9] = 87, 3
+RUN_METADATA = {"confusion_matrix": CONFUSION, "low_confidence_share": 0.25}
+
+
+def emitted(caplog, name: str) -> list[tuple[float, dict]]:
+    """(value, labels) of each `[METRICS]` line the handler logged for metric `name`."""
+    found = []
+    for record in caplog.records:
+        line = record.getMessage()
+        if line.startswith(f"[METRICS]{name}."):
+            value, labels = line.split(":", 1)[1].split("|")[:2]
+            found.append((float(value), dict(label.split(":", 1) for label in labels.removeprefix("#").split(","))))
+    return found
 
 
 def jpeg(color, size: int = 32) -> bytes:
@@ -46,6 +64,7 @@ def model_dir(tmp_path_factory):
             input_names=["pixels"], output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}},
         )  # fmt: skip
     (folder / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
+    (folder / "metadata.json").write_text(json.dumps(RUN_METADATA))
     return folder
 
 
@@ -145,6 +164,7 @@ import json, sys
 sys.modules["torch"] = None  # import torch raises ImportError
 sys.path.insert(0, "handler")
 from cifar10_handler import Cifar10Handler
+from cifar10_metrics import CONFIDENCE_BUCKETS
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
@@ -196,3 +216,28 @@ def test_a_batch_of_bad_requests_leaves_no_garbage_holding_their_bodies(handler,
         assert gc.collect() == 0  # nothing unreachable: every body was freed when its batch ended
     finally:
         gc.enable()
+
+
+def test_a_worker_counts_its_start_and_sets_its_models_reference_mix(context, caplog):
+    caplog.set_level(logging.INFO)
+    Cifar10Handler().initialize(context)
+    assert emitted(caplog, "cifar10_worker_starts_total") == [(1, {"model_name": "cifar10", "model_version": "1.0"})]
+    reference = {labels["class"]: value for value, labels in emitted(caplog, "cifar10_reference_class_share")}
+    assert list(reference) == list(CLASSES)
+    assert reference["airplane"] == 0.097 and reference["automobile"] == 0.1 and reference["truck"] == 0.103
+    assert emitted(caplog, "cifar10_reference_low_confidence_share") == [
+        (0.25, {"model_name": "cifar10", "model_version": "1.0"})
+    ]
+
+
+def test_the_confidence_histogram_counts_each_answer_in_its_cumulative_buckets(handler, context, caplog):
+    images = [raw_body(jpeg((i * 30, 90, 200 - i * 20))) for i in range(BATCH_SIZE - 1)]
+    caplog.set_level(logging.INFO)
+    answers = handle(handler, context, [*images, raw_body(b"not an image")])
+    confidences = [body["confidence"] for status, body in answers if status == 200]
+    buckets = {labels["le"]: value for value, labels in emitted(caplog, "cifar10_prediction_confidence_bucket")}
+    expected = {str(bound): sum(c <= bound for c in confidences) for bound in CONFIDENCE_BUCKETS}
+    assert buckets == {**{le: n for le, n in expected.items() if n}, "+Inf": len(confidences)}
+    assert [labels for _, labels in emitted(caplog, "cifar10_batch_size")] == [
+        {"model_name": "cifar10", "model_version": "1.0"}
+    ]  # no per-process label
