@@ -58,13 +58,10 @@ class Cifar10Handler:
         options = HandlerOptions.from_section((context.model_yaml_config or {}).get("handler"))  # before any work
         self.context = context
         keep_large_blocks_returnable()
-        mapping_file = os.path.join(context.system_properties.get("model_dir"), "index_to_name.json")
-        if not os.path.isfile(mapping_file):
-            raise RuntimeError("index_to_name.json is missing from the model archive")
-        with open(mapping_file) as file:
-            mapping = json.load(file)
+        mapping = _archive_json(context, "index_to_name.json")
         self.classes = [mapping[str(i)] for i in range(len(mapping))]
         self.batch_metrics = BatchMetrics(context, self.classes)
+        self.batch_metrics.worker_started(_archive_json(context, "metadata.json"))  # the run's, packed by serve archive
         self.runtime = load_runtime(context, options)
         self.max_images = int(context.system_properties.get("batch_size") or 1)  # per v2 request
         self.runtime.warm_up(self.max_images)
@@ -143,8 +140,7 @@ class Cifar10Handler:
         plain = [r for (_, v2, _), job_rows in zip(jobs, answered) if not v2 for r in job_rows]
         bodies = iter(prediction_bodies(scores[plain], self.classes))
         self.batch_metrics.count(
-            [failure and failure[1] for failure in failed],
-            scores[[r for job_rows in answered for r in job_rows]].argmax(1).tolist(),
+            [failure and failure[1] for failure in failed], scores[[r for rows_ in answered for r in rows_]]
         )
         return [
             self._answer(index, v2, outputs, failure, scores[job_rows] if v2 else bodies)
@@ -179,3 +175,12 @@ def _body(row):
     if not isinstance(row, dict) or "body" not in row:
         raise InvalidImage(cifar10_v2.REASON, "send the v2 request as the body, not as a form")
     return row["body"]
+
+
+def _archive_json(context, name: str):
+    """A JSON file of the model archive, which `serve archive` packs."""
+    path = os.path.join(context.system_properties.get("model_dir"), name)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{name} is missing from the model archive: build it with `python -m serve archive`")
+    with open(path) as file:
+        return json.load(file)

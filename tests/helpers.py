@@ -10,16 +10,20 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
+import yaml
 from PIL import Image
 
 from harness.answers import answer_problem
@@ -85,6 +89,68 @@ def assert_prediction(answer) -> None:
     """The answer keeps the Flask service's shape: prediction, confidence, top3_predictions."""
     problem = answer_problem(answer)
     assert problem is None, problem
+
+
+MONITORING = REPO / "deploy" / "monitoring"
+
+
+def free_port(ports=range(39090, 39100)) -> int:
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    pytest.fail(f"no free port in {ports}")
+
+
+@contextmanager
+def prometheus(target: str, workdir: Path, rule_files: list[Path], interval: str = "1s") -> Iterator[str]:
+    """Prometheus 2 (Debian's package) run with deploy/monitoring/prometheus.yml, scraping `target`
+    (host:port of a TorchServe's metrics API) and evaluating `rule_files` every `interval`, without
+    the Alertmanager; yields its URL once it has scraped the target."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (`make packages-test` installs it)")
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = interval
+    config["rule_files"] = [str(path) for path in rule_files]
+    del config["alerting"]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [target]}]
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(workdir / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def query(url: str, expression: str, until=bool, timeout: float = 60) -> list:
+    """Runs `expression` through Prometheus' HTTP API until `until(result)` (or fails after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = requests.get(f"{url}/api/v1/query", params={"query": expression}, timeout=10).json()
+            assert answer["status"] == "success", f"{expression}: {answer}"
+            if until(answer["data"]["result"]):
+                return answer["data"]["result"]
+        except requests.ConnectionError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no data for {expression} after {timeout:.0f}s")
+        time.sleep(0.5)
 
 
 def require_tool(name: str) -> str:

@@ -40,12 +40,18 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, devic
     return torch.cat(outputs).cpu()  # one copy back (one synchronization on a GPU)
 
 
+# The low-confidence alert's threshold (deploy/monitoring/rules: the served predictions' share at most
+# this confident, against the exported model's share on the test split, in its metadata.json).
+LOW_CONFIDENCE = 0.5
+
+
 def evaluate(model, images, labels, batch_size, device) -> dict:
     return score(predict(model, images, batch_size, device), labels)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Loss, accuracy (overall and per class) and confusion matrix of the logits for `labels`."""
+    """Loss, accuracy (overall and per class), confusion matrix of the logits for `labels`, and the
+    share of predictions whose top-1 probability is at most LOW_CONFIDENCE."""
     predictions = logits.argmax(1)
     confusion = torch.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
     confusion = confusion.view(len(CLASSES), len(CLASSES))
@@ -54,6 +60,7 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
         "accuracy": (predictions == labels).float().mean().item(),
         "per_class_accuracy": (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist(),
         "confusion": confusion.tolist(),
+        "low_confidence_share": (F.softmax(logits.float(), 1).amax(1) <= LOW_CONFIDENCE).float().mean().item(),
     }
 
 

@@ -187,6 +187,7 @@ def write_run(
         test_accuracy=round(test["accuracy"], 4),
         per_class_accuracy={name: round(acc, 4) for name, acc in zip(CLASSES, test["per_class_accuracy"])},
         confusion_matrix=test["confusion"],
+        low_confidence_share=round(test["low_confidence_share"], 4),
         classes=list(CLASSES),
         parameters=sum(p.numel() for p in model.parameters()),
         hyperparameters=run_info.pop("config"),

@@ -24,7 +24,7 @@ class Run:
     selection: dict[str, Any]  # how the epoch was chosen (the validation split, never the test split)
     test_accuracy: float  # the exported model on the test split, evaluated once
     per_class_accuracy: dict[str, float]
-    confusion_matrix: list[list[int]]
+    confusion_matrix: list[list[int]]  # its columns: the predicted-class mix on the test split (the drift reference)
     classes: list[str]
     parameters: int
     hyperparameters: dict[str, Any]
@@ -42,6 +42,8 @@ class Run:
     cuda_graph: bool = False
     total_seconds: float | None = None
     peak_memory_mb: float | None = None
+    # the share of test images answered with a confidence of at most 0.5 (the low-confidence reference)
+    low_confidence_share: float | None = None
 
     @classmethod
     def from_json(cls, text: str | bytes, origin: str = METADATA_FILE) -> Run:

@@ -6,22 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections import Counter
 from urllib.parse import urlparse
 
 import pytest
-import requests
 import yaml
 from cifar10_metrics import METRICS
-from helpers import REPO
+from helpers import MONITORING, REPO, query
+from helpers import prometheus as run_prometheus
 
 from serve.errors import ServiceError
 
-MONITORING = REPO / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "cifar10.json"
 # Grafana's own variables, as Grafana would set them for a 10-minute view scraped every second
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m"}
@@ -83,62 +78,24 @@ def test_what_clients_wait_is_a_histogram_by_model_version_and_status(server, ci
     assert "pid" not in after.split(f"# TYPE {name} histogram")[1].split("# TYPE")[0]  # no per-process series
 
 
-def free_port(ports=range(39090, 39100)) -> int:
-    for port in ports:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    pytest.fail(f"no free port in {ports}")
+def test_the_frontend_reports_each_model_versions_ready_workers(server):
+    (described,) = server.describe()
+    ready = sum(worker["status"] == "READY" for worker in described["workers"])
+    found = re.findall(
+        r'^cifar10_workers{model="cifar10",version="([^"]+)",status="READY",?} (\S+)$', server.metrics(), re.M
+    )
+    assert [(version, float(count)) for version, count in found] == [(described["modelVersion"], ready)]
 
 
 @pytest.fixture
 def prometheus(server, tmp_path):
-    """Prometheus 2 (Debian's package) with deploy/monitoring/prometheus.yml pointed at the session's TorchServe:
-    its rules too (evaluated every second), without the Alertmanager."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (`make packages-test` installs it)")
-    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
-    config["rule_files"] = [str(MONITORING / path) for path in config["rule_files"]]
-    del config["alerting"]
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [urlparse(server.metrics_url).netloc]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{free_port()}"
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address={urlparse(url).netloc}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def query(url: str, expression: str, until=bool, timeout: float = 60) -> list:
-    """Runs `expression` through Prometheus' HTTP API until `until(result)` (or fails after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            answer = requests.get(f"{url}/api/v1/query", params={"query": expression}, timeout=10).json()
-            assert answer["status"] == "success", f"{expression}: {answer}"
-            if until(answer["data"]["result"]):
-                return answer["data"]["result"]
-        except requests.ConnectionError:
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no data for {expression} after {timeout:.0f}s")
-        time.sleep(0.5)
+    """Prometheus with deploy/monitoring/prometheus.yml pointed at the session's TorchServe: its rules too
+    (evaluated every second), without the Alertmanager."""
+    rule_files = yaml.safe_load((MONITORING / "prometheus.yml").read_text())["rule_files"]
+    with run_prometheus(
+        urlparse(server.metrics_url).netloc, tmp_path, [MONITORING / path for path in rule_files]
+    ) as url:
+        yield url
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

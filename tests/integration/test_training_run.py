@@ -24,6 +24,7 @@ def test_metadata_says_what_a_reader_needs(trained_run, data_source):
     meta = metadata(trained_run)
     assert meta["epoch"] == 1 and 0.1 < meta["test_accuracy"] <= 1
     assert list(meta["per_class_accuracy"]) == list(CLASSES)
+    assert 0 <= meta["low_confidence_share"] <= 1  # the low-confidence alert's reference
     assert meta["hyperparameters"]["batch_size"] == 64 and meta["hyperparameters"]["lr"] == 1e-3
     assert meta["hyperparameters"]["optimizer"] == "adam" and meta["recipe"] == "baseline"
     assert meta["data"]["sha256"] == load_cifar10(str(data_source)).sha256

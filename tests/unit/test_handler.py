@@ -8,6 +8,7 @@ import base64
 import gc
 import io
 import json
+import logging
 import math
 import re
 import struct
@@ -21,6 +22,7 @@ import pytest
 import torch
 import yaml
 from cifar10_handler import Cifar10Handler
+from cifar10_metrics import CONFIDENCE_BUCKETS
 from cifar10_options import HandlerConfigError, HandlerOptions
 from helpers import REPO, assert_prediction
 from PIL import Image
@@ -32,6 +34,22 @@ from model import CLASSES, SimpleCNN
 from train.export import export_torchscript
 
 BATCH_SIZE = 8
+# what `serve archive` packs of a training run's metadata.json: 100 test images of each class, most
+# predicted right, the rest predicted as the next class; 3 airplanes predicted as trucks
+CONFUSION = [[90 if j == i else 10 if j == (i + 1) % 10 else 0 for j in range(10)] for i in range(10)]
+CONFUSION[0][0], CONFUSION[0][9] = 87, 3
+RUN_METADATA = {"confusion_matrix": CONFUSION, "low_confidence_share": 0.25}
+
+
+def emitted(caplog, name: str) -> list[tuple[float, dict]]:
+    """(value, labels) of each `[METRICS]` line the handler logged for metric `name`."""
+    found = []
+    for record in caplog.records:
+        line = record.getMessage()
+        if line.startswith(f"[METRICS]{name}."):
+            value, labels = line.split(":", 1)[1].split("|")[:2]
+            found.append((float(value), dict(label.split(":", 1) for label in labels.removeprefix("#").split(","))))
+    return found
 
 
 def jpeg(color, size: int = 32) -> bytes:
@@ -54,6 +72,7 @@ def model_dir(tmp_path_factory):
             input_names=["pixels"], output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}},
         )  # fmt: skip
     (folder / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
+    (folder / "metadata.json").write_text(json.dumps(RUN_METADATA))
     return folder
 
 
@@ -158,6 +177,7 @@ import json, sys
 sys.modules["torch"] = None  # import torch raises ImportError
 sys.path.insert(0, "handler")
 from cifar10_handler import Cifar10Handler
+from cifar10_metrics import CONFIDENCE_BUCKETS
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
@@ -387,3 +407,28 @@ def test_a_v2_request_sent_as_a_form_gets_400(handler, context):
     row, headers = form(image=jpeg((5, 5, 5)))
     [(status, body, _)] = v2_handle(handler, context, [(row, {**headers, "inference_protocol": "v2"})])
     assert status == 400 and json.loads(body) == {"error": "send the v2 request as the body, not as a form"}
+
+
+def test_a_worker_counts_its_start_and_sets_its_models_reference_mix(context, caplog):
+    caplog.set_level(logging.INFO)
+    Cifar10Handler().initialize(context)
+    assert emitted(caplog, "cifar10_worker_starts_total") == [(1, {"model_name": "cifar10", "model_version": "1.0"})]
+    reference = {labels["class"]: value for value, labels in emitted(caplog, "cifar10_reference_class_share")}
+    assert list(reference) == list(CLASSES)
+    assert reference["airplane"] == 0.097 and reference["automobile"] == 0.1 and reference["truck"] == 0.103
+    assert emitted(caplog, "cifar10_reference_low_confidence_share") == [
+        (0.25, {"model_name": "cifar10", "model_version": "1.0"})
+    ]
+
+
+def test_the_confidence_histogram_counts_each_answer_in_its_cumulative_buckets(handler, context, caplog):
+    images = [raw_body(jpeg((i * 30, 90, 200 - i * 20))) for i in range(BATCH_SIZE - 1)]
+    caplog.set_level(logging.INFO)
+    answers = handle(handler, context, [*images, raw_body(b"not an image")])
+    confidences = [body["confidence"] for status, body in answers if status == 200]
+    buckets = {labels["le"]: value for value, labels in emitted(caplog, "cifar10_prediction_confidence_bucket")}
+    expected = {str(bound): sum(c <= bound for c in confidences) for bound in CONFIDENCE_BUCKETS}
+    assert buckets == {**{le: n for le, n in expected.items() if n}, "+Inf": len(confidences)}
+    assert [labels for _, labels in emitted(caplog, "cifar10_batch_size")] == [
+        {"model_name": "cifar10", "model_version": "1.0"}
+    ]  # no per-process label

@@ -24,7 +24,9 @@ import org.objectweb.asm.tree.VarInsnNode;
  * the model store), {@link FormLimits} (RequestInput: a request carries a bounded number of
  * parameters), {@link KeyRotation} (the token API replaces the API key too) and {@link FrontDoor}
  * (what clients meet at the door: health without a key, 401, a JSON 413, images posted as forms,
- * idle connections, the Open Inference Protocol v2: {@link OpenInference}) and {@link RequestDuration} (NettyUtils: a histogram of what a client waits).
+ * idle connections, the Open Inference Protocol v2: {@link OpenInference}) and {@link RequestDuration}
+ * (NettyUtils: a histogram of what a client waits). It also adds {@link Workers} (a gauge of each
+ * model version's READY workers) to /metrics.
  *
  * <p>Every rewrite are tried on TorchServe's own class files before it starts. If a class is not
  * the bytecode they were written against, the JVM stops, saying why: a TorchServe that silently
@@ -72,6 +74,7 @@ public final class Agent implements ClassFileTransformer {
             System.exit(78);
         }
         instrumentation.addTransformer(new Agent());
+        new Workers().register();
         System.err.println(
                 "frontend agent: Model.pollBatch takes what is queued and never waits for more (maxBatchDelay"
                         + " unused); WorkerThread.shutdown lets a scaled-down worker answer its batch first;"
@@ -79,7 +82,8 @@ public final class Agent implements ClassFileTransformer {
                         + FormLimits.MAX_PARAMETERS
                         + " parameters a request; /token?type=api replaces every key; /ping needs no key, a refused"
                         + " key is 401, an oversize body 413 JSON, an image posted as a form is the raw body, idle"
-                        + " connections are closed; the v2 protocol on /v2; cifar10_request_duration_seconds on /metrics");
+                        + " connections are closed; the v2 protocol on /v2; cifar10_request_duration_seconds and"
+                        + " cifar10_workers on /metrics");
     }
 
     @Override
