@@ -20,10 +20,11 @@ command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 [ -f /usr/share/java/asm-tree.jar ] || missing+=(libasm-java)
 
 if [ "$task" = test ]; then
-  # A real Prometheus for the monitoring tests; Compose's own validator, and the linters of the
-  # container and shell files; a C++ compiler for torch.compile's CPU backend (train --compile).
-  for pair in prometheus:prometheus docker-compose:docker-compose shellcheck:shellcheck \
-              yamllint:yamllint g++:g++; do
+  # A real Prometheus and Alertmanager for the monitoring and alerting tests; Compose's own
+  # validator, and the linters of the container and shell files; a C++ compiler for torch.compile's
+  # CPU backend (train --compile).
+  for pair in prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
+              docker-compose:docker-compose shellcheck:shellcheck yamllint:yamllint g++:g++; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
 fi
@@ -68,12 +69,12 @@ else
   exit 2
 fi
 export DEBIAN_FRONTEND=noninteractive
-# The tests run nginx and HAProxy as programs with configurations of their own. Their packages would
-# also start (and enable) the system's daemons, nginx on port 80: a policy-rc.d that forbids every
+# The tests run nginx, HAProxy and Alertmanager as programs with configurations of their own. Their
+# packages would also start (and enable) the system's daemons, nginx on port 80: a policy-rc.d that forbids every
 # start holds for the install (Debian's own mechanism, as in container builds), then their units
 # are disabled, so that nothing starts at the next boot either.
 daemons=()
-for name in nginx haproxy; do
+for name in nginx haproxy prometheus-alertmanager; do
   [[ " ${missing[*]} " == *" $name "* ]] && daemons+=("$name")
 done
 if [ ${#daemons[@]} -gt 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then

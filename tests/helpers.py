@@ -103,17 +103,24 @@ def free_port(ports=range(39090, 39100)) -> int:
 
 
 @contextmanager
-def prometheus(target: str, workdir: Path, rule_files: list[Path], interval: str = "1s") -> Iterator[str]:
+def prometheus(
+    target: str, workdir: Path, rule_files: list[Path], interval: str = "1s", alertmanager: str | None = None
+) -> Iterator[str]:
     """Prometheus 2 (Debian's package) run with deploy/monitoring/prometheus.yml, scraping `target`
-    (host:port of a TorchServe's metrics API) and evaluating `rule_files` every `interval`, without
-    the Alertmanager; yields its URL once it has scraped the target."""
+    (host:port of a TorchServe's metrics API) and evaluating `rule_files` every `interval`, sending
+    its alerts to `alertmanager` (host:port; None: no Alertmanager); yields its URL once it has
+    scraped the target."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: `sudo apt-get install -y prometheus` (`make packages-test` installs it)")
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = interval
     config["rule_files"] = [str(path) for path in rule_files]
-    del config["alerting"]
+    if alertmanager is None:
+        del config["alerting"]
+    else:
+        (manager,) = config["alerting"]["alertmanagers"]
+        manager["static_configs"] = [{"targets": [alertmanager]}]
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [target]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -131,6 +138,40 @@ def prometheus(target: str, workdir: Path, rule_files: list[Path], interval: str
         )
         try:
             query(url, "up", until=lambda result: result and result[0]["value"][1] == "1")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@contextmanager
+def alertmanager(workdir: Path) -> Iterator[str]:
+    """Alertmanager (Debian's prometheus-alertmanager) run with deploy/monitoring/alertmanager.yml,
+    alone (no cluster); yields its URL once it is ready."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("alertmanager not found: `sudo apt-get install -y prometheus-alertmanager` (make test installs it)")
+    url = f"http://127.0.0.1:{free_port()}"
+    arguments = [
+        f"--config.file={MONITORING / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'alertmanager'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+        "--cluster.listen-address=",
+    ]
+    with open(workdir / "alertmanager.log", "wb") as log:
+        process = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"{url}/-/ready", timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    workdir / "alertmanager.log"
+                ).read_text()
+                time.sleep(0.2)
             yield url
         finally:
             process.terminate()

@@ -1,7 +1,8 @@
 """The shipped alerts against a real TorchServe: a real Prometheus (Debian's `prometheus`) scrapes a
 TorchServe of this project (the drills' FaultServer: the test run's cifar10.mar beside the sleepy
 model) and evaluates the rules of deploy/monitoring/rules/, while the test sends clean traffic, then
-faults, and reads /api/v1/alerts.
+faults, and reads /api/v1/alerts; the alerts go on to a real Alertmanager (Debian's
+prometheus-alertmanager) with deploy/monitoring/alertmanager.yml, as in the Compose stack.
 
 The rules' windows and `for:` durations (an hour, fifteen minutes) are too long for a test, so
 Prometheus loads a test-only copy generated here from the shipped files with every duration divided
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from helpers import MONITORING, PORT_BASE, prometheus, query
+from helpers import MONITORING, PORT_BASE, alertmanager, prometheus, query
 from PIL import Image
 
 from reliability.drills import FaultServer, call, clients, worker_pids
@@ -93,6 +94,19 @@ def wait_for_alert(url: str, name: str, labels: dict[str, str], timeout: float) 
         time.sleep(1)
 
 
+def wait_in_alertmanager(url: str, name: str, labels: dict[str, str], timeout: float) -> dict:
+    """The active alert `name` with `labels`, once Alertmanager holds it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = requests.get(f"{url}/api/v2/alerts", params={"active": "true"}, timeout=10).json()
+        for alert in held:
+            if alert["labels"].get("alertname") == name and labels.items() <= alert["labels"].items():
+                return alert
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} {labels} not in Alertmanager after {timeout:.0f}s: {held}")
+        time.sleep(1)
+
+
 def recorded(url: str, expression: str) -> float:
     (sample,) = query(url, expression, timeout=10)
     return float(sample["value"][1])
@@ -123,7 +137,8 @@ def clean_images(data_source) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory, model_store):
-    """(TorchServe, Prometheus URL): the drills' FaultServer, and a Prometheus evaluating the scaled rules."""
+    """(TorchServe, Prometheus URL, Alertmanager URL): the drills' FaultServer, a Prometheus evaluating
+    the scaled rules, and the Alertmanager it sends them to."""
     workdir = tmp_path_factory.mktemp("alerting")
     rule_files = []
     for name in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["rule_files"]:
@@ -131,8 +146,11 @@ def watched(tmp_path_factory, model_store):
         rule_files[-1].write_text(scaled((MONITORING / name).read_text()))
     with FaultServer(model_store / "cifar10.mar", workdir / "torchserve", PORT_BASE + 80) as server:
         target = urlparse(server.client.metrics_url).netloc
-        with prometheus(target, workdir, rule_files) as url:
-            yield server, url
+        with (
+            alertmanager(workdir) as manager,
+            prometheus(target, workdir, rule_files, alertmanager=urlparse(manager).netloc) as url,
+        ):
+            yield server, url, manager
 
 
 def traffic(client, images: list[bytes], model: str = "cifar10"):
@@ -142,7 +160,7 @@ def traffic(client, images: list[bytes], model: str = "cifar10"):
 
 
 def test_clean_traffic_fires_nothing_and_out_of_distribution_images_fire_the_drift_alert(watched, clean_images):
-    server, url = watched
+    server, url, _ = watched
     window = 3600 // TIME_SCALE  # the drift rules' hour
     with traffic(server.client, clean_images) as calls:
         time.sleep(window + 5)
@@ -165,7 +183,7 @@ def test_clean_traffic_fires_nothing_and_out_of_distribution_images_fire_the_dri
 
 def test_a_flood_of_5xx_fires_the_availability_burn_rate_alert(watched):
     """The sleepy model (one worker, a queue of 4) kept busy by 8 clients: most requests get 503."""
-    server, url = watched
+    server, url, _ = watched
     alert = "CIFAR10AvailabilityBudgetBurningFast"
     with clients(server.client, 8, lambda own: [call(own, b"0.2", "sleepy")]) as calls:
         wait_for_alert(url, alert, {"model": "sleepy"}, promised(alert, "1h"))
@@ -174,7 +192,8 @@ def test_a_flood_of_5xx_fires_the_availability_burn_rate_alert(watched):
 
 
 def test_killed_workers_fire_the_restart_alert_and_no_worker_the_no_ready_worker_alert(watched):
-    server, url = watched
+    """...and the no-ready-worker page reaches Alertmanager, routed to the team's receiver."""
+    server, url, manager = watched
     client = server.client
     for _ in range(2):  # each worker killed twice: 4 starts
         pids = worker_pids(client)
@@ -195,3 +214,6 @@ def test_killed_workers_fire_the_restart_alert_and_no_worker_the_no_ready_worker
     (described,) = client.describe()
     alert = wait_for_alert(url, no_ready, labels, promised(no_ready, "0s"))
     assert alert["labels"]["version"] == described["modelVersion"]
+    received = wait_in_alertmanager(manager, no_ready, labels, MARGIN)
+    assert received["labels"]["severity"] == alert["labels"]["severity"]
+    assert received["receivers"][0]["name"] == "team-webhook"
