@@ -40,6 +40,8 @@ stop: ## stop TorchServe
 	$(PY) -m serve stop
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(or $(API),inference)
+grpc-stubs: .venv/.installed ## regenerate serve/torchserve_grpc's Python stubs of TorchServe's gRPC API (grpcio-tools)
+	$(PY) -m serve.torchserve_grpc
 report: .venv/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
 	$(PY) -m train.report
 verify-served: .venv/.installed ## every test image through `make serve`, compared with the offline evaluation

@@ -9,6 +9,7 @@
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
+    python -m serve predict IMAGE --grpc              the same through TorchServe's gRPC API (Predictions)
     python -m serve describe | scale N [--version V] | set-default VERSION
                                                       (scale: at most the workers the free memory holds)
 
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("api", nargs="?", default="inference", choices=["inference", "management"])
     predict = commands.add_parser("predict")
     predict.add_argument("image", type=Path)
-    predict.add_argument("--field", help="send as a multipart file field of this name instead of the raw body")
+    sent_as = predict.add_mutually_exclusive_group()
+    sent_as.add_argument("--field", help="send as a multipart file field of this name instead of the raw body")
+    sent_as.add_argument("--grpc", action="store_true", help="through TorchServe's gRPC inference API (Predictions)")
     commands.add_parser("describe")
     scale = commands.add_parser("scale")
     scale.add_argument("workers", type=int)
@@ -139,6 +142,11 @@ def run(args: argparse.Namespace) -> None:
         if args.api not in client.keys:
             raise KeyFileError(f"no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
         print(client.keys[args.api])
+    elif args.command == "predict" and args.grpc:
+        from serve.grpc_client import GrpcClient  # grpcio only where gRPC is asked for
+
+        with GrpcClient.from_config(args.config, args.workdir) as grpc_client:
+            print(json.dumps(grpc_client.predict(args.image.read_bytes(), model=args.model), indent=2))
     elif args.command == "predict":
         print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
     elif args.command == "describe":
