@@ -65,6 +65,8 @@ test-fast: .venv/.installed ## ruff, then the unit tier: no data set, no Java, n
 	$(PY) -m pytest tests/unit -q
 
 # --- Containers, Kubernetes, the fleet (docs/containers.md, docs/kubernetes.md) ---------------------
+kserve-layout: .venv/.installed ## KServe's storage layout of RUN (ONNX archive, deploy/kserve's config) -> dist/kserve
+	$(PY) -m serve kserve-layout --run $(RUN) --out dist/kserve
 images: ## build the serving, slim serving and training images (docker, else podman)
 	deploy/docker/build.sh
 test-images: .venv/.installed ## build the images and run them as Compose wires them

@@ -5,6 +5,8 @@
                                                       build model-store/cifar10.mar
     python -m serve archive --device gpu [--workers N]  ... with the GPU config, workers and queue sized
                                                       for this machine's cores and GPU memory
+    python -m serve kserve-layout [--run models/latest] [--out dist/kserve]
+                                                      KServe's storage layout: config/, model-store/ (ONNX)
     python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from frontend import AgentBuildError, agent_jar
 from repo import REPO
-from serve.archive import FORMATS, GPU_MODEL_CONFIG, build_archive
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, build_archive, kserve_layout
 from serve.client import Client
 from serve.errors import AgentError, KeyFileError, NotServing, ServeError, TooManyWorkers
 from serve.gpu_sizing import sized_config, this_machine
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         help="gpu: the GPU config (default handler/model-config.gpu.yaml), workers and queue sized for this machine",
     )
     archive.add_argument("--workers", type=int, help="with --device gpu: this many workers instead of the sized count")
+    layout = commands.add_parser("kserve-layout")
+    layout.add_argument("--run", type=Path, default=REPO / "models" / "latest")
+    layout.add_argument("--out", type=Path, default=REPO / "dist" / "kserve")
+    layout.add_argument(
+        "--format", choices=sorted(FORMATS), default="onnx", help="onnx (default): what the slim image serves"
+    )
     launch = commands.add_parser("start")
     launch.add_argument(
         "--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)"
@@ -116,6 +124,10 @@ def run(args: argparse.Namespace) -> None:
             build_archive(
                 args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
             )
+        return
+    if args.command == "kserve-layout":
+        archive = kserve_layout(args.run, args.out, model_format=args.format)
+        print(f"KServe storage layout in {args.out}: config/config.properties, model-store/{archive.name}")
         return
     if args.command == "stop":
         stop(paths)
