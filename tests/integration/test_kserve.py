@@ -13,6 +13,7 @@ import copy
 import json
 import subprocess
 
+import kubernetes_validate
 import pytest
 import yaml
 from helpers import REPO, kubectl
@@ -25,6 +26,7 @@ KINDS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
 }
+KUBERNETES_VERSION = "1.33.0"  # the oldest the plain manifests need (tests/integration/test_kubernetes.py)
 # Keys where deploy/kserve/config.properties differs from the plain pod's (its header says why).
 KSERVE_DIFFERENCES = {"inference_address", "model_store"}
 
@@ -115,9 +117,15 @@ def find(objects: list[dict], kind: str) -> dict:
     return found
 
 
-def test_the_manifests_validate_against_kserves_model(rendered):
-    assert sorted(obj["kind"] for obj in rendered) == ["InferenceService", "ServingRuntime"]
-    assert validate(rendered) == ["", ""]
+def test_the_manifests_validate_against_kserves_model_and_kubernetes(rendered):
+    assert sorted(obj["kind"] for obj in rendered) == ["InferenceService", "NetworkPolicy", "ServingRuntime"]
+    custom = [obj for obj in rendered if obj["kind"] != "NetworkPolicy"]
+    assert validate(custom) == ["", ""]
+    policy = find(rendered, "NetworkPolicy")
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    config = properties(KSERVE / "config.properties")
+    assert ports == {int(config[key].rsplit(":", 1)[1]) for key in ("inference_address", "metrics_address")}
 
 
 def test_the_validation_is_strict(rendered):
