@@ -40,6 +40,8 @@ stop: ## stop TorchServe
 	$(PY) -m serve stop
 token: ## print the inference key (API=management for the management key)
 	@$(PY) -m serve token $(or $(API),inference)
+grpc-stubs: .venv/.installed ## regenerate serve/torchserve_grpc's Python stubs of TorchServe's gRPC API (grpcio-tools)
+	$(PY) -m serve.torchserve_grpc
 report: .venv/.installed ## curves, confusion matrix and summary of the archived model -> reports/model/
 	$(PY) -m train.report
 verify-served: .venv/.installed ## every test image through `make serve`, compared with the offline evaluation
@@ -63,6 +65,8 @@ test-fast: .venv/.installed ## ruff, then the unit tier: no data set, no Java, n
 	$(PY) -m pytest tests/unit -q
 
 # --- Containers, Kubernetes, the fleet (docs/containers.md, docs/kubernetes.md) ---------------------
+kserve-layout: .venv/.installed ## KServe's storage layout of RUN (ONNX archive, deploy/kserve's config) -> dist/kserve
+	$(PY) -m serve kserve-layout --run $(RUN) --out dist/kserve
 images: ## build the serving, slim serving and training images (docker, else podman)
 	deploy/docker/build.sh
 test-images: .venv/.installed ## build the images and run them as Compose wires them

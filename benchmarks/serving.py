@@ -50,7 +50,8 @@ FLASK_OFFSET, LITSERVE_OFFSET = 5, 6
 # config.properties without the frontend agent: TorchServe's own batching
 STOCK = {"vmargs": without_agent(properties(REPO / "config.properties")["vmargs"])}
 NO_WAIT = {"batch_size": 64, "max_batch_delay": 0}  # registered: a model config cannot say 0 (it means 100 ms)
-DEFAULT_SYSTEMS = ["torchserve", "torchserve-v2", "torchserve-no-histogram", "torchserve-stock", "torchserve-onnx"]
+DEFAULT_SYSTEMS = ["torchserve", "torchserve-v2", "torchserve-grpc", "torchserve-no-histogram", "torchserve-stock"]
+DEFAULT_SYSTEMS += ["torchserve-onnx"]
 DEFAULT_SYSTEMS += ["flask", "litserve"]
 COLUMNS = ["system", "round", "concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "queue_ms", "batch_size"]
 COLUMNS += [CPU, "frontend_cpu_ms_per_request", "cpu_efficiency", "ceiling_rps_beside", "of_ceiling_beside"]
@@ -91,6 +92,8 @@ def systems(args, scratch: Path) -> dict:
     return {
         "torchserve": torchserve("torchserve", shipped),
         "torchserve-v2": torchserve("torchserve-v2", shipped, v2=True),  # the same, through the v2 protocol
+        # the same, through TorchServe's gRPC Predictions (a Python grpc.aio load loop, not wrk)
+        "torchserve-grpc": torchserve("torchserve-grpc", shipped, grpc=True),
         "torchserve-no-histogram": torchserve("torchserve-no-histogram", shipped, request_duration_histogram="false"),
         "torchserve-stock": torchserve("torchserve-stock", shipped, **STOCK),
         "torchserve-onnx": torchserve("torchserve-onnx", onnx, model_format="onnx"),
@@ -228,7 +231,9 @@ def write(report: Report, rows: list[dict], cpu_per_image: dict, cold: dict, fai
         row["of_ceiling_beside"] = row["rps"] / row["ceiling_rps_beside"]
     report.text(
         "wrk (1 thread, `benchmarks/wrk_predict.lua`: real CIFAR-10 test JPEGs in turn, every answer checked) on "
-        "the same machine; each system alone on it, one after the other.",
+        "the same machine; each system alone on it, one after the other. `torchserve-grpc`: TorchServe's gRPC "
+        "`Predictions` driven by a Python grpc.aio loop instead (one channel, as many concurrent calls as "
+        "connections, the same images and checks; `wrk_cpu_percent` is that loop's CPU).",
         "Ceiling: decode + forward + top-3 in one process at batch 64, no HTTP. Its CPU time per image on one "
         "thread: " + ", ".join(f"{runtime} **{1e3 * cpu:.3f} ms**" for runtime, cpu in cpu_per_image.items()) + ".",
         "`queue_ms`, `batch_size`: TorchServe's mean queue time per request (`ts_queue_latency_microseconds`, "

@@ -6,6 +6,7 @@ the ceiling, the same decode + forward in one process without HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psutil
 import requests
 import torch
@@ -36,7 +39,9 @@ from repo import REPO
 from serve.archive import build_archive
 from serve.client import Client, sample_jpeg
 from serve.errors import ServiceError
+from serve.grpc_client import predictions_request
 from serve.server import LOG_CONFIG, wait_until_serving
+from serve.torchserve_grpc.inference_pb2 import PredictionResponse
 from train.data import encoded_images
 
 CPU = "server_cpu_ms_per_request"
@@ -109,6 +114,65 @@ def v2_listing(listing: Path) -> Path:
         lines.append(f"{path}.v2 {header_length}")
     v2.write_text("\n".join(lines) + "\n")
     return v2
+
+
+PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+
+
+def grpc_request(image: bytes) -> bytes:
+    """TorchServe's gRPC Predictions request for one image (serve.grpc_client's), serialized once:
+    the load loop sends the bytes as they are."""
+    return predictions_request(image).SerializeToString()
+
+
+def run_grpc(address: str, listing: Path, concurrency: int, seconds: int, token: str | None) -> dict:
+    """`concurrency` gRPC clients on one channel (grpc.aio), each sending the listed images in turn
+    to TorchServe's Predictions for `seconds`, closed loop, as wrk does over HTTP: run_wrk's figures,
+    with this process's own CPU as the load generator's. Each answer is checked for its class (the
+    first whole, against the answer contract); a refused call counts as invalid, a broken one as a
+    socket error."""
+    bodies = [grpc_request(Path(path).read_bytes()) for path in listing.read_text().split()]
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with grpc.insecure_channel(address) as channel:
+        first = PredictionResponse.FromString(
+            channel.unary_unary(PREDICTIONS)(bodies[0], metadata=metadata, timeout=30)
+        )
+    if problem := answer_problem(json.loads(first.prediction)):
+        raise WrkError(f"{address} answered the sample image wrongly over gRPC: {problem}")
+    latencies, counts = [], Counter()
+
+    async def client(index: int, call, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                answer = await call(bodies[index % len(bodies)], metadata=metadata, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                counts["invalid" if error.code() != grpc.StatusCode.UNAVAILABLE else "socket_errors"] += 1
+                continue
+            latencies.append(time.monotonic() - started)
+            counts["valid" if b'"prediction"' in answer[:64] else "invalid"] += 1
+            index += concurrency
+
+    async def load() -> float:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(
+                PREDICTIONS, response_deserializer=lambda raw: PredictionResponse.FromString(raw).prediction
+            )
+            started = time.monotonic()
+            await asyncio.gather(*(client(i, call, started + seconds) for i in range(concurrency)))
+            return time.monotonic() - started
+
+    cpu = time.process_time()
+    elapsed = asyncio.run(load())
+    cpu = time.process_time() - cpu
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    result = {"requests": len(latencies) + counts["invalid"] + counts["socket_errors"], "seconds": elapsed}
+    result |= {"invalid": counts["invalid"], "socket_errors": counts["socket_errors"]}
+    result |= {f"p{q}_ms": 1e3 * quantiles[q - 1] for q in (50, 90, 99)}
+    result["rps"] = result["requests"] / elapsed
+    result["errors"] = result["invalid"] + result["socket_errors"]
+    result["wrk_cpu_percent"] = 100 * cpu / elapsed
+    return result
 
 
 def run_wrk(
@@ -199,6 +263,7 @@ class System(contextlib.AbstractContextManager):
     token: str | None = None
     form: bool = False  # multipart `image` field (the Flask service's form) instead of a raw body
     v2: bool = False  # the Open Inference Protocol v2 (v2_request) instead of a raw body
+    grpc: str | None = None  # TorchServe's gRPC Predictions at this address (run_grpc) instead of HTTP
     cold_start_seconds: float = 0.0
     runtime: str = "torchscript"  # which ceiling its efficiency is measured against
     client: Client | None = None  # a TorchServe's
@@ -221,7 +286,7 @@ class System(contextlib.AbstractContextManager):
         time and batch size where it has them; at `profile_at` connections, where one TorchServe
         worker's CPU time went (py-spy, `worker_parts`)."""
         listing = v2_listing(listing) if self.v2 else listing
-        run_wrk(self.url, listing, 16, warmup, self.token, self.form, v2=self.v2)
+        self.drive(listing, 16, warmup)
         rows = []
         for concurrency in concurrencies:
             processes, batching = self.processes(), self.batching()
@@ -232,7 +297,7 @@ class System(contextlib.AbstractContextManager):
                 if profiled:
                     worker = int(self.client.describe()[0]["workers"][0]["pid"])
                     profile = profiler.submit(profile_worker, worker, max(1, seconds // 2))
-                result = run_wrk(self.url, listing, concurrency, seconds, self.token, self.form, v2=self.v2)
+                result = self.drive(listing, concurrency, seconds)
                 if profiled:
                     result["worker_parts"] = profile.result().get("parts")
             for group, members in groups.items():
@@ -246,6 +311,12 @@ class System(contextlib.AbstractContextManager):
             figures += f"  errors {result['errors']}  server cpu {result[CPU]:.3f} ms/req"
             print(f"   {self.name} c={concurrency:3d}  {figures}", flush=True)
         return rows
+
+    def drive(self, listing: Path, concurrency: int, seconds: int) -> dict:
+        """One closed-loop load: wrk over HTTP, or the gRPC loop."""
+        if self.grpc:
+            return run_grpc(self.grpc, listing, concurrency, seconds, self.token)
+        return run_wrk(self.url, listing, concurrency, seconds, self.token, self.form, v2=self.v2)
 
 
 def profile_worker(pid: int, seconds: int, top: int = 15) -> dict:
@@ -323,11 +394,13 @@ def torchserve_system(
     register: dict | None = None,
     log_config: Path | None = LOG_CONFIG,
     v2: bool = False,
+    grpc: bool = False,
     **settings: str,
 ) -> System:
     """The repository's config.properties (ports moved, `settings` set) serving an archive of
     `run_dir` packed with `model_config`, in scratch/name; `v2`: driven through the Open Inference
-    Protocol v2 (/v2/models/cifar10/infer) instead of /predictions.
+    Protocol v2 (/v2/models/cifar10/infer) instead of /predictions; `grpc`: through TorchServe's gRPC
+    Predictions (run_grpc).
 
     `register`: register the archive through the management API with these batching settings
     instead of loading it at start: the only way TorchServe 0.12 takes max_batch_delay 0.
@@ -365,6 +438,7 @@ def torchserve_system(
         runtime="onnxruntime" if model_format == "onnx" else "torchscript",
         client=client,
         v2=v2,
+        grpc=f"127.0.0.1:{port_base + 3}" if grpc else None,
     )
 
 

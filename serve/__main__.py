@@ -5,10 +5,13 @@
                                                       build model-store/cifar10.mar
     python -m serve archive --device gpu [--workers N]  ... with the GPU config, workers and queue sized
                                                       for this machine's cores and GPU memory
+    python -m serve kserve-layout [--run models/latest] [--out dist/kserve]
+                                                      KServe's storage layout: config/, model-store/ (ONNX)
     python -m serve start [--no-token-auth]           start TorchServe, return once a prediction answers
     python -m serve stop
     python -m serve token [inference|management]      print a key from key_file.json
     python -m serve predict IMAGE [--field image]     one prediction (raw body, or multipart field)
+    python -m serve predict IMAGE --grpc              the same through TorchServe's gRPC API (Predictions)
     python -m serve describe | scale N [--version V] | set-default VERSION
                                                       (scale: at most the workers the free memory holds)
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from frontend import AgentBuildError, agent_jar
 from repo import REPO
-from serve.archive import FORMATS, GPU_MODEL_CONFIG, build_archive
+from serve.archive import FORMATS, GPU_MODEL_CONFIG, build_archive, kserve_layout
 from serve.client import Client
 from serve.errors import AgentError, KeyFileError, NotServing, ServeError, TooManyWorkers
 from serve.gpu_sizing import sized_config, this_machine
@@ -69,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         help="gpu: the GPU config (default handler/model-config.gpu.yaml), workers and queue sized for this machine",
     )
     archive.add_argument("--workers", type=int, help="with --device gpu: this many workers instead of the sized count")
+    layout = commands.add_parser("kserve-layout")
+    layout.add_argument("--run", type=Path, default=REPO / "models" / "latest")
+    layout.add_argument("--out", type=Path, default=REPO / "dist" / "kserve")
+    layout.add_argument(
+        "--format", choices=sorted(FORMATS), default="onnx", help="onnx (default): what the slim image serves"
+    )
     launch = commands.add_parser("start")
     launch.add_argument(
         "--no-token-auth", action="store_true", help="turn token authorization off (local experiments only)"
@@ -79,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("api", nargs="?", default="inference", choices=["inference", "management"])
     predict = commands.add_parser("predict")
     predict.add_argument("image", type=Path)
-    predict.add_argument("--field", help="send as a multipart file field of this name instead of the raw body")
+    sent_as = predict.add_mutually_exclusive_group()
+    sent_as.add_argument("--field", help="send as a multipart file field of this name instead of the raw body")
+    sent_as.add_argument("--grpc", action="store_true", help="through TorchServe's gRPC inference API (Predictions)")
     commands.add_parser("describe")
     scale = commands.add_parser("scale")
     scale.add_argument("workers", type=int)
@@ -114,6 +125,10 @@ def run(args: argparse.Namespace) -> None:
                 args.run, args.store, name=args.model, model_config=args.model_config, model_format=args.format
             )
         return
+    if args.command == "kserve-layout":
+        archive = kserve_layout(args.run, args.out, model_format=args.format)
+        print(f"KServe storage layout in {args.out}: config/config.properties, model-store/{archive.name}")
+        return
     if args.command == "stop":
         stop(paths)
         return
@@ -139,6 +154,11 @@ def run(args: argparse.Namespace) -> None:
         if args.api not in client.keys:
             raise KeyFileError(f"no {args.api} key in {client.key_file} (is TorchServe running with token auth on?)")
         print(client.keys[args.api])
+    elif args.command == "predict" and args.grpc:
+        from serve.grpc_client import GrpcClient  # grpcio only where gRPC is asked for
+
+        with GrpcClient.from_config(args.config, args.workdir) as grpc_client:
+            print(json.dumps(grpc_client.predict(args.image.read_bytes(), model=args.model), indent=2))
     elif args.command == "predict":
         print(json.dumps(client.predict(args.image.read_bytes(), model=args.model, field=args.field), indent=2))
     elif args.command == "describe":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ FORMATS = {
     "onnx": ("model.onnx", REPO / "handler" / "model-config.onnx.yaml"),
     "aotinductor": ("model.so", REPO / "handler" / "model-config.aotinductor.yaml"),  # python -m train.aot first
 }
+
+# TorchServe's configuration under KServe, copied into the storage layout (deploy/kserve)
+KSERVE_CONFIG = REPO / "deploy" / "kserve" / "config.properties"
 
 
 def build_archive(
@@ -90,3 +94,13 @@ def build_archive(
         os.replace(scratch / f"{name}.mar", target)
     print(f"wrote {target} ({model_file}, version {record.version}, test accuracy {record.test_accuracy:.2%})")
     return target
+
+
+def kserve_layout(run_dir: Path, out: Path, model_format: str = "onnx") -> Path:
+    """The storage layout KServe mounts at /mnt/models for deploy/kserve's runtime, in `out`:
+    config/config.properties (deploy/kserve's) and model-store/cifar10.mar (ONNX by default: the
+    slim image serves ONNX archives only). Returns the archive."""
+    archive = build_archive(run_dir, out / "model-store", model_format=model_format)
+    (out / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(KSERVE_CONFIG, out / "config" / "config.properties")
+    return archive

@@ -19,6 +19,7 @@ DEFAULT_ADDRESSES = {
     "management_address": "http://127.0.0.1:8081",
     "metrics_address": "http://127.0.0.1:8082",
 }
+GRPC_PORTS = {"inference": "7070", "management": "7071"}
 
 
 def properties(path: Path) -> dict[str, str]:
@@ -43,6 +44,13 @@ def api_address(props: dict[str, str], key: str) -> str:
     """`scheme://host:port` of one API (key: inference_address, management_address or metrics_address)."""
     parsed = urlparse(props.get(key, DEFAULT_ADDRESSES[key]))
     return f"{parsed.scheme}://{parsed.hostname}:{parsed.port}"
+
+
+def grpc_address(props: dict[str, str], api: str = "inference") -> str:
+    """`host:port` of one of TorchServe's gRPC APIs (api: inference or management), with its defaults."""
+    host = props.get(f"grpc_{api}_address", "127.0.0.1")
+    port = props.get(f"grpc_{api}_port", GRPC_PORTS[api])
+    return f"{host}:{port}"
 
 
 def config_on_ports(config: Path, port_base: int, **settings: str) -> str:

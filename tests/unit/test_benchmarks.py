@@ -6,10 +6,20 @@ from pathlib import Path
 
 import cifar10_v2
 import pytest
+from cifar10_images import request_payload
 from helpers import synthetic_jpegs
 
 from benchmarks.gpu_serving import gpu_use
-from benchmarks.systems import BATCHING_SUMS, metric_samples, time_breakdown, until, v2_listing, v2_request
+from benchmarks.systems import (
+    BATCHING_SUMS,
+    grpc_request,
+    metric_samples,
+    time_breakdown,
+    until,
+    v2_listing,
+    v2_request,
+)
+from serve.torchserve_grpc.inference_pb2 import PredictionsRequest
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check", "log_volume"]
 
@@ -100,3 +110,12 @@ def test_the_v2_rows_requests_are_what_the_handler_reads_back(tmp_path):
     listing.write_text("".join(f"{tmp_path / f'image-{index}'}\n" for index in range(2)))
     lines = [line.split() for line in v2_listing(listing).read_text().splitlines()]
     assert [(Path(path).read_bytes(), int(length)) for path, length in lines] == [v2_request(i) for i in images]
+
+
+def test_the_grpc_rows_requests_are_what_the_handler_reads_back():
+    """The serving benchmark's gRPC row sends each image as TorchServe's Predictions request, whose
+    input the worker hands the handler as the row it reads the image from."""
+    image = synthetic_jpegs(1)[0]
+    request = PredictionsRequest.FromString(grpc_request(image))
+    assert request.model_name == "cifar10" and request.model_version == ""
+    assert request_payload(dict(request.input)) == image

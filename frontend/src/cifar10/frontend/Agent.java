@@ -24,9 +24,10 @@ import org.objectweb.asm.tree.VarInsnNode;
  * the model store), {@link FormLimits} (RequestInput: a request carries a bounded number of
  * parameters), {@link KeyRotation} (the token API replaces the API key too) and {@link FrontDoor}
  * (what clients meet at the door: health without a key, 401, a JSON 413, images posted as forms,
- * idle connections, the Open Inference Protocol v2: {@link OpenInference}) and {@link RequestDuration}
- * (NettyUtils: a histogram of what a client waits). It also adds {@link Workers} (a gauge of each
- * model version's READY workers) to /metrics.
+ * idle connections, the Open Inference Protocol v2: {@link OpenInference}), {@link GrpcDoor} (the same
+ * for gRPC: the key check, refusals as gRPC errors, the v2 protocol's gRPC service) and
+ * {@link RequestDuration} (NettyUtils: a histogram of what a client waits). It also adds
+ * {@link Workers} (a gauge of each model version's READY workers) to /metrics.
  *
  * <p>Every rewrite are tried on TorchServe's own class files before it starts. If a class is not
  * the bytecode they were written against, the JVM stops, saying why: a TorchServe that silently
@@ -41,17 +42,20 @@ public final class Agent implements ClassFileTransformer {
         byte[] apply(byte[] original) throws UnexpectedBytecode, IOException;
     }
 
-    static final Map<String, Rewrite> REWRITES = Map.of(
-            DrainBatching.MODEL, DrainBatching::rewrite,
-            ScaleDownDrain.WORKER, ScaleDownDrain::rewrite,
-            ArchiveNamesOnly.MODEL_ARCHIVE, ArchiveNamesOnly::rewrite,
-            FormLimits.REQUEST_INPUT, FormLimits::rewrite,
-            KeyRotation.TOKENS, KeyRotation::rewriteTokens,
-            FrontDoor.TOKEN_HANDLER, bytes -> FrontDoor.rewriteTokenHandler(KeyRotation.rewriteHandler(bytes)),
-            FrontDoor.INFERENCE_HANDLER, FrontDoor::rewriteInferenceHandler,
-            FrontDoor.AGGREGATOR, FrontDoor::rewriteAggregator,
-            FrontDoor.INITIALIZER, FrontDoor::rewriteInitializer,
-            RequestDuration.NETTY_UTILS, RequestDuration::rewrite);
+    static final Map<String, Rewrite> REWRITES = Map.ofEntries(
+            Map.entry(DrainBatching.MODEL, DrainBatching::rewrite),
+            Map.entry(ScaleDownDrain.WORKER, ScaleDownDrain::rewrite),
+            Map.entry(ArchiveNamesOnly.MODEL_ARCHIVE, ArchiveNamesOnly::rewrite),
+            Map.entry(FormLimits.REQUEST_INPUT, FormLimits::rewrite),
+            Map.entry(KeyRotation.TOKENS, KeyRotation::rewriteTokens),
+            Map.entry(FrontDoor.TOKEN_HANDLER, bytes -> FrontDoor.rewriteTokenHandler(KeyRotation.rewriteHandler(bytes))),
+            Map.entry(FrontDoor.INFERENCE_HANDLER, FrontDoor::rewriteInferenceHandler),
+            Map.entry(FrontDoor.AGGREGATOR, FrontDoor::rewriteAggregator),
+            Map.entry(FrontDoor.INITIALIZER, FrontDoor::rewriteInitializer),
+            Map.entry(RequestDuration.NETTY_UTILS, RequestDuration::rewrite),
+            Map.entry(GrpcDoor.INTERCEPTOR, GrpcDoor::rewriteInterceptor),
+            Map.entry(GrpcDoor.JOB, GrpcDoor::rewriteJob),
+            Map.entry(GrpcDoor.SERVER, GrpcDoor::rewriteServer));
 
     /** The bytecode is not what a rewrite was written against. */
     static final class UnexpectedBytecode extends Exception {
@@ -82,8 +86,9 @@ public final class Agent implements ClassFileTransformer {
                         + FormLimits.MAX_PARAMETERS
                         + " parameters a request; /token?type=api replaces every key; /ping needs no key, a refused"
                         + " key is 401, an oversize body 413 JSON, an image posted as a form is the raw body, idle"
-                        + " connections are closed; the v2 protocol on /v2; cifar10_request_duration_seconds and"
-                        + " cifar10_workers on /metrics");
+                        + " connections are closed; the v2 protocol on /v2; gRPC: a refused key is UNAUTHENTICATED,"
+                        + " a refused request its error, the v2 protocol as inference.GRPCInferenceService;"
+                        + " cifar10_request_duration_seconds and cifar10_workers on /metrics");
     }
 
     @Override

@@ -189,7 +189,7 @@ public final class FrontDoor {
     // --- what the rewritten code calls ----------------------------------------------------------
 
     /** The private fields read here, looked up at the first request (not while the agent starts: see Agent). */
-    private static final class Fields {
+    static final class Fields {
         static final Field CHAIN = accessible(HttpRequestHandlerChain.class, "chain");
         static final Field TOKEN_TYPE = accessible(TokenAuthorizationHandler.class, "tokenType");
 

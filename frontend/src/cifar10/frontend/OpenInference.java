@@ -16,6 +16,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.Map;
+import org.pytorch.serve.archive.model.ModelNotFoundException;
 import org.pytorch.serve.archive.model.ModelVersionNotFoundException;
 import org.pytorch.serve.http.HttpRequestHandlerChain;
 import org.pytorch.serve.util.ApiUtils;
@@ -111,7 +112,7 @@ final class OpenInference {
         if (ready) {
             JsonObject body = new JsonObject();
             body.addProperty("name", name);
-            boolean healthy = ModelManager.getInstance().getNumHealthyWorkers(model.getModelVersionName()) > 0;
+            boolean healthy = isReady(model);
             body.addProperty("ready", healthy);
             NettyUtils.sendJsonResponse(ctx, body, healthy ? HttpResponseStatus.OK : HttpResponseStatus.SERVICE_UNAVAILABLE);
         } else {
@@ -120,28 +121,48 @@ final class OpenInference {
         return true;
     }
 
-    /** {name, versions, platform, inputs, outputs}: the archive's cifar10_v2.json with the model's name and versions. */
-    private static void sendMetadata(ChannelHandlerContext ctx, String name, Model model) throws Exception {
+    /** A model is ready while it has a healthy worker. */
+    static boolean isReady(Model model) {
+        return ModelManager.getInstance().getNumHealthyWorkers(model.getModelVersionName()) > 0;
+    }
+
+    /** The model's metadata as JSON, or 404 when its archive has none. */
+    private static void sendMetadata(ChannelHandlerContext ctx, String name, Model model) {
+        try {
+            NettyUtils.sendJsonResponse(ctx, metadata(name, model));
+        } catch (IOException missing) {
+            sendError(ctx, HttpResponseStatus.NOT_FOUND, missing.getMessage());
+        }
+    }
+
+    /**
+     * {name, versions, platform, inputs, outputs}: the archive's cifar10_v2.json with the model's
+     * name and versions. Throws IOException, saying so, when the archive has none.
+     */
+    static JsonObject metadata(String name, Model model) throws IOException {
         JsonObject tensors;
         try {
             String text = Files.readString(Path.of(model.getModelDir().getPath(), METADATA_FILE), StandardCharsets.UTF_8);
             tensors = JsonParser.parseString(text).getAsJsonObject();
         } catch (IOException | JsonParseException | IllegalStateException missing) {
-            sendError(ctx, HttpResponseStatus.NOT_FOUND, "model " + name + " " + model.getVersion()
-                    + " has no v2 metadata (" + METADATA_FILE + "): its archive predates the v2 protocol");
-            return;
+            throw new IOException("model " + name + " " + model.getVersion() + " has no v2 metadata (" + METADATA_FILE
+                    + "): its archive predates the v2 protocol");
         }
         JsonObject body = new JsonObject();
         body.addProperty("name", name);
         JsonArray versions = new JsonArray();
-        for (Map.Entry<String, Model> each : ModelManager.getInstance().getAllModelVersions(name)) {
-            versions.add(each.getKey());
+        try {
+            for (Map.Entry<String, Model> each : ModelManager.getInstance().getAllModelVersions(name)) {
+                versions.add(each.getKey());
+            }
+        } catch (ModelNotFoundException gone) { // unregistered meanwhile
+            throw new IOException(gone.getMessage());
         }
         body.add("versions", versions);
         for (Map.Entry<String, JsonElement> field : tensors.entrySet()) {
             body.add(field.getKey(), field.getValue());
         }
-        NettyUtils.sendJsonResponse(ctx, body);
+        return body;
     }
 
     /** The model (its default version, or `version`); null after answering 404 when there is none. */
