@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import yaml
 from benchmarks.alternatives import CLASSES, OnnxModel, decode_image, load_model, pixel_batch
 from harness.answers import answer_problem
 from harness.server import LocalServer, cpu_seconds
+from harness.v2 import binary_request
 from repo import REPO
 from serve.archive import build_archive
 from serve.client import Client, sample_jpeg
@@ -90,26 +90,15 @@ def bench_images(data: str, count: int, folder: Path) -> Path:
     return listing
 
 
-def v2_request(image: bytes) -> tuple[bytes, int]:
-    """The Open Inference Protocol v2 request for one image (docs/api.md), as Triton's and KServe's
-    clients send it by default: the binary data extension, the image a length-prefixed BYTES element
-    after the JSON header, and the outputs asked for in JSON. Returns the body and the header's
-    length (the Inference-Header-Content-Length header)."""
-    element = struct.pack("<I", len(image)) + image
-    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(element)}}
-    header = json.dumps({"inputs": [tensor]}).encode()
-    return header + element, len(header)
-
-
 def v2_listing(listing: Path) -> Path:
-    """The listed images as v2 request bodies (v2_request), written once beside them; returns the
+    """The listed images as v2 request bodies (harness.v2.binary_request), written once beside them; returns the
     list file wrk reads in v2 mode: each body's path and its header's length."""
     v2 = listing.with_suffix(".v2.txt")
     if v2.exists():
         return v2
     lines = []
     for path in listing.read_text().split():
-        body, header_length = v2_request(Path(path).read_bytes())
+        body, header_length = binary_request([Path(path).read_bytes()])
         Path(f"{path}.v2").write_bytes(body)
         lines.append(f"{path}.v2 {header_length}")
     v2.write_text("\n".join(lines) + "\n")

@@ -8,11 +8,10 @@ moved (18080-18084 with gRPC, or from $TEST_PORT_BASE) in a temporary working di
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import PORT_BASE, REPO, train_run
+from helpers import PORT_BASE, REPO, cifar10_test_jpegs, train_run
 
 from harness.server import LocalServer
 from serve.archive import build_archive
@@ -30,18 +29,8 @@ def data_source() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_test_jpegs(data_source) -> dict[str, list[bytes]]:
-    """A few real CIFAR-10 test JPEGs per class, straight from the archive's bytes."""
-    per_class: dict[str, list[bytes]] = {}
-    with tarfile.open(data_source) as archive:
-        for member in archive:
-            parts = Path(member.name).parts
-            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
-                images = per_class.setdefault(parts[-2], [])
-                if len(images) < 5:
-                    images.append(archive.extractfile(member).read())
-            if len(per_class) == 10 and all(len(v) == 5 for v in per_class.values()):
-                break
-    return per_class
+    """Five real CIFAR-10 test JPEGs per class."""
+    return cifar10_test_jpegs(data_source, 5)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -62,6 +63,21 @@ def synthetic_jpegs(count: int, seed: int = 0) -> list[bytes]:
         Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
         images.append(buffer.getvalue())
     return images
+
+
+def cifar10_test_jpegs(data_source: Path, count: int) -> dict[str, list[bytes]]:
+    """The first `count` CIFAR-10 test JPEGs of each class, straight from the archive's bytes."""
+    per_class: dict[str, list[bytes]] = {}
+    with tarfile.open(data_source) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
+                images = per_class.setdefault(parts[-2], [])
+                if len(images) < count:
+                    images.append(archive.extractfile(member).read())
+            if len(per_class) == 10 and all(len(v) == count for v in per_class.values()):
+                break
+    return per_class
 
 
 def metadata(run_dir: Path) -> dict:

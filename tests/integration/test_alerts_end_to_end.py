@@ -17,7 +17,6 @@ import os
 import random
 import re
 import signal
-import tarfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from helpers import MONITORING, PORT_BASE, alertmanager, prometheus, query
+from helpers import MONITORING, PORT_BASE, alertmanager, cifar10_test_jpegs, prometheus, query
 from PIL import Image
 
 from reliability.drills import FaultServer, call, clients, worker_pids
@@ -121,14 +120,7 @@ def jpeg(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def clean_images(data_source) -> list[bytes]:
     """CLEAN_PER_CLASS CIFAR-10 test JPEGs of each class, shuffled."""
-    per_class: dict[str, list[bytes]] = {}
-    with tarfile.open(data_source) as archive:
-        for member in archive:
-            parts = Path(member.name).parts
-            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
-                images = per_class.setdefault(parts[-2], [])
-                if len(images) < CLEAN_PER_CLASS:
-                    images.append(archive.extractfile(member).read())
+    per_class = cifar10_test_jpegs(data_source, CLEAN_PER_CLASS)
     images = [image for per in per_class.values() for image in per]
     assert len(images) == 10 * CLEAN_PER_CLASS
     random.Random(0).shuffle(images)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import struct
 import subprocess
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import requests
 import tritonclient.http as triton
 from helpers import REPO, TEST_SUBSET
 
+from harness.v2 import binary_request, json_request
 from model import CLASSES
 from train.data import encoded_images
 
@@ -28,22 +28,10 @@ PER_REQUEST = 8  # images per v2 request from the third-party clients
 KSERVE_PYTHON = REPO / ".tools" / "kserve" / "bin" / "python"
 
 
-def v2_json(images: list[bytes], **request) -> dict:
-    data = [base64.b64encode(image).decode() for image in images]
-    return {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(images)], "data": data}], **request}
-
-
 def v2_binary(images: list[bytes]) -> tuple[bytes, dict]:
     """The binary data extension's body and its header, by hand (the clients below make their own)."""
-    data = b"".join(struct.pack("<I", len(image)) + image for image in images)
-    tensor = {
-        "name": "images",
-        "datatype": "BYTES",
-        "shape": [len(images)],
-        "parameters": {"binary_data_size": len(data)},
-    }
-    header = json.dumps({"inputs": [tensor]}).encode()
-    return header + data, {"Inference-Header-Content-Length": str(len(header))}
+    body, header_length = binary_request(images)
+    return body, {"Inference-Header-Content-Length": str(header_length)}
 
 
 def floor4(value: float) -> float:
@@ -93,7 +81,7 @@ def test_health_needs_no_key_and_everything_else_the_inference_key(server, auth)
     for method, path in [("GET", "/v2"), ("GET", "/v2/models/cifar10"), ("GET", "/v2/models/cifar10/ready")]:
         assert requests.request(method, server.inference + path, timeout=10).status_code == 401
         assert requests.request(method, server.inference + path, headers=auth, timeout=10).status_code == 200
-    refused = requests.post(f"{server.inference}/v2/models/cifar10/infer", json=v2_json([b"x"]), timeout=10)
+    refused = requests.post(f"{server.inference}/v2/models/cifar10/infer", json=json_request([b"x"]), timeout=10)
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
 
 
@@ -118,7 +106,7 @@ def test_v2_answers_are_the_predictions_answers(server, auth, cifar_test_jpegs):
     images = [jpegs[0] for jpegs in cifar_test_jpegs.values()]
     answers = [server.predict(image) for image in images]
     as_json = requests.post(
-        f"{server.inference}/v2/models/cifar10/infer", json=v2_json(images, id="ten"), headers=auth, timeout=30
+        f"{server.inference}/v2/models/cifar10/infer", json=json_request(images, id="ten"), headers=auth, timeout=30
     )
     assert as_json.status_code == 200 and as_json.json()["id"] == "ten"
     assert as_json.json()["model_version"] == server.describe()[0]["modelVersion"]
@@ -142,7 +130,7 @@ def test_a_bad_image_fails_its_v2_request_alone(server, auth, cifar_test_jpegs):
         if index % 4 == 0:
             images = [good, good, b"GIF89a not really"] if index == 8 else [good]
             answer = session.post(
-                f"{server.inference}/v2/models/cifar10/infer", json=v2_json(images), headers=auth, timeout=30
+                f"{server.inference}/v2/models/cifar10/infer", json=json_request(images), headers=auth, timeout=30
             )
         else:
             answer = session.post(f"{server.inference}/predictions/cifar10", data=good, headers=auth, timeout=30)
@@ -261,7 +249,7 @@ def test_a_predictions_request_cannot_pass_for_a_v2_one(server, auth, cifar_test
     """The handler's v2 mark is the agent's alone: a client sending it to /predictions is not read as v2."""
     answer = requests.post(
         f"{server.inference}/predictions/cifar10",
-        json=v2_json([cifar_test_jpegs["cat"][0]]),
+        json=json_request([cifar_test_jpegs["cat"][0]]),
         headers={**auth, cifar10_v2.PROTOCOL_HEADER: "v2"},
         timeout=30,
     )

@@ -17,8 +17,8 @@ from benchmarks.systems import (
     time_breakdown,
     until,
     v2_listing,
-    v2_request,
 )
+from harness.v2 import binary_request
 from serve.torchserve_grpc.inference_pb2 import PredictionsRequest
 
 COMMANDS = ["serving", "images", "portability", "training", "gpu_check", "log_volume"]
@@ -100,7 +100,7 @@ def test_the_v2_rows_requests_are_what_the_handler_reads_back(tmp_path):
     outputs): the handler's own parser gets the image back, and wrk's list names each body with
     its header's length."""
     images = synthetic_jpegs(2)
-    body, header_length = v2_request(images[0])
+    body, header_length = binary_request(images[:1])
     headers = {"Inference-Header-Content-Length": str(header_length)}
     parsed, outputs = cifar10_v2.parse(bytearray(body), headers, max_images=1)
     assert parsed == images[:1] and outputs.binary == dict.fromkeys(cifar10_v2.OUTPUTS, False)
@@ -109,7 +109,7 @@ def test_the_v2_rows_requests_are_what_the_handler_reads_back(tmp_path):
     listing = tmp_path / "images-2.txt"
     listing.write_text("".join(f"{tmp_path / f'image-{index}'}\n" for index in range(2)))
     lines = [line.split() for line in v2_listing(listing).read_text().splitlines()]
-    assert [(Path(path).read_bytes(), int(length)) for path, length in lines] == [v2_request(i) for i in images]
+    assert [(Path(path).read_bytes(), int(length)) for path, length in lines] == [binary_request([i]) for i in images]
 
 
 def test_the_grpc_rows_requests_are_what_the_handler_reads_back():

@@ -4,14 +4,12 @@ No Java, no server: what a batch of mixed requests gets back, request by request
 
 from __future__ import annotations
 
-import base64
 import gc
 import io
 import json
 import logging
 import math
 import re
-import struct
 import subprocess
 import sys
 import warnings
@@ -30,6 +28,7 @@ from tritonclient.http import InferResult
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from harness.v2 import binary_request, json_request
 from model import CLASSES, SimpleCNN
 from train.export import export_torchscript
 
@@ -258,27 +257,21 @@ def test_every_shipped_model_config_has_valid_handler_options(config):
 
 def v2_json(images: list[bytes], **request) -> tuple[dict, dict]:
     """A v2 request in JSON, as the worker hands it over (parsed): each image in base64."""
-    data = [base64.b64encode(image).decode() for image in images]
-    body = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(images)], "data": data}], **request}
-    return {"body": body}, {"body": {"content-type": "application/json"}, "inference_protocol": "v2"}
+    return {"body": json_request(images, **request)}, {
+        "body": {"content-type": "application/json"},
+        "inference_protocol": "v2",
+    }
 
 
 def v2_binary(images: list[bytes], **request) -> tuple[dict, dict]:
     """A v2 request with the binary data extension: the JSON header, then each image length-prefixed."""
-    data = b"".join(struct.pack("<I", len(image)) + image for image in images)
-    tensor = {
-        "name": "images",
-        "datatype": "BYTES",
-        "shape": [len(images)],
-        "parameters": {"binary_data_size": len(data)},
-    }
-    header = json.dumps({"inputs": [tensor], **request}).encode()
+    body, header_length = binary_request(images, **request)
     headers = {
         "body": {"content-type": ""},
         "inference_protocol": "v2",
-        "Inference-Header-Content-Length": str(len(header)),
+        "Inference-Header-Content-Length": str(header_length),
     }
-    return {"body": bytearray(header + data)}, headers
+    return {"body": bytearray(body)}, headers
 
 
 def v2_handle(handler, context, requests):
