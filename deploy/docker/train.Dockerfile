@@ -21,9 +21,9 @@ RUN sed -i -E 's/\[[^]]*\]==/==/' requirements.txt \
         -c requirements.txt torch torchvision \
  && pip install -c requirements.txt numpy pillow tqdm matplotlib torch-model-archiver requests PyYAML
 # Every run also exports model.onnx, checked with ONNX Runtime; the operator's commands
-# (python -m serve) import serve.server, which reads processes with psutil. A layer of its own:
-# the one above, with torch, stays cached.
-RUN pip install -c requirements.txt onnx onnxruntime onnxscript psutil
+# (python -m serve) read processes with psutil and config.properties with javaproperties. A layer of
+# its own: the one above, with torch, stays cached.
+RUN pip install -c requirements.txt onnx onnxruntime onnxscript psutil javaproperties
 
 # uid 1000, as the serve image's user: TorchServe's key_file.json and the inference key its health
 # check copies (mode 600, on shared volumes) are then readable by the operator's and the load
@@ -43,7 +43,8 @@ COPY harness/ harness/
 COPY frontend/__init__.py frontend/
 
 FROM base AS loadtest
-RUN pip install -c requirements.txt locust
+# The load test checks each answer against the answer contract (harness.answers: a JSON Schema).
+RUN pip install -c requirements.txt locust jsonschema
 COPY loadtests/ loadtests/
 USER 1000:1000
 CMD ["locust", "--config", "loadtests/steady.conf"]

@@ -225,9 +225,9 @@ def test_serve_image_rewrites_only_the_bind_addresses_and_the_metrics_and_agent_
     run = " ".join(
         command.value[0]
         for command in dockerfile.parse_file(str(REPO / name))
-        if command.cmd == "RUN" and "sed -i" in command.value[0]
+        if command.cmd == "RUN" and "config.properties" in command.value[0]
     )
-    sed = re.search(r"sed -i .*? config\.properties", run).group(0)
+    sed = re.search(r"sed -i -e .*? config\.properties", run).group(0)
     shutil.copy(REPO / "config.properties", tmp_path / "config.properties")
     subprocess.run(["bash", "-c", sed], cwd=tmp_path, check=True)
     before = (REPO / "config.properties").read_text().splitlines()
