@@ -10,8 +10,11 @@ import org.objectweb.asm.ClassReader;
 import org.objectweb.asm.ClassWriter;
 import org.objectweb.asm.Opcodes;
 import org.objectweb.asm.tree.ClassNode;
+import org.objectweb.asm.tree.FrameNode;
 import org.objectweb.asm.tree.InsnList;
 import org.objectweb.asm.tree.InsnNode;
+import org.objectweb.asm.tree.JumpInsnNode;
+import org.objectweb.asm.tree.LabelNode;
 import org.objectweb.asm.tree.MethodInsnNode;
 import org.objectweb.asm.tree.MethodNode;
 import org.objectweb.asm.tree.VarInsnNode;
@@ -153,6 +156,25 @@ public final class Agent implements ClassFileTransformer {
         }
         call.add(new MethodInsnNode(Opcodes.INVOKESTATIC, "cifar10/frontend/" + target, method.name, descriptor));
         method.instructions.insert(call);
+    }
+
+    /**
+     * `if (owner.name(arguments...)) return;` put first in a void method: a static method of ours that
+     * answers (true) or leaves the method to go on as before (false). `loads` push the arguments.
+     */
+    static void returnFirstIf(MethodNode method, String owner, String name, String descriptor, VarInsnNode... loads) {
+        LabelNode asBefore = new LabelNode();
+        InsnList prologue = new InsnList();
+        for (VarInsnNode load : loads) {
+            prologue.add(load);
+        }
+        prologue.add(new MethodInsnNode(Opcodes.INVOKESTATIC, owner, name, descriptor));
+        prologue.add(new JumpInsnNode(Opcodes.IFEQ, asBefore));
+        prologue.add(new InsnNode(Opcodes.RETURN));
+        prologue.add(asBefore);
+        prologue.add(new FrameNode(Opcodes.F_SAME, 0, null, 0, null));
+        method.instructions.insert(prologue);
+        method.maxStack = Math.max(method.maxStack, loads.length);
     }
 
     /** The method's body replaced by `return target(arguments...)`: a static method of ours that returns an object. */

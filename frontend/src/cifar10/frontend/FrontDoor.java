@@ -29,11 +29,7 @@ import org.objectweb.asm.Opcodes;
 import org.objectweb.asm.tree.AbstractInsnNode;
 import org.objectweb.asm.tree.ClassNode;
 import org.objectweb.asm.tree.FieldInsnNode;
-import org.objectweb.asm.tree.FrameNode;
 import org.objectweb.asm.tree.InsnList;
-import org.objectweb.asm.tree.InsnNode;
-import org.objectweb.asm.tree.JumpInsnNode;
-import org.objectweb.asm.tree.LabelNode;
 import org.objectweb.asm.tree.MethodInsnNode;
 import org.objectweb.asm.tree.MethodNode;
 import org.objectweb.asm.tree.VarInsnNode;
@@ -93,24 +89,18 @@ public final class FrontDoor {
                 "handleRequest",
                 "(Lio/netty/channel/ChannelHandlerContext;Lio/netty/handler/codec/http/FullHttpRequest;"
                         + "Lio/netty/handler/codec/http/QueryStringDecoder;[Ljava/lang/String;)V");
-        LabelNode asBefore = new LabelNode();
-        InsnList door = new InsnList();
+        VarInsnNode[] arguments = new VarInsnNode[5];
         for (int local = 0; local <= 4; local++) {
-            door.add(new VarInsnNode(Opcodes.ALOAD, local));
+            arguments[local] = new VarInsnNode(Opcodes.ALOAD, local);
         }
-        door.add(new MethodInsnNode(
-                Opcodes.INVOKESTATIC,
+        Agent.returnFirstIf(
+                method,
                 SELF,
                 "handleRequest",
                 "(L" + TOKEN_HANDLER + ";Lio/netty/channel/ChannelHandlerContext;"
                         + "Lio/netty/handler/codec/http/FullHttpRequest;Lio/netty/handler/codec/http/QueryStringDecoder;"
-                        + "[Ljava/lang/String;)Z"));
-        door.add(new JumpInsnNode(Opcodes.IFEQ, asBefore));
-        door.add(new InsnNode(Opcodes.RETURN));
-        door.add(asBefore);
-        door.add(new FrameNode(Opcodes.F_SAME, 0, null, 0, null));
-        method.instructions.insert(door);
-        method.maxStack = Math.max(method.maxStack, 5);
+                        + "[Ljava/lang/String;)Z",
+                arguments);
         return Agent.write(handler);
     }
 

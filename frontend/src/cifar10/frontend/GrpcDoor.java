@@ -129,19 +129,15 @@ public final class GrpcDoor {
 
         MethodNode response = Agent.method(
                 job, "response", "([BLjava/lang/CharSequence;ILjava/lang/String;Ljava/util/Map;)V");
-        LabelNode asBefore = new LabelNode();
-        InsnList refusal = new InsnList();
-        refusal.add(new VarInsnNode(Opcodes.ALOAD, 0));
-        refusal.add(new VarInsnNode(Opcodes.ALOAD, 1));
-        refusal.add(new VarInsnNode(Opcodes.ILOAD, 3));
-        refusal.add(new VarInsnNode(Opcodes.ALOAD, 5));
-        refusal.add(new MethodInsnNode(Opcodes.INVOKESTATIC, SELF, "refused", "(L" + JOB + ";[BILjava/util/Map;)Z"));
-        refusal.add(new JumpInsnNode(Opcodes.IFEQ, asBefore));
-        refusal.add(new InsnNode(Opcodes.RETURN));
-        refusal.add(asBefore);
-        refusal.add(new FrameNode(Opcodes.F_SAME, 0, null, 0, null));
-        response.instructions.insert(refusal);
-        response.maxStack = Math.max(response.maxStack, 4);
+        Agent.returnFirstIf(
+                response,
+                SELF,
+                "refused",
+                "(L" + JOB + ";[BILjava/util/Map;)Z",
+                new VarInsnNode(Opcodes.ALOAD, 0),
+                new VarInsnNode(Opcodes.ALOAD, 1),
+                new VarInsnNode(Opcodes.ILOAD, 3),
+                new VarInsnNode(Opcodes.ALOAD, 5));
         return Agent.write(job);
     }
 
